@@ -138,13 +138,13 @@ def main() -> None:
         return worker(args)
 
     sys.path.insert(0, str(ROOT / "src"))
-    from obliviate.training import bf16_supported
+    from obliviate.hardware import bf16_is_fast
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     results, notes = {}, []
     for _ in range(args.repeats):
         for config in configs:
-            if config == "trainer-bf16" and not (bf16_supported() or args.force_bf16):
+            if config == "trainer-bf16" and not (bf16_is_fast() or args.force_bf16):
                 notes.append("trainer-bf16 skipped: no AMX / AVX512-BF16 here (bf16 would be emulated, ~10x slower "
                              "than fp32); --force-bf16 runs it")
                 continue

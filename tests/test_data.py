@@ -72,6 +72,16 @@ def test_request_file_with_relative_sources_and_overlap_warning(tmp_path):
     assert len(request.sources) == 3
 
 
+def test_a_list_of_sources_is_concatenated_in_order(tmp_path):
+    write(tmp_path / "a.json", json.dumps(RECORDS))
+    write(tmp_path / "b.jsonl", json.dumps({"question": "q", "answer": "a"}) + "\n")
+    write(tmp_path / "req.yaml", "forget: [a.json, b.jsonl]\nretain: [{question: r, answer: s}]\n")
+    request = load_request(tmp_path / "req.yaml")
+    assert [item.question for item in request.forget] == ["Who wrote X?", "Where was A born?", "q"]
+    assert [item.question for item in request.retain] == ["r"]  # a list of records stays inline
+    assert len(request.sources) == 3
+
+
 def test_builtin_demo_request():
     request = load_request()
     summary = describe(request)

@@ -21,7 +21,8 @@ from obliviate.data.request import QAItem
 from obliviate.objectives import OBJECTIVES, Objective
 from obliviate.objectives.common import answer_nll
 from obliviate.errors import UserError
-from obliviate.training import (NonFiniteLossError, bf16_supported, build_training_args, last_complete_checkpoint,
+from obliviate.hardware import bf16_is_fast
+from obliviate.training import (NonFiniteLossError, build_training_args, last_complete_checkpoint,
                                 train)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +176,7 @@ def test_bf16_autocast_keeps_fp32_weights_and_updates_land(tmp_path, tiny_model_
     seen = []
     model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
     cfg = config(max_steps=1, learning_rate=1e-5, precision="bf16", batch_size=4)
-    with pytest.warns(UserWarning, match="bf16") if not bf16_supported() else contextlib.nullcontext():
+    with pytest.warns(UserWarning, match="bf16") if not bf16_is_fast() else contextlib.nullcontext():
         trained = train(model, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path)
     assert torch.bfloat16 in seen  # the matmuls ran in bf16
     after = state(trained)
@@ -194,7 +195,7 @@ def test_training_args_follow_the_config(tmp_path):
     assert (args.bf16, args.save_strategy.value, args.remove_unused_columns) == (False, "epoch", False)
     assert args.report_to in ([], "none", ["none"]) and args.seed == args.data_seed == 5
     auto = build_training_args(config(precision="auto").train, tmp_path, seed=5)
-    assert auto.bf16 == bf16_supported()
+    assert auto.bf16 == bf16_is_fast()
     with pytest.raises(UserError, match="warmup_ratio"):
         build_training_args(config(warmup_ratio=1.5).train, tmp_path, seed=5)
 

@@ -140,31 +140,19 @@ def _stable_hash(*parts: Any) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _cpu_bf16_ok() -> bool:
-    import torch
-
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return False
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def autocast_context(device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast where it is fast and safe, else a no-op context.
 
-    CUDA: bf16 autocast when the GPU supports bf16. CPU: bf16 autocast only when oneDNN reports
-    native bf16 support (AVX512-BF16 or AMX); elsewhere bf16 on CPU is emulated and slower than
-    fp32, so nothing changes.
+    Where :func:`obliviate.hardware.bf16_is_fast` says so (a bf16 GPU, an AMX or AVX512-BF16
+    CPU); elsewhere bf16 is emulated and slower than fp32, so nothing changes.
     """
     import torch
 
+    from obliviate.hardware import bf16_is_fast
+
     device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and _cpu_bf16_ok():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if device.type in ("cuda", "cpu") and bf16_is_fast(device.type):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

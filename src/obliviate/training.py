@@ -33,6 +33,7 @@ from obliviate.data.collate import LengthWindowSampler, PairedCollator, PairedDa
 from obliviate.data.refusals import load_refusals
 from obliviate.data.request import QAItem
 from obliviate.errors import UserError
+from obliviate.hardware import bf16_is_fast
 from obliviate.objectives import LossContext, get_objective, needs_reference, needs_retain, resolve_objective_config
 
 CHECKPOINTS = "checkpoints"
@@ -52,19 +53,11 @@ def process_state():
     return PartialState(cpu=not torch.accelerator.is_available())
 
 
-def bf16_supported() -> bool:
-    """Whether bf16 matmuls are fast here (on CPUs without AMX / AVX512-BF16 they are ~10x slower)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
-
-
 def resolve_precision(precision: str) -> str:
     """auto -> bf16 where the hardware has it, else fp32. bf16 means autocast over fp32 weights."""
     if precision == "auto":
-        return "bf16" if bf16_supported() else "fp32"
-    if precision == "bf16" and not bf16_supported():
+        return "bf16" if bf16_is_fast() else "fp32"
+    if precision == "bf16" and not bf16_is_fast():
         warnings.warn("train.precision=bf16 on hardware without fast bf16 matmul: expect it to be slower than fp32",
                       stacklevel=2)
     return precision

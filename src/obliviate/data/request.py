@@ -100,6 +100,10 @@ def items_from_records(records: list[dict], where: str) -> list[QAItem]:
 def _load_set(spec, base: Path, where: str, sources: list[str]) -> list[dict]:
     if spec is None:
         return []
+    if isinstance(spec, list) and spec and all(isinstance(s, str) or (isinstance(s, dict) and "dataset" in s)
+                                             for s in spec):  # several sources, concatenated
+        return [record for index, part in enumerate(spec)
+                for record in _load_set(part, base, f"{where} source {index}", sources)]
     if isinstance(spec, list):
         return spec
     if isinstance(spec, str):
