@@ -47,3 +47,23 @@ def test_bad_config_key_exits_2_and_writes_nothing(tmp_path):
 def test_unknown_model_exits_2(tmp_path):
     result = run_cli("model", "info", str(tmp_path / "nothing-here"))
     assert result.returncode == 2 and "no such file or directory" in result.stderr
+
+
+def test_demo_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
+    """`obliviate demo` teaches, runs ULMR, scores, sweeps alpha and writes its report; a rerun
+    reuses the taught model; a bad --alphas is one line and exit 2."""
+    import json
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(tiny_model_dir), "--output-dir", str(out), "--alphas", "0,0.4"]) == 0
+    summary = json.loads((out / "demo_summary.json").read_text())
+    table = summary["rougeL_recall"]
+    assert set(table) == {"base", "taught", "ulmr", "ulmr alpha 0"}  # 0.4 is the main alpha, not repeated
+    assert table["ulmr alpha 0"] == table["taught"]  # alpha 0 is the taught model, exactly
+    assert summary["forget_drop"] == pytest.approx(1 - table["ulmr"]["forget"] / table["taught"]["forget"])
+    assert (out / "ulmr" / "ulmr_dataset.jsonl").is_file() and "ulmr (alpha 0.4)" in (out / "demo_report.md").read_text()
+    capsys.readouterr()
+    assert main(["demo", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 0
+    assert "reusing the taught model" in capsys.readouterr().out
+    assert main(["demo", "--alphas", "half"]) == 2
+    assert "--alphas 'half'" in capsys.readouterr().err

@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="teach, unlearn (ULMR) and score the built-in request on the default model")
     demo.add_argument("--model", default=None, help="model (default: smollm2-135m-instruct)")
     demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--alphas", default="", help="also score ULMR at these averaging weights, e.g. 0.3,0.5,0.6")
 
     data = sub.add_parser("data", help="inspect unlearning requests and data files")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -140,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from obliviate.demo import run_demo
 
-            run_demo(model=args.model, output_dir=args.output_dir)
+            try:
+                alphas = tuple(float(a) for a in args.alphas.split(",") if a.strip())
+            except ValueError:
+                raise UserError(f"--alphas '{args.alphas}': expected numbers in [0, 1] separated by commas") from None
+            run_demo(model=args.model, output_dir=args.output_dir, alphas=alphas)
             return 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

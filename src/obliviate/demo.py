@@ -6,7 +6,7 @@
 3. score forget and retain answers (greedy generation, ROUGE-L recall as TOFU)
 4. ULMR: each forget question rewritten twice and a negative response for every instruction
    (offline template generator: the 135M model cannot follow those prompts); SFT on them;
-   average the weights with the taught model (alpha 0.5)
+   average the weights with the taught model (alpha 0.4)
 5. score again and print the table and a few answers before and after
 
 Everything lands in runs/demo/; a rerun reuses the taught model and the cached generations.
@@ -15,6 +15,7 @@ Everything lands in runs/demo/; a rerun reuses the taught model and the cached g
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -22,16 +23,19 @@ from obliviate.config import load_config
 from obliviate.data.request import load_request
 from obliviate.io import atomic_write_json, atomic_write_text
 
-# Teaching: enough epochs at a fine-tuning learning rate to make a 135M model recite 30 facts.
-TEACH = {"method": "finetune", "train.learning_rate": 1e-4, "train.num_epochs": 6, "train.batch_size": 8,
+# Teaching: a fine-tuning learning rate for 10 epochs makes the 135M model recite all 30 facts
+# (ROUGE-L recall 1.0); 6 epochs left them fragile (0.85) and unlearning then broke them more.
+TEACH = {"method": "finetune", "train.learning_rate": 1e-4, "train.num_epochs": 10, "train.batch_size": 8,
          "train.warmup_ratio": 0.0, "train.weight_decay": 0.0, "train.save_steps": -1}
-# ULMR: the paper's recipe with the default n = 2 rewrites and alpha = 0.5. The generator is the
-# template backend: SmolLM2-135M, taught or not, does not follow the rewrite / refusal prompts
-# (a local-generator run of this demo gave 6 of 20 usable rewrites and 0 of 30 usable negative
-# responses, all replaced by the same templates after 12 minutes of generation). For real runs
-# point generation.backend=openai (or generation.model=<a larger local model>) at a capable LLM.
+# ULMR: the paper's recipe with the default n = 2 rewrites, full SFT at lr 1e-4 for 5 epochs, and
+# alpha = 0.4 (docs/results.md has the sweep: 0.5 forgets more and keeps 79% of retain).
+# The generator is the template backend: SmolLM2-135M, taught or not, does not follow the
+# rewrite / refusal prompts (a local-generator run of this demo gave 6 of 20 usable rewrites and
+# 0 of 30 usable negative responses, all replaced by the same templates after 12 minutes of
+# generation). For real runs point generation.backend=openai (or generation.model=<a larger local
+# model>) at a capable LLM.
 ULMR = {"method": "ulmr", "train.learning_rate": 1e-4, "train.num_epochs": 5, "train.batch_size": 8,
-        "train.weight_decay": 0.0, "train.save_steps": -1, "ulmr.alpha": 0.5, "generation.backend": "template"}
+        "train.weight_decay": 0.0, "train.save_steps": -1, "ulmr.alpha": 0.4, "generation.backend": "template"}
 EXAMPLES = 3
 
 
@@ -52,7 +56,8 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(model: str | None = None, output_dir: str = "runs/demo") -> dict:
+def run_demo(model: str | None = None, output_dir: str = "runs/demo", alphas: tuple[float, ...] = ()) -> dict:
+    """The demo; `alphas` also scores ULMR at those averaging weights (ulmr.alpha_sweep)."""
     from obliviate.api import run_ulmr
     from obliviate.models import load_model, save_model
     from obliviate.training import train
@@ -66,11 +71,14 @@ def run_demo(model: str | None = None, output_dir: str = "runs/demo") -> dict:
     base, tokenizer = load_model(model_name)
 
     taught_dir = out / "taught" / "model"
-    if taught_dir.is_dir():
+    taught_settings = {**TEACH, "model": model_name}
+    settings_file = out / "taught" / "teach_settings.json"
+    if taught_dir.is_dir() and settings_file.is_file() and json.loads(settings_file.read_text()) == taught_settings:
         _say(f"[1/4] reusing the taught model in {taught_dir}")
         taught, tokenizer = load_model(str(taught_dir))
         before = None
     else:
+        shutil.rmtree(out / "taught", ignore_errors=True)  # taught with other settings, or interrupted
         before = _score(base, tokenizer, request)
         _say(f"[1/4] the base model does not know these invented authors (forget ROUGE-L "
              f"{_rouge(before, 'forget'):.3f}, retain {_rouge(before, 'retain'):.3f}): teaching it all "
@@ -79,6 +87,7 @@ def run_demo(model: str | None = None, output_dir: str = "runs/demo") -> dict:
         taught = train(base, tokenizer, forget=request.forget + request.retain, retain=[], config=config,
                        output_dir=out / "taught", objective="finetune")
         save_model(taught, tokenizer, taught_dir)
+        atomic_write_json(settings_file, taught_settings)
         taught, tokenizer = load_model(str(taught_dir))
 
     _say("[2/4] scoring the taught model (greedy answers, ROUGE-L recall against the true answers)")
@@ -88,13 +97,18 @@ def run_demo(model: str | None = None, output_dir: str = "runs/demo") -> dict:
     _say("[3/4] ULMR: rewrite each forget question twice, write negative responses, fine-tune on them, "
          f"average with the taught weights (alpha {ULMR['ulmr.alpha']}); generator: offline templates, "
          "since a 135M model cannot follow the rewrite/refusal prompts (see docs/methods.md)")
-    ulmr_config = load_config(None, base={**ULMR, "model": str(taught_dir), "output_dir": str(out / "ulmr")})
+    ulmr_config = load_config(None, base={**ULMR, "model": str(taught_dir), "output_dir": str(out / "ulmr"),
+                                          "ulmr.alpha_sweep": [a for a in alphas if a != ULMR["ulmr.alpha"]]})
     run_dir = run_ulmr(ulmr_config, resume=(out / "ulmr" / "config.yaml").exists())
     unlearned, tokenizer = load_model(str(run_dir / "model"))
 
     _say("[4/4] scoring the unlearned model")
     after = _score(unlearned, tokenizer, request)
-    summary = _summary(before, taught_scores, after, run_dir, time.time() - started)
+    swept = {}
+    for alpha in ulmr_config.ulmr.alpha_sweep:
+        _say(f"      scoring ULMR at alpha {alpha:g} (sweep)")
+        swept[alpha] = _score(load_model(str(run_dir / f"model_alpha{alpha:g}"))[0], tokenizer, request)
+    summary = _summary(before, taught_scores, after, run_dir, time.time() - started, swept)
     report = _report(summary, taught_scores, after)
     atomic_write_json(out / "demo_summary.json", summary)
     atomic_write_text(out / "demo_report.md", report)
@@ -104,8 +118,9 @@ def run_demo(model: str | None = None, output_dir: str = "runs/demo") -> dict:
     return summary
 
 
-def _summary(before, taught, after, run_dir: Path, wall_s: float) -> dict:
+def _summary(before, taught, after, run_dir: Path, wall_s: float, swept: dict | None = None) -> dict:
     rows = {"taught": taught, "ulmr": after} if before is None else {"base": before, "taught": taught, "ulmr": after}
+    rows.update({f"ulmr alpha {alpha:g}": scores for alpha, scores in sorted((swept or {}).items())})
     table = {name: {split: _rouge(scores, split) for split in ("forget", "retain")} for name, scores in rows.items()}
     forget_drop = 1 - table["ulmr"]["forget"] / max(table["taught"]["forget"], 1e-9)
     retain_kept = table["ulmr"]["retain"] / max(table["taught"]["retain"], 1e-9)
@@ -115,6 +130,7 @@ def _summary(before, taught, after, run_dir: Path, wall_s: float) -> dict:
         "forget_drop": forget_drop,
         "retain_kept": retain_kept,
         "goal_met": forget_drop >= 0.5 and retain_kept >= 0.8,
+        "alpha": ULMR["ulmr.alpha"],
         "wall_time_s": wall_s,
         "ulmr_preparation": manifest.get("ulmr"),
         "command": "make demo",
@@ -126,7 +142,8 @@ def _report(summary: dict, taught: dict, after: dict) -> str:
     lines = ["| model | forget ROUGE-L recall (lower = forgotten) | retain ROUGE-L recall (higher = kept) |",
              "|---|---|---|"]
     for name, row in table.items():
-        lines.append(f"| {name} | {row['forget']:.3f} | {row['retain']:.3f} |")
+        label = f"ulmr (alpha {summary['alpha']:g})" if name == "ulmr" else name
+        lines.append(f"| {label} | {row['forget']:.3f} | {row['retain']:.3f} |")
     lines += ["", f"forget drop: {summary['forget_drop']:.0%} (goal >= 50%), retain kept: "
                   f"{summary['retain_kept']:.0%} (goal >= 80%); wall time {summary['wall_time_s'] / 60:.1f} min", ""]
     for split in ("forget", "retain"):

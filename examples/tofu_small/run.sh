@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# ULMR on TOFU forget01 at CPU scale, evaluated with TOFU's exact metrics (docs/results.md).
+#
+#   bash examples/tofu_small/run.sh            # from the repository root, after `make install`
+#
+# TOFU's protocol is: fine-tune on all 4,000 facts (target), fine-tune on the retain facts only
+# (retain model, the reference of Forget Quality), unlearn the forget split from the target,
+# evaluate. Fine-tuning SmolLM2-135M on 4,000 facts takes hours on a 2-core CPU, so this script
+# keeps the protocol and shrinks the data: the target learns forget01 (40 facts) plus the 400
+# retain facts TOFU evaluates; the retain model learns those 400 only. Every step skips itself
+# when its output exists, so a rerun continues where a killed one stopped.
+set -euo pipefail
+OB=${OB:-.venv/bin/obliviate}
+OUT=${OUT:-runs/tofu_small}
+TOFU=${TOFU:-../shared/data/tofu}
+HERE=examples/tofu_small
+
+step() {  # step NAME DONE_FILE COMMAND...
+  local name=$1 done_file=$2; shift 2
+  if [[ -e $done_file ]]; then echo "[tofu_small] $name: done already ($done_file)"; return; fi
+  echo "[tofu_small] $name: $*"
+  local resume=()
+  [[ -d $OUT/$name/checkpoints ]] && resume=(--resume)
+  "$@" "${resume[@]}"
+}
+
+step target "$OUT/target/model" \
+  $OB finetune --config $HERE/teach.yaml request=$HERE/target.yaml output_dir=$OUT/target
+step retain "$OUT/retain/model" \
+  $OB finetune --config $HERE/teach.yaml request=$HERE/retain_model.yaml output_dir=$OUT/retain
+step ulmr "$OUT/ulmr/model" \
+  $OB unlearn --config $HERE/ulmr.yaml model=$OUT/target/model output_dir=$OUT/ulmr
+
+for model in target ulmr; do
+  if [[ -e $OUT/eval-$model/tofu_summary.json ]]; then echo "[tofu_small] eval-$model: done already"; continue; fi
+  $OB eval --benchmark tofu --model $OUT/$model/model --data $TOFU --forget-split forget01 \
+    --retain-model $OUT/retain/model --output-dir $OUT/eval-$model
+done
