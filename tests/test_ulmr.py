@@ -37,6 +37,7 @@ def test_template_preparation_has_one_plus_n_instructions_and_reruns_from_cache(
         assert len({r["instruction"] for r in mine}) == 3
         assert all(not ulmr.leaks_answer(r["response"], item.question, item.answer) for r in mine)
         assert all(ulmr.is_refusal(r["response"]) for r in mine)
+        assert {r["response_source"] for r in mine} <= {"template", "refusal_template"}
     assert stats["generation_calls"] > 0
     written = [json.loads(line) for line in (tmp_path / "ulmr_dataset.jsonl").read_text().splitlines()]
     assert written == rows

@@ -146,6 +146,7 @@ def negative_responses(rows: list[dict], cfg: UlmrConfig, gen: GenerationConfig,
     """Fill row['response'] for every instruction: a generated negative response that does
     not leak the forget answer, or (after max_attempts) a refusal template."""
     fallback = TemplateBackend("negative")
+    source = "template" if isinstance(generator.backend, TemplateBackend) else "generated"
     pending = list(range(len(rows)))
     for attempt in range(cfg.max_attempts):
         if not pending:
@@ -158,7 +159,7 @@ def negative_responses(rows: list[dict], cfg: UlmrConfig, gen: GenerationConfig,
             text = output.strip()
             acceptable = text and not leaks_answer(text, rows[i]["question"], rows[i]["answer"])
             if acceptable and (is_refusal(text) or not cfg.require_refusal):
-                rows[i]["response"], rows[i]["response_source"] = text, "generated"
+                rows[i]["response"], rows[i]["response_source"] = text, source
             else:
                 still.append(i)
         pending = still
