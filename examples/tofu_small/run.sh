@@ -31,7 +31,7 @@ step retain "$OUT/retain/model" \
 step ulmr "$OUT/ulmr/model" \
   $OB unlearn --config $HERE/ulmr.yaml model=$OUT/target/model output_dir=$OUT/ulmr
 
-for model in target ulmr; do
+for model in ulmr target; do
   if [[ -e $OUT/eval-$model/tofu_summary.json ]]; then echo "[tofu_small] eval-$model: done already"; continue; fi
   $OB eval --benchmark tofu --model $OUT/$model/model --data $TOFU --forget-split forget01 \
     --retain-model $OUT/retain/model --output-dir $OUT/eval-$model
