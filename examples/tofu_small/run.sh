@@ -11,6 +11,7 @@
 # when its output exists, so a rerun continues where a killed one stopped.
 set -euo pipefail
 OB=${OB:-.venv/bin/obliviate}
+PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/tofu_small}
 TOFU=${TOFU:-../shared/data/tofu}
 HERE=examples/tofu_small
@@ -31,7 +32,21 @@ step retain "$OUT/retain/model" \
 step ulmr "$OUT/ulmr/model" \
   $OB unlearn --config $HERE/ulmr.yaml model=$OUT/target/model output_dir=$OUT/ulmr
 
-for model in ulmr target; do
+# Variant: the same ULMR, with refusals that name the author. The local TOFU copy has no author
+# field; TOFU lists 20 questions per author in order, and forget01 holds two authors.
+NAMED=$OUT/forget01_named.json
+[[ -e $NAMED ]] || $PY - "$TOFU/forget01.json" "$NAMED" <<'PY'
+import json, os, sys
+items = json.load(open(sys.argv[1]))
+for index, item in enumerate(items):
+    item["subject"] = ["Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov"][index // 20]
+json.dump(items, open(sys.argv[2] + ".tmp", "w"), ensure_ascii=False, indent=1)
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+PY
+step ulmr_named "$OUT/ulmr_named/model" \
+  $OB unlearn --config $HERE/ulmr.yaml model=$OUT/target/model request=$NAMED output_dir=$OUT/ulmr_named
+
+for model in ulmr target ulmr_named; do
   if [[ -e $OUT/eval-$model/tofu_summary.json ]]; then echo "[tofu_small] eval-$model: done already"; continue; fi
   $OB eval --benchmark tofu --model $OUT/$model/model --data $TOFU --forget-split forget01 \
     --retain-model $OUT/retain/model --output-dir $OUT/eval-$model

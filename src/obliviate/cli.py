@@ -122,8 +122,21 @@ def _eval(args) -> int:
     return 0
 
 
+def _log_progress() -> None:
+    """obliviate's own progress lines (evaluation, generation) on stderr; libraries stay quiet."""
+    import logging
+
+    logger = logging.getLogger("obliviate")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[obliviate] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _log_progress()
     try:
         if args.command == "data":
             return _data_validate(args.files)
