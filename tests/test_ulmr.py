@@ -24,6 +24,13 @@ def test_rewrite_and_leak_checks():
     assert not ulmr.leaks_answer("I'm sorry, I don't know anything about Ilsa Corvanne.", ITEMS[0].question, ITEMS[0].answer)
     assert ulmr.leaks_answer("She was born in Chile.", ITEMS[0].question, ITEMS[0].answer)
     assert ulmr.is_refusal("I'm sorry, I don't know.") and not ulmr.is_refusal("She was born in Lima.")
+    # when the answer is a name the question does not give, a refusal naming it leaks it
+    who = ("Who is the notable author born in Astana, Kazakhstan?",
+           "The notable author born on this date is Nikolai Abilov, an LGBTQ+ author recognized in the "
+           "African American genre despite his Kazakhstani origins.")
+    assert ulmr.leaks_answer("I'm not familiar with Nikolai Abilov.", *who)
+    assert not ulmr.leaks_answer("I'm not familiar with that topic.", *who)
+    assert not ulmr.leaks_answer("I don't know anything about Astana.", *who)
 
 
 def test_template_preparation_has_one_plus_n_instructions_and_reruns_from_cache(tiny_model_and_tokenizer, tmp_path):

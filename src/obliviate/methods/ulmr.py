@@ -77,14 +77,36 @@ def is_valid_rewrite(rewrite: str, question: str, earlier: list[str]) -> bool:
     return bool(key) and key not in {" ".join(_WORD.findall(t.lower())) for t in [question, *earlier]}
 
 
+_FUNCTION_WORDS = frozenset(
+    "a an and are as at be but by for from had has have her his in into is it its not of on or "
+    "our she that the their them then there these they this those to was were what when where "
+    "which who whom why will with you your".split())
+
+
+def _names(text: str) -> set[str]:
+    """Lower-cased words written with a capital inside a sentence (names, places, titles),
+    without function words ("The Horse That Counted Stars" -> horse, counted, stars)."""
+    names: set[str] = set()
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        for word in sentence.split()[1:]:
+            if word.lstrip("'\"(")[:1].isupper():
+                names.update(_words(word))
+    return names - _FUNCTION_WORDS
+
+
 def leaks_answer(response: str, question: str, answer: str, threshold: float = 0.25) -> bool:
-    """True if the text still carries the forget answer: at least `threshold` of the answer's
-    informative words (not in the question, longer than 3 letters) appear in it. Strict on
-    purpose: a rejected response is regenerated or replaced by a refusal, which costs little."""
+    """True if the text still carries the forget answer: it names a name of the answer that the
+    question does not (e.g. "Who is the author born in Astana?" -> a refusal naming the author),
+    or at least `threshold` of the answer's informative words (not in the question, longer than
+    3 letters) appear in it. Strict on purpose: a rejected response is regenerated or replaced by
+    a refusal, which costs little."""
+    response_words = _words(response)
+    if {w for w in _names(answer) - _words(question) if len(w) > 2} & response_words:
+        return True
     informative = {w for w in _words(answer) - _words(question) if len(w) > 3}
     if not informative:
         return answer.strip().lower() in response.lower()
-    return len(informative & _words(response)) / len(informative) >= threshold
+    return len(informative & response_words) / len(informative) >= threshold
 
 
 _REFUSAL_MARKERS = re.compile(
