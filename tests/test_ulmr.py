@@ -6,6 +6,7 @@ import pytest
 
 from obliviate.config import load_config
 from obliviate.data.request import QAItem
+from obliviate.generation import TemplateBackend
 from obliviate.methods import ulmr
 
 ITEMS = [
@@ -31,6 +32,9 @@ def test_rewrite_and_leak_checks():
     assert ulmr.leaks_answer("I'm not familiar with Nikolai Abilov.", *who)
     assert not ulmr.leaks_answer("I'm not familiar with that topic.", *who)
     assert not ulmr.leaks_answer("I don't know anything about Astana.", *who)
+    row = {"instruction": who[0], "question": who[0], "answer": who[1], "subject": "Nikolai Abilov"}
+    fallbacks = {ulmr.safe_refusal(TemplateBackend("negative"), row, index=k) for k in range(10)}
+    assert fallbacks and not any("Abilov" in text or ulmr.leaks_answer(text, *who) for text in fallbacks)
 
 
 def test_template_preparation_has_one_plus_n_instructions_and_reruns_from_cache(tiny_model_and_tokenizer, tmp_path):

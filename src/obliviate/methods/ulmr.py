@@ -187,8 +187,18 @@ def negative_responses(rows: list[dict], cfg: UlmrConfig, gen: GenerationConfig,
         pending = still
     for i in pending:
         stats["negative_fallbacks"] += 1
-        rows[i]["response"] = fallback.refuse(rows[i]["instruction"], index=i, subject=rows[i]["subject"])
+        rows[i]["response"] = safe_refusal(fallback, rows[i], index=i)
         rows[i]["response_source"] = "refusal_template"
+
+
+def safe_refusal(templates: TemplateBackend, row: dict, index: int) -> str:
+    """A refusal template naming the subject, or, where naming it would give the answer away
+    ("Who is the author born in Astana?"), one that names no subject."""
+    for subject in (row["subject"], None):
+        text = templates.refuse(row["instruction"], index=index, subject=subject)
+        if not leaks_answer(text, row["question"], row["answer"]):
+            return text
+    return "I don't know."
 
 
 def prepare(items: list[QAItem], config: RunConfig, model, tokenizer, run_dir: Path) -> tuple[list[dict], dict]:
