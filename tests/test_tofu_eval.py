@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -208,9 +209,10 @@ def test_model_fingerprint_changes_with_any_weight(tiny_model_and_tokenizer):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_evaluate_tofu_end_to_end(tiny_model_and_tokenizer, tofu_dir, retain_log, tmp_path):
+def test_evaluate_tofu_end_to_end(tiny_model_and_tokenizer, tofu_dir, retain_log, tmp_path, caplog):
     model, tokenizer = tiny_model_and_tokenizer
     out = tmp_path / "eval"
+    caplog.set_level("INFO", logger="obliviate")
     result = tofu.evaluate_tofu(model, tokenizer, data=tofu_dir, forget_split="forget01", retain_logs=retain_log,
                                 out_dir=out, max_new_tokens=8, cache=tmp_path / "cache", model_name="tiny")
     for name in ("tofu_eval.json", "tofu_summary.json", "tofu_report.md"):
@@ -231,6 +233,8 @@ def test_evaluate_tofu_end_to_end(tiny_model_and_tokenizer, tofu_dir, retain_log
     assert {"extraction_strength", "exact_memorisation", "mia_min_k_auc", "privleak"} <= set(extras)
     assert extras["privleak"] == pytest.approx(metrics.privleak(extras["mia_min_k_auc"], 0.45))
     assert "| Model | Forget R |" in (out / "tofu_report.md").read_text()
+    progress = [r.getMessage() for r in caplog.records if "questions scored" in r.getMessage()]
+    assert progress and re.match(r"TOFU forget01: (\d+)/\1 questions scored", progress[-1])  # last line: all done
     # Our own log is a valid retain reference too (obliviate format).
     from obliviate.evaluation import reference_logs
     assert reference_logs.forget_truth_ratios(out / "tofu_eval.json") == pytest.approx(ratios)

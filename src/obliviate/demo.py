@@ -28,7 +28,7 @@ from obliviate.io import atomic_write_json, atomic_write_text
 TEACH = {"method": "finetune", "train.learning_rate": 1e-4, "train.num_epochs": 10, "train.batch_size": 8,
          "train.warmup_ratio": 0.0, "train.weight_decay": 0.0, "train.save_steps": -1}
 # ULMR: the paper's recipe with the default n = 2 rewrites, full SFT at lr 1e-4 for 5 epochs, and
-# alpha = 0.4 (docs/results.md has the sweep: 0.5 forgets more and keeps 79% of retain).
+# alpha = 0.4 (docs/results.md has the sweep: 0.5 forgets more but keeps only 67% of retain).
 # The generator is the template backend: SmolLM2-135M, taught or not, does not follow the
 # rewrite / refusal prompts (a local-generator run of this demo gave 6 of 20 usable rewrites and
 # 0 of 30 usable negative responses, all replaced by the same templates after 12 minutes of

@@ -395,12 +395,13 @@ def evaluate_tofu(
     engine_times: dict[str, float] = {}
     counters: dict[str, int] = {}
 
-    last_report = [0.0]
+    last_report = 0.0
 
     def report_progress(done: int, total: int) -> None:  # at most one line every 30 s
+        nonlocal last_report
         now = time.perf_counter()
-        if now - last_report[0] >= 30 or done == total:
-            last_report[0] = now
+        if now - last_report >= 30 or done == total:
+            last_report = now
             logger.info("TOFU %s: %d/%d questions scored (%.0f s)", forget_split, done, total, now - started)
 
     stats, gens = scoring.score_and_generate(
