@@ -67,3 +67,5 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert "reusing the taught model" in capsys.readouterr().out
     assert main(["demo", "--alphas", "half"]) == 2
     assert "--alphas 'half'" in capsys.readouterr().err
+    assert main(["demo", "--alphas", "0.3,2"]) == 2  # out of range: refused before any teaching
+    assert "--alphas '0.3,2'" in capsys.readouterr().err

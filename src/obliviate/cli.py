@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 alphas = tuple(float(a) for a in args.alphas.split(",") if a.strip())
             except ValueError:
-                raise UserError(f"--alphas '{args.alphas}': expected numbers in [0, 1] separated by commas") from None
+                alphas = (-1.0,)
+            if not all(0.0 <= a <= 1.0 for a in alphas):  # checked before the demo spends minutes teaching
+                raise UserError(f"--alphas '{args.alphas}': expected numbers in [0, 1] separated by commas")
             run_demo(model=args.model, output_dir=args.output_dir, alphas=alphas)
             return 0
     except UserError as error:
