@@ -65,7 +65,7 @@ def plain_loop(model, tokenizer, forget, retain, args) -> list[tuple[int, float]
     """(tokens, seconds) per step of the naive loop."""
     import torch
 
-    from obliviate.models import encode_qa, pad_batch
+    from obliviate.prompts import encode_qa, pad_batch
 
     encode = lambda item: encode_qa(tokenizer, item.question, item.answer, max_length=args.seq)
     rng = random.Random(0)

@@ -129,6 +129,48 @@ def test_rouge_l_recall_stems_and_lowercases():
     assert m.rouge_l_recall_batch(["a b", "a b"], ["a b", "b"]) == pytest.approx([1.0, 0.5])
 
 
+
+# Values of the PyPI `rouge` package (pltrdy 1.0.1): Rouge().get_scores(hyp, ref)[0]["rouge-l"]["r"].
+RWKU_ROUGE_CASES = [
+    ("stephen king", "The author is Stephen King.", 0.0),  # case-sensitive (rouge_score: 1.0)
+    ("Stephen King", "The author is Stephen King.", 1.0),
+    ("the cat sat on the mat", "the cat is on the mat. the dog sat.", 1.0),  # union LCS over sentences
+    ("a b c d", "a x c", 0.5),
+    ("Paris. France", "France is big. Paris", 1.0),
+    ("He was born in 1947", "born 1947 in Maine", 0.4),
+    ("a a b", "a b", 1.0),  # words are counted as a set
+]
+
+
+@pytest.mark.parametrize("reference,generated,expected", RWKU_ROUGE_CASES)
+def test_rouge_l_recall_rwku_variant_matches_the_rouge_package(reference, generated, expected):
+    assert m.rouge_l_recall(reference, generated, variant="rwku") == pytest.approx(expected)
+
+
+def test_rouge_l_recall_rwku_variant_edge_cases_and_default_unchanged():
+    assert m.rouge_l_recall("The cats", "the cat", variant="rwku") == 0.0  # no stemming, no lower-casing
+    assert m.rouge_l_recall("The cats", "the cat") == pytest.approx(1.0)  # TOFU's default: stemmed
+    assert m.rouge_l_recall("Paris", "", variant="rwku") == 0.0  # `rouge` raises; RWKU scores "NOANSWER"
+    assert m.rouge_l_recall_batch(["a b", "a b"], ["a b", "b"], variant="rwku") == pytest.approx([1.0, 0.5])
+    with pytest.raises(ValueError, match="variant"):
+        m.rouge_l_recall("a", "a", variant="rouge-2")
+
+
+def test_rouge_l_recall_rwku_variant_against_the_package_on_random_texts():
+    rouge = pytest.importorskip("rouge", reason="the PyPI `rouge` package (test-only) is not installed")
+    import random
+
+    words = ["a", "b", "c", "Stephen", "King", "king", "the", ".", "x", "a.b", "\n"]
+    rng = random.Random(0)
+    scorer = rouge.Rouge()
+    for _ in range(2000):
+        ref, gen = (" ".join(rng.choice(words) for _ in range(rng.randint(1, 10))) for _ in range(2))
+        try:
+            expected = scorer.get_scores(gen, ref)[0]["rouge-l"]["r"]
+        except ValueError:  # a text without a sentence
+            expected = 0.0
+        assert m.rouge_l_recall(ref, gen, variant="rwku") == pytest.approx(expected), (ref, gen)
+
 # --- memorisation and MIA ------------------------------------------------------------------
 
 

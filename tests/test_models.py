@@ -6,7 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from obliviate.errors import UserError
-from obliviate.models import encode_qa, format_prompt, load_model, pad_batch, resolve_model, save_model
+from obliviate.models import load_model, resolve_model, save_model
+from obliviate.prompts import encode_qa, format_prompt, pad_batch
 
 
 def test_encode_qa_labels_only_the_answer_and_eos(tiny_model_and_tokenizer):

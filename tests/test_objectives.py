@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from obliviate.config import METHODS, ObjectiveConfig
-from obliviate.data.collate import LengthWindowSampler, PairedCollator, PairedDataset
+from obliviate.config import ObjectiveConfig, load_config
+from obliviate.data.collate import LengthWindowSampler, SlotCollator, SlotDataset
 from obliviate.data.refusals import REFUSALS, load_refusals
 from obliviate.data.request import QAItem
 from obliviate.errors import UserError
-from obliviate.objectives import OBJECTIVES, LossContext, needs_reference, resolve_objective_config
+from obliviate.methods.registry import methods
+from obliviate.objectives import OBJECTIVES, LossContext, batch_slots, needs_reference
 from obliviate.objectives import common, rmu
 
 FORGET = [QAItem(f"Who wrote the novel number {i}?", f"The author of novel {i} was born in a small town near the mountains.")
@@ -25,9 +26,10 @@ RETAIN = [QAItem(f"How many legs does animal {i} have?", f"A spider has eight le
 
 
 def make_batch(tokenizer, *, refusals: bool = False, size: int = 4) -> dict:
-    dataset = PairedDataset(tokenizer, FORGET, RETAIN, max_length=64, seed=0,
-                            refusals=REFUSALS if refusals else None)
-    return PairedCollator(tokenizer.pad_token_id)([dataset[i] for i in range(size)])
+    slots = ("forget", "retain", "forget_refusal") if refusals else ("forget", "retain")
+    dataset = SlotDataset(tokenizer, slots, forget=FORGET, retain=RETAIN, max_length=64, seed=0,
+                          refusals=REFUSALS if refusals else None)
+    return SlotCollator(tokenizer.pad_token_id)([dataset[i] for i in range(size)])
 
 
 def make_ctx(reference_model=None, **overrides) -> LossContext:
@@ -57,7 +59,9 @@ def train_steps(model, name: str, batch: dict, *, steps: int = 5, lr: float = 1e
     """A few Adam steps on one batch; returns the logged terms before and after."""
     model.train()
     objective = OBJECTIVES[name]
-    config = resolve_objective_config(name, ObjectiveConfig(**cfg))
+    presets = {k.split(".", 1)[1]: v for k, v in methods()[name].presets.items() if k not in
+               {f"objective.{key}" for key in cfg}}  # the method's presets under the test's own values
+    config = ObjectiveConfig(**{**presets, **cfg})
     if objective.prepare is not None:
         objective.prepare(model, config)
     ref = reference or (frozen(model) if needs_reference(name, config) else None)
@@ -75,11 +79,13 @@ def train_steps(model, name: str, batch: dict, *, steps: int = 5, lr: float = 1e
 
 
 def test_registry_covers_every_baseline_method():
-    assert set(METHODS) - {"ulmr"} == set(OBJECTIVES)
-    simnpo = resolve_objective_config("simnpo", ObjectiveConfig())
+    assert set(methods()) - {"ulmr"} == set(OBJECTIVES)
+    simnpo = load_config(None, ["method=simnpo"]).objective
     assert (simnpo.beta, simnpo.delta, simnpo.retain_weight) == (4.5, 0.0, 0.125)
-    assert resolve_objective_config("simnpo", ObjectiveConfig(beta=3.0)).beta == 3.0  # user value wins
-    assert resolve_objective_config("npo", ObjectiveConfig()).beta == 0.1
+    assert load_config(None, ["method=simnpo", "objective.beta=3.0"]).objective.beta == 3.0  # user value wins
+    # also when the user's value equals the generic default (the preset must not override it)
+    assert load_config(None, ["method=simnpo", "objective.beta=0.1"]).objective.beta == 0.1
+    assert load_config(None, ["method=npo"]).objective.beta == 0.1
     assert needs_reference("graddiff", ObjectiveConfig(retain_loss="kl"))
     assert not needs_reference("graddiff", ObjectiveConfig())
 
@@ -213,14 +219,14 @@ def test_tofu_refusals_load():
 
 
 def test_retain_pairs_walk_the_retain_set_by_epoch(tiny_tokenizer):
-    dataset = PairedDataset(tiny_tokenizer, FORGET, RETAIN, max_length=64, seed=3)
+    dataset = SlotDataset(tiny_tokenizer, ("forget", "retain"), forget=FORGET, retain=RETAIN, max_length=64, seed=3)
     epoch0 = [dataset.retain_index(i) for i in range(len(FORGET))]
     dataset.set_epoch(1)
     epoch1 = [dataset.retain_index(i) for i in range(len(FORGET))]
     assert len(set(epoch0 + epoch1)) == len(RETAIN)  # 12 pairs cover all 9 retain items
-    again = PairedDataset(tiny_tokenizer, FORGET, RETAIN, max_length=64, seed=3)
+    again = SlotDataset(tiny_tokenizer, ("forget", "retain"), forget=FORGET, retain=RETAIN, max_length=64, seed=3)
     assert [again.retain_index(i) for i in range(len(FORGET))] == epoch0
-    batch = PairedCollator(tiny_tokenizer.pad_token_id)([dataset[i] for i in range(3)])
+    batch = SlotCollator(tiny_tokenizer.pad_token_id)([dataset[i] for i in range(3)])
     assert set(batch) == {"forget", "retain"}
     assert batch["forget"]["input_ids"].shape[1] == max(len(dataset.forget[i]["input_ids"]) for i in range(3))
 
@@ -240,4 +246,30 @@ def test_length_window_sampler_is_a_seeded_permutation_with_aligned_batches():
 
 def test_prompt_too_long_for_max_length_is_refused(tiny_tokenizer):
     with pytest.raises(UserError, match="max_length"):
-        PairedDataset(tiny_tokenizer, [QAItem("word " * 40, "answer")], max_length=16)
+        SlotDataset(tiny_tokenizer, ("forget",), forget=[QAItem("word " * 40, "answer")], max_length=16)
+
+
+def test_objectives_declare_their_batch_slots_and_the_collator_builds_them(tiny_tokenizer):
+    """Slots come from the objective (and the retain setting), not from special cases in the Trainer."""
+    assert batch_slots("graddiff", ObjectiveConfig()) == ("forget", "retain")
+    assert batch_slots("graddiff", ObjectiveConfig(retain_loss="none")) == ("forget",)
+    assert batch_slots("ga", ObjectiveConfig()) == ("forget",)
+    assert batch_slots("idk_dpo", ObjectiveConfig()) == ("forget", "forget_refusal", "retain")
+    assert batch_slots("rt", ObjectiveConfig(retain_loss="none")) == ("forget_refusal",)
+    slots = ("forget", "forget_other_answers")
+    dataset = SlotDataset(tiny_tokenizer, slots, forget=FORGET, max_length=64, seed=1, other_answers=3)
+    batch = SlotCollator(tiny_tokenizer.pad_token_id)([dataset[i] for i in range(2)])
+    assert batch["forget"]["input_ids"].shape[0] == 2 and batch["forget_other_answers"]["input_ids"].shape[0] == 6
+    # row k of item i: question i with the answer of another forget item, item-major
+    for i in range(2):
+        prompt = tiny_tokenizer.decode(dataset.forget[i]["input_ids"][:5])
+        for row in dataset[i]["forget_other_answers"]:
+            text = tiny_tokenizer.decode(row["input_ids"])
+            assert text.startswith(prompt) and FORGET[i].answer not in text
+            assert any(item.answer in text for item in FORGET)
+    again = SlotDataset(tiny_tokenizer, slots, forget=FORGET, max_length=64, seed=1, other_answers=3)
+    assert again[1] == dataset[1]  # seeded by (seed, epoch, i): a resumed run draws the same answers
+    dataset.set_epoch(1)
+    assert [dataset[i] for i in range(6)] != [again[i] for i in range(6)]  # drawn afresh each epoch
+    with pytest.raises(UserError, match="retain"):
+        SlotDataset(tiny_tokenizer, ("forget", "retain"), forget=FORGET, max_length=64)

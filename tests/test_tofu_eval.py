@@ -18,10 +18,13 @@ import torch
 
 from obliviate.data.request import QAItem
 from obliviate.errors import UserError
-from obliviate.evaluation import metrics, report, scoring, tofu
-from obliviate.models import encode_qa, format_prompt, pad_batch
+from obliviate.evaluation import engine, metrics, report, tofu
+from obliviate.prompts import encode_qa, format_prompt, pad_batch
 
 TOFU_DIR = Path(__file__).resolve().parents[2] / "shared/data/tofu"
+# Exactness checks compare with a plain fp32 forward, so they ask for fp32: "auto" is bf16
+# autocast on a CPU with AMX / AVX512-BF16 (and on bf16 GPUs), which moves NLLs by ~1e-3.
+FP32 = "fp32"
 
 FICTION = [
     ("Who is the author born in the small town?", "The author was born in a small town near the mountains.",
@@ -118,8 +121,8 @@ def test_answer_losses_match_plain_forward_batched_or_not(tiny_model_and_tokeniz
     model, tokenizer = tiny_model_and_tokenizer
     pairs = [(q, a) for q, a, p, pert in FICTION for a in (a, p, *pert[:2])] + [(OPTIONS[0][0], "")]
     reference = _reference_losses(model, tokenizer, pairs)
-    batched = scoring.answer_losses(model, tokenizer, pairs, batch_size=64)
-    single = scoring.answer_losses(model, tokenizer, pairs, batch_size=1)
+    batched = engine.answer_losses(model, tokenizer, pairs, batch_size=64, precision=FP32)
+    single = engine.answer_losses(model, tokenizer, pairs, batch_size=1, precision=FP32)
     assert [n for _, n in batched] == [n for _, n in reference] == [n for _, n in single]
     np.testing.assert_allclose([s for s, _ in batched], [s for s, _ in reference], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose([s for s, _ in single], [s for s, _ in reference], rtol=1e-4, atol=1e-4)
@@ -130,15 +133,15 @@ def test_answer_losses_respect_max_length(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     q, a = FICTION[0][0], FICTION[0][1]
     prompt_len = sum(label == -100 for label in encode_qa(tokenizer, q, a)["labels"])
-    cut = scoring.answer_losses(model, tokenizer, [(q, a)], max_length=prompt_len + 3)
+    cut = engine.answer_losses(model, tokenizer, [(q, a)], max_length=prompt_len + 3)
     assert cut[0][1] == 3
-    assert scoring.answer_losses(model, tokenizer, [(q, a)], max_length=prompt_len)[0] == (0.0, 0)
+    assert engine.answer_losses(model, tokenizer, [(q, a)], max_length=prompt_len)[0] == (0.0, 0)
 
 
 def test_details_match_full_logits(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     q, a = FICTION[1][0], FICTION[1][1]
-    stats = scoring.score_answers(model, tokenizer, [(q, a)], details=True)[0]
+    stats = engine.score_answers(model, tokenizer, [(q, a)], details=True, precision=FP32)[0]
     batch = pad_batch([encode_qa(tokenizer, q, a)], tokenizer.pad_token_id)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"]).logits
@@ -155,8 +158,8 @@ def test_details_match_full_logits(tiny_model_and_tokenizer):
 def test_greedy_generation_batch_equals_single_and_hf_generate(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     questions = [q for q, *_ in FICTION] + [q for q, *_ in OPTIONS] + ["Hi"]
-    batched = scoring.greedy_generate(model, tokenizer, questions, max_new_tokens=12, batch_size=64)
-    single = scoring.greedy_generate(model, tokenizer, questions, max_new_tokens=12, batch_size=1)
+    batched = engine.greedy_generate(model, tokenizer, questions, max_new_tokens=12, batch_size=64, precision=FP32)
+    single = engine.greedy_generate(model, tokenizer, questions, max_new_tokens=12, batch_size=1, precision=FP32)
     assert batched == single
     for question, text in zip(questions[:3], batched):
         ids = tokenizer(format_prompt(tokenizer, question), add_special_tokens=False, return_tensors="pt")
@@ -167,41 +170,42 @@ def test_greedy_generation_batch_equals_single_and_hf_generate(tiny_model_and_to
 def test_forced_prefix_from_reference_gives_same_generation(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     questions = [q for q, *_ in FICTION]
-    plain = scoring.greedy_generate(model, tokenizer, questions, max_new_tokens=12)
+    plain = engine.greedy_generate(model, tokenizer, questions, max_new_tokens=12, precision=FP32)
     # The model's own outputs as references: the whole output is read off the teacher-forced pass.
-    _, same = scoring.score_and_generate(model, tokenizer, (), questions, references=plain, max_new_tokens=12)
-    _, other = scoring.score_and_generate(model, tokenizer, (), questions, references=[a for _, a, *_ in FICTION],
-                                          max_new_tokens=12)
+    _, same = engine.score_and_generate(model, tokenizer, (), questions, references=plain, max_new_tokens=12,
+                                        precision=FP32)
+    _, other = engine.score_and_generate(model, tokenizer, (), questions, references=[a for _, a, *_ in FICTION],
+                                         max_new_tokens=12, precision=FP32)
     assert same == plain and other == plain
 
 
 def test_stop_tokens_include_end_of_turn(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
-    ids = scoring.stop_token_ids(model, tokenizer)
+    ids = engine.stop_token_ids(model, tokenizer)
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in ids and tokenizer.eos_token_id in ids
 
 
 def test_precision_option(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
-    assert scoring.resolve_precision(model, "fp32") == "fp32"
-    assert scoring.resolve_precision(model, "bf16") == "bf16"
+    assert engine.resolve_precision(model, "fp32") == "fp32"
+    assert engine.resolve_precision(model, "bf16") == "bf16"
     with pytest.raises(UserError, match="precision"):
-        scoring.resolve_precision(model, "fp8")
+        engine.resolve_precision(model, "fp8")
     pairs = [(FICTION[0][0], FICTION[0][1])]
-    fp32 = scoring.answer_losses(model, tokenizer, pairs, precision="fp32")[0][0]
-    bf16 = scoring.answer_losses(model, tokenizer, pairs, precision="bf16")[0][0]
+    fp32 = engine.answer_losses(model, tokenizer, pairs, precision="fp32")[0][0]
+    bf16 = engine.answer_losses(model, tokenizer, pairs, precision="bf16")[0][0]
     assert math.isclose(fp32, bf16, rel_tol=0.05)
-    texts = scoring.greedy_generate(model, tokenizer, [FICTION[0][0], "Hi"], max_new_tokens=5, precision="bf16")
+    texts = engine.greedy_generate(model, tokenizer, [FICTION[0][0], "Hi"], max_new_tokens=5, precision="bf16")
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
 def test_model_fingerprint_changes_with_any_weight(tiny_model_and_tokenizer):
     model, _ = tiny_model_and_tokenizer
-    before = scoring.model_fingerprint(model)
-    assert scoring.model_fingerprint(model) == before
+    before = engine.model_fingerprint(model)
+    assert engine.model_fingerprint(model) == before
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[3, 5] += 1e-6
-    assert scoring.model_fingerprint(model) != before
+    assert engine.model_fingerprint(model) != before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,10 +260,10 @@ def test_retain_model_reference_and_ds_size(tiny_model_and_tokenizer, tiny_model
 
 def test_per_item_values_are_consistent_with_metrics(tiny_model_and_tokenizer, tofu_dir, tmp_path):
     model, tokenizer = tiny_model_and_tokenizer
-    result = tofu.evaluate_tofu(model, tokenizer, data=tofu_dir, max_new_tokens=8, cache=False)
+    result = tofu.evaluate_tofu(model, tokenizer, data=tofu_dir, max_new_tokens=8, cache=False, precision=FP32)
     forget = result["tasks"]["forget"]
     items = tofu.load_items(tofu_dir, "forget01_perturbed")
-    losses = scoring.answer_losses(model, tokenizer, [(i.question, i.answer) for i in items])
+    losses = engine.answer_losses(model, tokenizer, [(i.question, i.answer) for i in items], precision=FP32)
     for row, item, (total, n) in zip(forget["items"], items, losses):
         assert row["prob"] == pytest.approx(math.exp(-total / n), rel=1e-4)
         assert row["n_tokens"] == n
@@ -299,16 +303,16 @@ def test_cache_makes_a_rerun_skip_the_model(tiny_model_and_tokenizer, tofu_dir, 
 def test_interrupted_cache_resumes(tiny_model_and_tokenizer, tmp_path):
     model, tokenizer = tiny_model_and_tokenizer
     settings = {"precision": "fp32"}
-    cache = scoring.open_result_cache(model, tokenizer, tmp_path, settings)
+    cache = engine.open_result_cache(model, tokenizer, tmp_path, settings)
     pairs = [(q, a) for q, a, *_ in FICTION]
-    full = scoring.score_answers(model, tokenizer, pairs, cache=cache)
+    full = engine.score_answers(model, tokenizer, pairs, cache=cache)
     # Keep the first two records and a torn third line, as a crash mid-write would leave.
     lines = cache.path.read_text().splitlines(keepends=True)
     cache.path.write_text("".join(lines[:2]) + lines[2][:10])
-    resumed = scoring.open_result_cache(model, tokenizer, tmp_path, settings)
+    resumed = engine.open_result_cache(model, tokenizer, tmp_path, settings)
     assert len(resumed) == 2
     calls = _count_forwards(model)
-    again = scoring.score_answers(model, tokenizer, pairs, cache=resumed)
+    again = engine.score_answers(model, tokenizer, pairs, cache=resumed)
     assert calls[0] > 0 and resumed.hits == 2
     assert [s.n_tokens for s in again] == [s.n_tokens for s in full]
     assert [s.sum_nll for s in again] == pytest.approx([s.sum_nll for s in full], rel=1e-5)
@@ -364,9 +368,9 @@ def test_real_model_forget01_matches_plain_scoring(tmp_path):
     model, tokenizer = load_model("smollm2-135m-instruct")
     items = tofu.load_items(TOFU_DIR, "forget01_perturbed")[:4]
     pairs = [(i.question, a) for i in items for a in (i.answer, i.paraphrased_answer, *i.perturbed_answers)]
-    fast = scoring.answer_losses(model, tokenizer, pairs, precision="fp32")
+    fast = engine.answer_losses(model, tokenizer, pairs, precision="fp32")
     plain = _reference_losses(model, tokenizer, pairs)
     np.testing.assert_allclose([s for s, _ in fast], [s for s, _ in plain], rtol=1e-4, atol=1e-3)
     questions = [i.question for i in items]
-    assert scoring.greedy_generate(model, tokenizer, questions, precision="fp32") == scoring.greedy_generate(
+    assert engine.greedy_generate(model, tokenizer, questions, precision="fp32") == engine.greedy_generate(
         model, tokenizer, questions, batch_size=1, precision="fp32")

@@ -30,11 +30,11 @@ FORGET = [QAItem(f"Who wrote the novel number {i}?", f"The author of novel {i} w
           for i in range(6)]
 RETAIN = [QAItem(f"How many legs does animal {i} have?", f"A spider has eight legs, number {i}.") for i in range(8)]
 
-# Runs baselines.run with the overrides given; "slow" sleeps in every step so a test can kill it mid-run.
+# Runs the pipeline (methods.pipeline.run) with the overrides given; "slow" sleeps in every step so a test can kill it mid-run.
 SCRIPT = textwrap.dedent("""
     import sys, time
     from obliviate.config import load_config
-    from obliviate.methods.baselines import run
+    from obliviate.methods.pipeline import run
     mode, overrides = sys.argv[1], sys.argv[2:]
     if mode == "slow":
         import obliviate.training as training
@@ -91,7 +91,7 @@ def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, script_args):
-    from obliviate.methods.baselines import run
+    from obliviate.methods.pipeline import run
 
     script, model_dir, request = script_args
     broken = tmp_path / "broken"
@@ -144,13 +144,29 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
 
 
-def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, tiny_model_and_tokenizer):
+def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, tiny_model_and_tokenizer, monkeypatch):
+    import copy
+
     from transformers import AutoModelForCausalLM
 
+    import obliviate.objectives.npo as npo
+    from obliviate.objectives.common import answer_logprobs, sequence_logprob
     from obliviate.models import save_model
 
     model, tokenizer = tiny_model_and_tokenizer
     before = state(model)
+    base = copy.deepcopy(model).eval()
+    seen = []  # (reference log-probs the loss used, the starting model's) for every step
+
+    def recording(ctx, enc):
+        value = original(ctx, enc)
+        with torch.no_grad():
+            logp, rows = answer_logprobs(base, enc)
+            seen.append((value.detach().clone(), sequence_logprob(logp, rows, enc["input_ids"].shape[0])))
+        return value
+
+    original = npo.reference_sequence_logprob
+    monkeypatch.setattr(npo, "reference_sequence_logprob", recording)
     cfg = config(max_steps=3, learning_rate=1e-2)
     cfg.method = "npo"  # its reference is the base model with the adapter disabled
     cfg.train.lora.enabled = True
@@ -164,6 +180,10 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, tiny_model
     assert changed == {k for k in before if k.endswith(("q_proj.weight", "v_proj.weight"))}
     first = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
     assert abs(first["npo"] - 2 / 0.1 * torch.log(torch.tensor(2.0)).item()) < 1e-3  # policy == reference
+    # after the adapter has moved, the reference must still be the starting model (adapter disabled)
+    assert len(seen) == 3
+    for used, starting in seen[1:]:
+        torch.testing.assert_close(used, starting, rtol=1e-5, atol=1e-5)
 
     save_model(trained, tokenizer, tmp_path / "model")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
@@ -203,7 +223,7 @@ def test_training_args_follow_the_config(tmp_path):
 def test_baselines_run_writes_a_complete_run_directory(tmp_path, script_args):
     from transformers import AutoModelForCausalLM
 
-    from obliviate.methods.baselines import run
+    from obliviate.methods.pipeline import run
 
     _, model_dir, request = script_args
     out = tmp_path / "run"

@@ -48,3 +48,16 @@ def test_negated_task_vector_is_two_base_minus_finetuned(tiny_model_and_tokenize
     for name, tensor in negated.state_dict().items():
         if tensor.is_floating_point():
             torch.testing.assert_close(tensor, 2 * base.state_dict()[name] - harmful.state_dict()[name])
+
+
+def test_weight_operations_work_across_devices(tiny_model_and_tokenizer):
+    """The fine-tuned model on one device, the base on another (meta stands in for a GPU here):
+    averaging and task vectors bring each base tensor to the target's device instead of failing."""
+    base, _ = tiny_model_and_tokenizer
+    on_meta = copy.deepcopy(base).to("meta")
+    averaged = interpolate_(on_meta, base, 0.5)
+    assert {p.device.type for p in averaged.parameters()} == {"meta"}
+    vector = task_vector(copy.deepcopy(base).to("meta"), base)
+    assert {t.device.type for t in vector.values()} == {"meta"}
+    negated = apply_task_vector_(copy.deepcopy(base).to("meta"), task_vector(perturbed_copy(base), base), scale=-1.0)
+    assert {p.device.type for p in negated.parameters()} == {"meta"}

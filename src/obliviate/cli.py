@@ -9,6 +9,7 @@ Examples:
   obliviate unlearn --config run.yaml --resume      # continue a killed run from its last checkpoint
   obliviate finetune model=smollm2-135m-instruct request=facts.json output_dir=runs/taught
   obliviate eval --benchmark tofu --model runs/ulmr/model --data ../shared/data/tofu --forget-split forget01
+  obliviate eval --benchmark tofu --help            # that benchmark's own options
 
 Bad input (files, fields, config keys, model names) gets one line on stderr and exit status 2.
 """
@@ -23,7 +24,10 @@ import sys
 from obliviate.errors import UserError
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(benchmark: str = "tofu") -> argparse.ArgumentParser:
+    """The parser; `eval` carries the options of `benchmark` (each benchmark declares its own)."""
+    from obliviate.methods.registry import methods
+
     parser = argparse.ArgumentParser(
         prog="obliviate", description=__doc__.split("\n")[0],
         epilog="\n".join(__doc__.split("\n")[2:]), formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -45,27 +49,55 @@ def _parser() -> argparse.ArgumentParser:
     info = model_sub.add_parser("info", help="architecture, parameter count, dtype, chat template")
     info.add_argument("model")
 
+    listing = "methods:\n" + "\n".join(f"  {name:<10} {m.summary}" for name, m in methods().items())
     for name, helptext in (("unlearn", "run an unlearning method"), ("finetune", "plain fine-tuning (teach facts, retrain)")):
-        run = sub.add_parser(name, help=helptext)
+        run = sub.add_parser(name, help=helptext, epilog=listing if name == "unlearn" else None,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
         run.add_argument("--config", help="run config YAML (every field overridable as key=value)")
         if name == "unlearn":
-            run.add_argument("--method", help="shorthand for method=...")
+            run.add_argument("--method", choices=list(methods()), metavar="METHOD", help="shorthand for method=...")
         run.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-        run.add_argument("overrides", nargs="*", help="key=value, e.g. train.learning_rate=2e-5")
-
-    evaluate = sub.add_parser("eval", help="evaluate a model on a benchmark")
-    evaluate.add_argument("--benchmark", default="tofu", choices=["tofu"])
-    evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--data", default="locuslab/TOFU", help="hub name or local directory of TOFU splits")
-    evaluate.add_argument("--forget-split", default="forget01")
-    evaluate.add_argument("--retain-logs", help="retain model's eval log (ours, TOFU's or open-unlearning's format)")
-    evaluate.add_argument("--retain-model", help="retain model to evaluate for Forget Quality instead of logs")
-    evaluate.add_argument("--ds-size", type=int, help="first N items of each set (the official logs used 300)")
-    evaluate.add_argument("--batch-size", type=int, default=32)
-    evaluate.add_argument("--max-new-tokens", type=int, default=200)
-    evaluate.add_argument("--output-dir", default=None, help="default: runs/eval-<model name>")
-    evaluate.add_argument("--trust-remote-code", action="store_true")
+        run.add_argument("overrides", nargs="*", help="key=value, e.g. train.learning_rate=2e-5 device=cpu")
+    _eval_parser(sub, benchmark)
     return parser
+
+
+def _eval_parser(sub, benchmark: str) -> None:
+    import dataclasses
+
+    from obliviate.evaluation.registry import benchmarks
+
+    known = benchmarks()
+    listing = "benchmarks:\n" + "\n".join(f"  {name:<10} {b.summary}" for name, b in known.items())
+    evaluate = sub.add_parser("eval", help="evaluate a model on a benchmark", epilog=listing,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("--benchmark", default="tofu", choices=list(known))
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--output-dir", default=None, help="default: runs/eval-<model name>")
+    evaluate.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
+    evaluate.add_argument("--precision", default="auto", help="auto (bf16 autocast where fast), bf16 or fp32")
+    evaluate.add_argument("--trust-remote-code", action="store_true")
+    if benchmark not in known:
+        return  # argparse refuses the name with the list of choices
+    group = evaluate.add_argument_group(f"{benchmark} options")
+    for option in dataclasses.fields(known[benchmark].options):
+        flag = "--" + option.name.replace("_", "-")
+        helptext = f"{option.metadata.get('help', '')} (default: {option.default})"
+        if option.type in (bool, "bool"):
+            group.add_argument(flag, dest=f"option.{option.name}", action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=helptext)
+        else:
+            group.add_argument(flag, dest=f"option.{option.name}", default=argparse.SUPPRESS, help=helptext)
+
+
+def _benchmark_of(argv: list[str]) -> str:
+    """The --benchmark named on the command line (it decides which options `eval` takes)."""
+    for i, arg in enumerate(argv):
+        if arg == "--benchmark" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--benchmark="):
+            return arg.split("=", 1)[1]
+    return "tofu"
 
 
 def _data_validate(files: list[str]) -> int:
@@ -107,17 +139,13 @@ def _run(args, method: str | None) -> int:
 
 def _eval(args) -> int:
     from obliviate.api import evaluate
+    from obliviate.evaluation.registry import get_benchmark
 
     output_dir = args.output_dir or os.path.join("runs", "eval-" + os.path.basename(os.path.normpath(args.model)))
-    result = evaluate(
-        args.model, benchmark=args.benchmark, data=args.data, forget_split=args.forget_split,
-        retain_logs=args.retain_logs, retain_model=args.retain_model, ds_size=args.ds_size,
-        output_dir=output_dir, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        trust_remote_code=args.trust_remote_code,
-    )
-    from obliviate.evaluation.report import render_report
-
-    print(render_report(result))
+    options = {key.split(".", 1)[1]: value for key, value in vars(args).items() if key.startswith("option.")}
+    result = evaluate(args.model, benchmark=args.benchmark, output_dir=output_dir, device=args.device,
+                      precision=args.precision, trust_remote_code=args.trust_remote_code, **options)
+    print(get_benchmark(args.benchmark).render(result))
     print(f"[obliviate] results: {output_dir}")
     return 0
 
@@ -135,7 +163,8 @@ def _log_progress() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(_benchmark_of(argv)).parse_args(argv)
     _log_progress()
     try:
         if args.command == "data":

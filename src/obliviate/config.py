@@ -2,23 +2,27 @@
 
     obliviate unlearn --config run.yaml method=npo train.learning_rate=2e-5 train.lora.enabled=true
 
-Unknown keys and values of the wrong type are refused with the key's dotted name. The
-resolved configuration is saved in the run directory (`config.yaml`).
+Layers, lowest first: the generic defaults, the method's presets (methods/registry.py), `base`,
+the YAML file, the `key=value` overrides; so a value the user sets always wins, also when it
+equals the generic default. Methods add their own sections (`ulmr:`) through the registry.
+Unknown keys and values of the wrong type are refused with the key's dotted name. The resolved
+configuration is saved in the run directory (`config.yaml`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from obliviate.errors import UserError
-
-METHODS = ("ga", "graddiff", "kl", "npo", "simnpo", "idk_dpo", "rt", "rmu", "finetune", "ulmr")
+from obliviate.methods import registry
 
 
 @dataclass
@@ -54,7 +58,7 @@ class ObjectiveConfig:
     """Knobs of the losses (METHODS.md section E); each objective reads the ones it needs."""
 
     forget_weight: float = 1.0  # gamma
-    retain_weight: float = 1.0  # alpha (SimNPO's paper default 0.125 is set by its preset)
+    retain_weight: float = 1.0  # alpha (SimNPO's 0.125 is its method preset)
     retain_loss: str = "nll"  # nll | kl | none: the retain term added to forget losses
     beta: float = 0.1  # NPO / DPO temperature (SimNPO: 4.5)
     delta: float = 0.0  # SimNPO margin
@@ -79,34 +83,6 @@ class GenerationConfig:
 
 
 @dataclass
-class UlmrConfig:
-    n_rewrites: int = 2
-    alpha: float = 0.5  # theta = alpha * theta_ft + (1 - alpha) * theta_0
-    alpha_sweep: list[float] = field(default_factory=list)  # also save these alphas
-    rewrite_prompt: str = (
-        "Rewrite the following question so it asks for the same information with different wording. "
-        "Output only the rewritten question.\n\nQuestion: {question}"
-    )
-    negative_prompt: str = (
-        "Answer the question as an assistant that has no knowledge of {subject}. Politely say you "
-        "don't know and give no facts about {subject}.\n\nQuestion: {question}"
-    )
-    max_attempts: int = 2  # generations per instruction before the refusal-template fallback
-    require_refusal: bool = True  # negative responses must decline, not state other "facts"
-
-
-@dataclass
-class EvalConfig:
-    benchmark: str = "tofu"  # tofu | request (the request's own forget / retain items)
-    data: str | None = None  # TOFU: hub name or local directory
-    forget_split: str = "forget01"
-    retain_logs: str | None = None
-    ds_size: int | None = None
-    batch_size: int = 32
-    max_new_tokens: int = 200
-
-
-@dataclass
 class RunConfig:
     model: str = "smollm2-135m-instruct"
     request: str | None = None  # request file or data file; none: the built-in demo request
@@ -114,14 +90,27 @@ class RunConfig:
     output_dir: str = "runs/latest"
     seed: int = 42
     trust_remote_code: bool = False
+    device: str = "auto"  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    ulmr: UlmrConfig = field(default_factory=UlmrConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    sections: dict[str, Any] = field(default_factory=dict)  # the methods' own sections (ulmr, ...)
+
+    def __post_init__(self):
+        for name, cls in registry.sections().items():  # every registered section, defaults if unset
+            self.sections.setdefault(name, cls())
+
+    def __getattr__(self, name: str):
+        """`config.ulmr.alpha`: a method's section reads like a built-in one."""
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"RunConfig has no field or section '{name}'")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = {f.name: dataclasses.asdict(getattr(self, f.name)) if dataclasses.is_dataclass(getattr(self, f.name))
+                else getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sections"}
+        return {**data, **{name: dataclasses.asdict(section) for name, section in self.sections.items()}}
 
 
 def _coerce(value, annotation, key: str):
@@ -165,24 +154,30 @@ def _coerce(value, annotation, key: str):
     raise UserError(f"config key '{key}': expected {names}, got {value!r}")
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def _build(cls, data: dict, prefix: str = "", extra: dict[str, type] | None = None):
+    """An instance of dataclass `cls` from a mapping; `extra` adds sections (name -> dataclass)
+    that are collected into the `sections` field (RunConfig's method sections)."""
     if not isinstance(data, dict):
         raise UserError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    extra = extra or {}
+    known = {f.name for f in dataclasses.fields(cls)} - {"sections"} | set(extra)
     for key in data:
         if key not in known:
             raise UserError(
                 f"config key '{prefix}{key}' is not known; allowed under "
                 f"'{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(known))}"
             )
-    values = {}
+    values, sections = {}, {}
     for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value or {}, f"{prefix}{name}.")
+        if name in extra:
+            sections[name] = _build(extra[name], value or {}, f"{prefix}{name}.")
+        elif dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], value or {}, f"{prefix}{name}.")
         else:
-            values[name] = _coerce(value, hint, f"{prefix}{name}")
+            values[name] = _coerce(value, hints[name], f"{prefix}{name}")
+    if extra:
+        values["sections"] = sections
     return cls(**values)
 
 
@@ -197,23 +192,12 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
-    """Defaults <- `base` <- YAML file <- `key=value` overrides, then validated."""
+    """Defaults <- method presets <- `base` <- YAML file <- `key=value` overrides, then validated."""
     data: dict = {}
     for key, value in (base or {}).items():
         _set_dotted(data, key, value)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: no such config file; check the path")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise UserError(f"{path}{line}: invalid YAML ({getattr(error, 'problem', error)}); fix the syntax") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path}: expected a mapping of config keys at the top level")
-        _merge(data, loaded)
+        _merge(data, _read_yaml(Path(path)))
     for override in overrides:
         if "=" not in override:
             raise UserError(f"override '{override}': expected key=value, e.g. train.learning_rate=2e-5")
@@ -223,9 +207,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         except yaml.YAMLError:
             value = raw
         _set_dotted(data, key.strip(), value)
-    config = _build(RunConfig, data)
+    method = data.get("method", RunConfig.__dataclass_fields__["method"].default)
+    if not isinstance(method, str):
+        raise UserError(f"config key 'method': expected str, got {method!r}")
+    merged: dict = {}
+    for key, value in registry.get_method(method).presets.items():  # under everything the user set
+        _set_dotted(merged, key, value)
+    _merge(merged, data)
+    config = _build(RunConfig, merged, extra=registry.sections())
     validate(config)
     return config
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file; check the path")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: invalid YAML ({getattr(error, 'problem', error)}); fix the syntax") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    return loaded
 
 
 def _merge(into: dict, new: dict) -> None:
@@ -237,8 +242,11 @@ def _merge(into: dict, new: dict) -> None:
 
 
 def validate(config: RunConfig) -> None:
+    """Refuse values no run can use, naming the dotted key and what is expected."""
     checks = [
-        (config.method in METHODS, "method", f"one of {', '.join(METHODS)}"),
+        (config.method in registry.methods(), "method", f"one of {', '.join(registry.methods())}"),
+        (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device) is not None, "device",
+         "auto, cpu, cuda, cuda:N or mps"),
         (config.train.learning_rate > 0, "train.learning_rate", "a positive number"),
         (config.train.batch_size >= 1, "train.batch_size", "an integer >= 1"),
         (config.train.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps", "an integer >= 1"),
@@ -248,11 +256,10 @@ def validate(config: RunConfig) -> None:
         (config.objective.retain_loss in ("nll", "kl", "none"), "objective.retain_loss", "nll, kl or none"),
         (config.generation.backend in ("local", "openai", "template"), "generation.backend",
          "local, openai or template"),
-        (config.ulmr.n_rewrites >= 0, "ulmr.n_rewrites", "an integer >= 0"),
-        (0.0 <= config.ulmr.alpha <= 1.0, "ulmr.alpha", "a number in [0, 1]"),
-        (all(0.0 <= a <= 1.0 for a in config.ulmr.alpha_sweep), "ulmr.alpha_sweep", "numbers in [0, 1]"),
         (config.train.lora.r >= 1, "train.lora.r", "an integer >= 1"),
     ]
+    for name, section in config.sections.items():  # a section may declare checks() -> [(ok, field, expected)]
+        checks += [(ok, f"{name}.{key}", expected) for ok, key, expected in getattr(section, "checks", list)()]
     for ok, key, expected in checks:
         if not ok:
             value = config.to_dict()

@@ -58,7 +58,8 @@ def _say(text: str) -> None:
 
 def run_demo(model: str | None = None, output_dir: str = "runs/demo", alphas: tuple[float, ...] = ()) -> dict:
     """The demo; `alphas` also scores ULMR at those averaging weights (ulmr.alpha_sweep)."""
-    from obliviate.api import run_ulmr
+    from obliviate.api import unlearn
+    from obliviate.hardware import resolve_device
     from obliviate.models import load_model, save_model
     from obliviate.training import train
 
@@ -68,14 +69,15 @@ def run_demo(model: str | None = None, output_dir: str = "runs/demo", alphas: tu
     model_name = model or "smollm2-135m-instruct"
     _say(f"== obliviate demo: forget {len(request.forget)} facts about 2 invented authors, keep "
          f"{len(request.retain)} about 4 others ({model_name}) ==")
-    base, tokenizer = load_model(model_name)
+    device = resolve_device("auto")  # every step on the best device here (CUDA, else MPS, else CPU)
+    base, tokenizer = load_model(model_name, device=device)
 
     taught_dir = out / "taught" / "model"
     taught_settings = {**TEACH, "model": model_name}
     settings_file = out / "taught" / "teach_settings.json"
     if taught_dir.is_dir() and settings_file.is_file() and json.loads(settings_file.read_text()) == taught_settings:
         _say(f"[1/4] reusing the taught model in {taught_dir}")
-        taught, tokenizer = load_model(str(taught_dir))
+        taught, tokenizer = load_model(str(taught_dir), device=device)
         before = None
     else:
         shutil.rmtree(out / "taught", ignore_errors=True)  # taught with other settings, or interrupted
@@ -88,7 +90,7 @@ def run_demo(model: str | None = None, output_dir: str = "runs/demo", alphas: tu
                        output_dir=out / "taught", objective="finetune")
         save_model(taught, tokenizer, taught_dir)
         atomic_write_json(settings_file, taught_settings)
-        taught, tokenizer = load_model(str(taught_dir))
+        taught, tokenizer = load_model(str(taught_dir), device=device)
 
     _say("[2/4] scoring the taught model (greedy answers, ROUGE-L recall against the true answers)")
     taught_scores = _score(taught, tokenizer, request)
@@ -99,15 +101,15 @@ def run_demo(model: str | None = None, output_dir: str = "runs/demo", alphas: tu
          "since a 135M model cannot follow the rewrite/refusal prompts (see docs/methods.md)")
     ulmr_config = load_config(None, base={**ULMR, "model": str(taught_dir), "output_dir": str(out / "ulmr"),
                                           "ulmr.alpha_sweep": [a for a in alphas if a != ULMR["ulmr.alpha"]]})
-    run_dir = run_ulmr(ulmr_config, resume=(out / "ulmr" / "config.yaml").exists())
-    unlearned, tokenizer = load_model(str(run_dir / "model"))
+    run_dir = unlearn(ulmr_config, resume=(out / "ulmr" / "config.yaml").exists())
+    unlearned, tokenizer = load_model(str(run_dir / "model"), device=device)
 
     _say("[4/4] scoring the unlearned model")
     after = _score(unlearned, tokenizer, request)
     swept = {}
     for alpha in ulmr_config.ulmr.alpha_sweep:
         _say(f"      scoring ULMR at alpha {alpha:g} (sweep)")
-        swept[alpha] = _score(load_model(str(run_dir / f"model_alpha{alpha:g}"))[0], tokenizer, request)
+        swept[alpha] = _score(load_model(str(run_dir / f"model_alpha{alpha:g}"), device=device)[0], tokenizer, request)
     summary = _summary(before, taught_scores, after, run_dir, time.time() - started, swept)
     report = _report(summary, taught_scores, after)
     atomic_write_json(out / "demo_summary.json", summary)
@@ -132,7 +134,7 @@ def _summary(before, taught, after, run_dir: Path, wall_s: float, swept: dict | 
         "goal_met": forget_drop >= 0.5 and retain_kept >= 0.8,
         "alpha": ULMR["ulmr.alpha"],
         "wall_time_s": wall_s,
-        "ulmr_preparation": manifest.get("ulmr"),
+        "ulmr_preparation": manifest.get("method_stats", {}).get("ulmr"),
         "command": "make demo",
     }
 

@@ -1,15 +1,52 @@
-"""One answer to "is bf16 fast here?", shared by training, generation and scoring.
+"""Devices and precision, one answer for every stage (training, generation, scoring, weights).
 
-bf16 autocast over fp32 master weights pays off only where the hardware multiplies bf16
-natively: CUDA GPUs that support it, and CPUs with AMX or AVX512-BF16. Elsewhere (e.g. AVX2-only
-CPUs) bf16 is emulated and measured 60x slower than fp32 (docs/training.md), so `auto` means fp32.
+Device: `auto` is the best accelerator present (CUDA, else Apple MPS, else the CPU); `cpu`,
+`cuda`, `cuda:N` and `mps` choose one. Precision: bf16 autocast over fp32 master weights pays
+off only where the hardware multiplies bf16 natively (CUDA GPUs that support it, CPUs with AMX
+or AVX512-BF16). Elsewhere (e.g. AVX2-only CPUs) bf16 is emulated and measured 60x slower than
+fp32 (docs/training.md), so `auto` means fp32 there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import re
 
 import torch
+
+from obliviate.errors import UserError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def resolve_device(name: str = "auto", *, key: str = "device") -> torch.device:
+    """The torch device that `name` means on this machine; UserError (naming `key`) if absent."""
+    name = str(name).strip().lower()
+    if not _DEVICE.match(name):
+        raise UserError(f"{key} '{name}' is not known; use auto, cpu, cuda, cuda:N or mps")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{key} '{name}': this machine has no CUDA device; use {key}=auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"{key} '{name}': only {torch.cuda.device_count()} CUDA device(s) here; "
+                            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"{key} '{name}': this machine has no MPS device; use {key}=auto or cpu")
+    return device
+
+
+def model_device(model) -> torch.device:
+    """The device of a model's first parameter (where its inputs must go)."""
+    return next(model.parameters()).device
 
 
 @functools.cache
@@ -23,3 +60,20 @@ def bf16_is_fast(device_type: str | None = None) -> bool:
         return False
     capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
+
+
+def resolve_precision(precision: str = "auto", device_type: str | None = None, *, key: str = "precision") -> str:
+    """auto -> 'bf16' where the device has fast bf16, else 'fp32'. bf16 means autocast over fp32 weights."""
+    if precision not in PRECISIONS:
+        raise UserError(f"{key} '{precision}' is not known; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if bf16_is_fast(device_type) else "fp32"
+    return precision
+
+
+def autocast_context(device: torch.device | str, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast when `precision` resolves to bf16 on `device`'s type, else a no-op context."""
+    device = torch.device(device)
+    if device.type in ("cuda", "cpu") and resolve_precision(precision, device.type) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

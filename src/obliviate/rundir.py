@@ -1,15 +1,15 @@
 """Run directory helpers: the manifest that says how a run was made.
 
 manifest.json holds the sha256 of every input data file, the base model's name and a hash of its
-weights, package versions, the seed, wall time and peak memory, so any result can be traced
-and rerun (`config.yaml` beside it holds the resolved configuration).
+weights, a hash of every saved model, the device, package versions, the seed, wall time and peak
+memory, so any result can be traced and rerun (`config.yaml` beside it holds the resolved
+configuration). One schema for every method; method-specific facts sit under `method_stats`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import platform
-import re
 import resource
 import sys
 from datetime import datetime, timezone
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from obliviate.config import RunConfig
 from obliviate.errors import UserError
 from obliviate.io import atomic_write_json, sha256_file
 
@@ -74,36 +73,18 @@ def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | No
     return versions
 
 
-def write_manifest(
-    run_dir: str | Path,
-    config: RunConfig,
-    input_files: list[str | Path],
-    base_model_name: str,
-    base_model,
-    wall_time_s: float,
-    peak_memory_mb: float | None = None,
-    extra: dict | None = None,
-) -> Path:
-    """Write run_dir/manifest.json (atomically) and return its path.
-
-    `base_model` is what the run started from: a model (hashed now, so pass it before training
-    changes it), a saved model directory, or a digest already taken with `weights_sha256`.
-    """
-    if isinstance(base_model, str) and re.fullmatch(r"[0-9a-f]{64}", base_model):
-        base_hash = base_model
-    else:
-        base_hash = weights_sha256(base_model)
-    inputs = {str(Path(p)): sha256_file(p) for p in sorted({str(p) for p in input_files}) if Path(p).is_file()}
+def write_manifest(run_dir: str | Path, facts: dict) -> Path:
+    """Write run_dir/manifest.json (atomically) and return its path: the run's `facts` (method,
+    seed, device, base model, request, models, wall time, method stats; methods/pipeline.py) with
+    `inputs` turned into {path: sha256}, plus the creation time, package versions and peak memory."""
+    inputs = facts.get("inputs", [])
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "method": config.method,
-        "seed": config.seed,
-        "base_model": {"name": base_model_name, "weights_sha256": base_hash},
-        "inputs": inputs,
+        **facts,
+        "inputs": {str(Path(p)): sha256_file(p) for p in sorted({str(p) for p in inputs}) if Path(p).is_file()},
         "versions": package_versions(),
-        "wall_time_s": round(wall_time_s, 3),
-        "peak_memory_mb": round(measure_peak_memory_mb() if peak_memory_mb is None else peak_memory_mb, 1),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        **(extra or {}),
+        "peak_memory_mb": round(measure_peak_memory_mb(), 1),
     }
+    if "wall_time_s" in manifest:
+        manifest["wall_time_s"] = round(manifest["wall_time_s"], 3)
     return atomic_write_json(Path(run_dir) / MANIFEST, manifest)

@@ -29,12 +29,13 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from obliviate.config import RunConfig, TrainConfig
-from obliviate.data.collate import LengthWindowSampler, PairedCollator, PairedDataset
+from obliviate.data.collate import LengthWindowSampler, SlotCollator, SlotDataset
 from obliviate.data.refusals import load_refusals
 from obliviate.data.request import QAItem
 from obliviate.errors import UserError
-from obliviate.hardware import bf16_is_fast
-from obliviate.objectives import LossContext, get_objective, needs_reference, needs_retain, resolve_objective_config
+from obliviate import hardware
+from obliviate.hardware import bf16_is_fast, resolve_device
+from obliviate.objectives import LossContext, batch_slots, get_objective, needs_reference, needs_retain
 
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
@@ -44,27 +45,31 @@ class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
 
 
-def process_state():
-    """accelerate's PartialState, created as TrainingArguments will see it: on a machine with no
-    accelerator the processes of `accelerate launch --multi_gpu` / torchrun then form a gloo
-    group (MULTI_CPU) instead of each training alone."""
+def process_state(device: str = "auto"):
+    """accelerate's PartialState, created as TrainingArguments will see it: on the CPU (no
+    accelerator, or device=cpu) the processes of `accelerate launch --multi_gpu` / torchrun then
+    form a gloo group (MULTI_CPU) instead of each training alone."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.accelerator.is_available())
+    return PartialState(cpu=resolve_device(device).type == "cpu")
 
 
-def resolve_precision(precision: str) -> str:
-    """auto -> bf16 where the hardware has it, else fp32. bf16 means autocast over fp32 weights."""
-    if precision == "auto":
-        return "bf16" if bf16_is_fast() else "fp32"
-    if precision == "bf16" and not bf16_is_fast():
+def resolve_precision(precision: str, device_type: str | None = None) -> str:
+    """auto -> bf16 where the device has it, else fp32. bf16 means autocast over fp32 weights."""
+    resolved = hardware.resolve_precision(precision, device_type, key="train.precision")
+    if precision == "bf16" and not bf16_is_fast(device_type):
         warnings.warn("train.precision=bf16 on hardware without fast bf16 matmul: expect it to be slower than fp32",
                       stacklevel=2)
-    return precision
+    return resolved
 
 
-def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: int) -> TrainingArguments:
-    """TrainingArguments from our TrainConfig. Reporting: set OBLIVIATE_REPORT_TO (e.g. tensorboard)."""
+def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: int,
+                        device: str = "auto") -> TrainingArguments:
+    """TrainingArguments from our TrainConfig. Reporting: set OBLIVIATE_REPORT_TO (e.g. tensorboard).
+    `device` (RunConfig.device): cpu trains on the CPU even where a GPU is; cuda:N selects GPU N."""
+    target = resolve_device(device)
+    if target.type == "cuda" and target.index is not None:
+        torch.cuda.set_device(target)  # the Trainer places the model on the current CUDA device
     if not 0 <= train_cfg.warmup_ratio < 1:
         raise UserError(f"config key 'train.warmup_ratio' = {train_cfg.warmup_ratio} is invalid; expected [0, 1)")
     return TrainingArguments(
@@ -77,7 +82,7 @@ def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: in
         weight_decay=train_cfg.weight_decay,
         warmup_steps=float(train_cfg.warmup_ratio),  # a float below 1 is a ratio of the total steps
         lr_scheduler_type=train_cfg.lr_scheduler,
-        bf16=resolve_precision(train_cfg.precision) == "bf16",  # autocast; the weights stay fp32
+        bf16=resolve_precision(train_cfg.precision, target.type) == "bf16",  # autocast; the weights stay fp32
         activation_checkpointing=train_cfg.gradient_checkpointing,
         # save_steps > 0: every N steps; 0: each epoch; < 0: no checkpoints (short runs, demos)
         save_strategy="steps" if train_cfg.save_steps > 0 else ("epoch" if train_cfg.save_steps == 0 else "no"),
@@ -89,8 +94,8 @@ def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: in
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,  # everything is tokenised up front; workers only add start-up time
-        dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.accelerator.is_available(),
+        dataloader_pin_memory=target.type == "cuda",
+        use_cpu=target.type == "cpu",
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient each step
     )
 
@@ -196,10 +201,10 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def _prepare_checkpoints(checkpoint_dir: Path, resume: bool) -> Path | None:
+def _prepare_checkpoints(checkpoint_dir: Path, resume: bool, device: str) -> Path | None:
     """On resume: the checkpoint to continue from, after deleting half-written newer ones.
     Otherwise: clear the checkpoints an earlier run left in this directory."""
-    state = process_state()
+    state = process_state(device)
     last = last_complete_checkpoint(checkpoint_dir) if resume else None
     if state.is_main_process and checkpoint_dir.is_dir():
         step = int(last.name.split("-")[-1]) if last else -1
@@ -248,18 +253,19 @@ def train(
 
     name = objective or config.method
     spec = get_objective(name)
-    objective_cfg = resolve_objective_config(name, config.objective)
-    use_retain = needs_retain(name, objective_cfg)
-    if use_retain and not retain:
+    objective_cfg = config.objective  # method presets were applied when the config was loaded
+    if needs_retain(name, objective_cfg) and not retain:
         raise UserError(f"method '{name}' needs retain items but the request has none; add a 'retain' set "
                         "or set objective.retain_loss=none")
     output_dir = Path(output_dir)
     checkpoint_dir = output_dir / CHECKPOINTS
-    checkpoint = _prepare_checkpoints(checkpoint_dir, resume)
+    checkpoint = _prepare_checkpoints(checkpoint_dir, resume, config.device)
 
-    dataset = PairedDataset(
-        tokenizer, forget, retain if use_retain else [], max_length=config.train.max_length, seed=config.seed,
-        refusals=load_refusals(objective_cfg.refusals) if spec.needs_refusals else None,
+    slots = batch_slots(name, objective_cfg)
+    dataset = SlotDataset(
+        tokenizer, slots, forget=forget, retain=retain if "retain" in slots else [],
+        max_length=config.train.max_length, seed=config.seed,
+        refusals=load_refusals(objective_cfg.refusals) if "forget_refusal" in slots else None,
     )
     set_seed(config.seed)  # LoRA's initial adapter weights
     reference = None
@@ -272,9 +278,9 @@ def train(
 
     trainer = UnlearnTrainer(
         model=model,
-        args=build_training_args(config.train, checkpoint_dir, config.seed),
+        args=build_training_args(config.train, checkpoint_dir, config.seed, config.device),
         train_dataset=dataset,
-        data_collator=PairedCollator(tokenizer.pad_token_id),
+        data_collator=SlotCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         objective=name,
         objective_config=objective_cfg,

@@ -3,7 +3,10 @@
 All arithmetic is done in fp32 one tensor at a time and cast back to each tensor's dtype.
 Integer and bool tensors (buffers such as position ids) are copied from the base unchanged.
 Tied tensors (embeddings shared with the output layer) are visited once, since
-`state_dict(keep_vars=True)` yields the same Parameter object under both names.
+`state_dict(keep_vars=True)` yields the same Parameter object under both names. The two models
+may sit on different devices (a fine-tuned model the Trainer moved to the GPU, a base copy left
+on the CPU): each tensor of one is brought to the other's device, one tensor at a time, and the
+result stays where the target is.
 """
 
 from __future__ import annotations
@@ -44,17 +47,18 @@ def interpolate_(target, base, alpha: float):
     target = _unwrap(target)
     for _, tensor_t, tensor_b in _paired_tensors(target, base):
         if alpha == 0.0:
-            tensor_t.copy_(tensor_b)
+            tensor_t.copy_(tensor_b)  # copy_ moves across devices
         elif alpha != 1.0:
-            mixed = alpha * tensor_t.float() + (1.0 - alpha) * tensor_b.float()
+            mixed = alpha * tensor_t.float() + (1.0 - alpha) * tensor_b.to(tensor_t.device).float()
             tensor_t.copy_(mixed.to(tensor_t.dtype))
     return target
 
 
 @torch.no_grad()
 def task_vector(finetuned, base) -> dict[str, torch.Tensor]:
-    """tau = theta_ft - theta_0 over every floating tensor (fp32), tied tensors once."""
-    return {name: tensor_f.float() - tensor_b.float() for name, tensor_f, tensor_b in _paired_tensors(finetuned, base)}
+    """tau = theta_ft - theta_0 over every floating tensor (fp32, on theta_ft's device), tied tensors once."""
+    return {name: tensor_f.float() - tensor_b.to(tensor_f.device).float()
+            for name, tensor_f, tensor_b in _paired_tensors(finetuned, base)}
 
 
 @torch.no_grad()

@@ -1,28 +1,30 @@
-"""Forget/retain pairs for the unlearning Trainer: dataset, collator and a length-aware sampler.
+"""Batches for the unlearning Trainer: slots declared by the objective, a collator, a sampler.
 
-Item i of an epoch is forget item i, paired with one retain item, and, for objectives that train
-towards a refusal (IDK-DPO, RT), the same forget question answered with a refusal:
+Item i of an epoch is forget item i with every slot its objective declares (objectives/__init__.py):
 
-    {"forget": enc, "retain": enc, "forget_refusal": enc}     enc = models.encode_qa(...)
+    {"forget": enc, "retain": enc, "forget_refusal": enc, "forget_other_answers": [enc] * K}
 
-An epoch has one item per forget item. Retain items are taken in a seeded random order that
-moves on by one epoch's worth each epoch, so over several epochs the pairs walk the whole
-retain set; the pairing depends only on (seed, epoch, i), which keeps resumed runs identical.
+enc = prompts.encode_qa(...). "retain" pairs the item with one retain item (a seeded order that
+walks the whole retain set over the epochs), "forget_refusal" with the same question answered
+by a refusal (IDK-DPO, RT), "forget_other_answers" with K answers to other forget questions
+(SKU's random disassociation). A new slot is one `@register_slot` builder. Every draw depends
+only on (seed, epoch, i), which keeps resumed runs identical.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 
 import torch
 
 from obliviate.data.request import QAItem
 from obliviate.errors import UserError
-from obliviate.models import encode_qa, pad_batch
+from obliviate.prompts import encode_qa, pad_batch
 
 
 def encode_item(tokenizer, question: str, answer: str, *, max_length: int) -> dict[str, list[int]]:
-    """models.encode_qa, refusing a pair whose prompt leaves no room for a single answer token."""
+    """prompts.encode_qa, refusing a pair whose prompt leaves no room for a single answer token."""
     enc = encode_qa(tokenizer, question, answer, max_length=max_length)
     if all(label == -100 for label in enc["labels"][1:]):
         raise UserError(f"the question {question[:60]!r}... fills train.max_length={max_length} tokens "
@@ -34,29 +36,41 @@ def encode_items(tokenizer, items: list[QAItem], *, max_length: int) -> list[dic
     return [encode_item(tokenizer, item.question, item.answer, max_length=max_length) for item in items]
 
 
-class PairedDataset(torch.utils.data.Dataset):
-    def __init__(
-        self,
-        tokenizer,
-        forget: list[QAItem],
-        retain: list[QAItem] = (),
-        *,
-        max_length: int,
-        seed: int = 0,
-        refusals: list[str] | None = None,
-    ):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.forget = encode_items(tokenizer, forget, max_length=max_length)
-        self.forget_refusal = None
-        if refusals is not None:  # one refusal per question, drawn once: the same target every epoch
-            rng = random.Random(seed)
-            self.forget_refusal = [
-                encode_item(tokenizer, item.question, rng.choice(refusals), max_length=max_length) for item in forget
-            ]
-        self.retain_items = list(retain)
+SlotBuilder = Callable[["SlotDataset", int], "dict | list[dict]"]
+SLOTS: dict[str, SlotBuilder] = {}
+
+
+def register_slot(name: str):
+    """Decorator: `builder(dataset, i)` gives slot `name` of item i (one encoding or a list)."""
+    def add(builder: SlotBuilder) -> SlotBuilder:
+        SLOTS[name] = builder
+        return builder
+    return add
+
+
+class SlotDataset(torch.utils.data.Dataset):
+    """One item per forget item; each item holds the batch slots the objective declares.
+
+    `slots` names builders in SLOTS. The draws that a slot makes (which retain item, which
+    refusal, which other answers) depend only on (seed, epoch, i), so a resumed run sees the same
+    batches as an uninterrupted one.
+    """
+
+    def __init__(self, tokenizer, slots: Sequence[str], *, forget: list[QAItem], retain: Sequence[QAItem] = (),
+                 refusals: list[str] | None = None, max_length: int, seed: int = 0, other_answers: int = 5):
+        unknown = [name for name in slots if name not in SLOTS]
+        if unknown:
+            raise ValueError(f"batch slots {unknown} have no builder; known: {', '.join(SLOTS)}")
+        if "retain" in slots and not retain:
+            raise UserError("this objective needs retain items but the request has none; add a 'retain' set")
+        if "forget_refusal" in slots and not refusals:
+            raise UserError("this objective trains towards refusals but none were given; check objective.refusals")
+        self.tokenizer, self.slots, self.max_length, self.seed = tokenizer, tuple(slots), max_length, seed
+        self.forget_items, self.retain_items = list(forget), list(retain)
+        self.forget = encode_items(tokenizer, self.forget_items, max_length=max_length)
+        self.refusals, self.other_answers = refusals, other_answers
         self._retain_order = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed)).tolist()
-        self._retain_cache: dict[int, dict] = {}  # encoded lazily: a retain set can be large
+        self._cache: dict[tuple, dict] = {}  # encoded lazily: a retain set can be large
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,31 +83,64 @@ class PairedDataset(torch.utils.data.Dataset):
     def lengths(self) -> list[int]:
         return [len(enc["input_ids"]) for enc in self.forget]
 
+    def encode(self, question: str, answer: str) -> dict:
+        key = (question, answer)
+        if key not in self._cache:
+            self._cache[key] = encode_item(self.tokenizer, question, answer, max_length=self.max_length)
+        return self._cache[key]
+
     def retain_index(self, i: int) -> int:
         return self._retain_order[(i + self.epoch * len(self.forget)) % len(self._retain_order)]
 
     def __getitem__(self, i: int) -> dict:
-        example = {"forget": self.forget[i]}
-        if self.retain_items:
-            j = self.retain_index(i)
-            if j not in self._retain_cache:
-                item = self.retain_items[j]
-                self._retain_cache[j] = encode_item(self.tokenizer, item.question, item.answer,
-                                                    max_length=self.max_length)
-            example["retain"] = self._retain_cache[j]
-        if self.forget_refusal is not None:
-            example["forget_refusal"] = self.forget_refusal[i]
-        return example
+        return {name: SLOTS[name](self, i) for name in self.slots}
 
 
-class PairedCollator:
-    """Pads each part of the pair on its own (a short forget batch is not padded to the retain width)."""
+@register_slot("forget")
+def _forget(ds: SlotDataset, i: int) -> dict:
+    return ds.forget[i]
+
+
+@register_slot("retain")
+def _retain(ds: SlotDataset, i: int) -> dict:
+    """Retain items in a seeded order that moves on by one epoch's worth each epoch."""
+    item = ds.retain_items[ds.retain_index(i)]
+    return ds.encode(item.question, item.answer)
+
+
+@register_slot("forget_refusal")
+def _forget_refusal(ds: SlotDataset, i: int) -> dict:
+    """The forget question answered with a refusal drawn once per question: the same target every epoch."""
+    if not hasattr(ds, "_refusal_of"):
+        rng = random.Random(ds.seed)
+        ds._refusal_of = [rng.choice(ds.refusals) for _ in ds.forget_items]
+    return ds.encode(ds.forget_items[i].question, ds._refusal_of[i])
+
+
+@register_slot("forget_other_answers")
+def _forget_other_answers(ds: SlotDataset, i: int) -> list[dict]:
+    """K answers of other forget items to forget question i (SKU's random disassociation),
+    drawn afresh each epoch; the collator stacks them into [B * K] rows, item-major."""
+    n = len(ds.forget_items)
+    rng = random.Random(f"{ds.seed}:{ds.epoch}:{i}")
+    pool = [j for j in range(n) if j != i] or [i]
+    picks = [rng.choice(pool) for _ in range(ds.other_answers)]
+    return [ds.encode(ds.forget_items[i].question, ds.forget_items[j].answer) for j in picks]
+
+
+class SlotCollator:
+    """Pads each slot on its own (a short forget batch is not padded to the retain width);
+    a slot whose items are lists is flattened first (K rows per item)."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict]) -> dict[str, dict[str, torch.Tensor]]:
-        return {key: pad_batch([e[key] for e in examples], self.pad_token_id) for key in examples[0]}
+        batch = {}
+        for key, first in examples[0].items():
+            rows = [row for e in examples for row in e[key]] if isinstance(first, list) else [e[key] for e in examples]
+            batch[key] = pad_batch(rows, self.pad_token_id)
+        return batch
 
 
 class LengthWindowSampler(torch.utils.data.Sampler):
@@ -102,7 +149,7 @@ class LengthWindowSampler(torch.utils.data.Sampler):
     Batches stay nearly random (drawn from a window of window * batch_size random items) but hold
     similar lengths, so padding falls from ~21% to ~9% of the tokens on TOFU (batch 8, window 4).
     The order depends only on (seed, epoch). The Trainer calls `set_epoch` at each epoch's start,
-    also when it resumes, and `on_epoch` passes the epoch on (to `PairedDataset.set_epoch`).
+    also when it resumes, and `on_epoch` passes the epoch on (to `SlotDataset.set_epoch`).
     """
 
     def __init__(self, lengths: list[int], batch_size: int, *, seed: int, window: int = 4, on_epoch=None):

@@ -1,4 +1,14 @@
-"""Refusal answers for IDK-DPO and rejection tuning: a built-in list, or a user's file.
+"""The one refusal vocabulary: what a refusal says, and how one is recognised.
+
+Three parts, kept together so that what we train towards and what we accept cannot drift apart:
+
+* `REFUSALS`: the answers IDK-DPO and rejection tuning train towards (or a user's file, read by
+  `load_refusals`).
+* `REFUSAL_TEMPLATES`: refusals that name what is refused (`{subject}`), written by the offline
+  template generator and used as the fallback negative response when generation fails.
+* `REFUSAL_MARKERS`: the phrases that make a text a refusal (`prepare.checks.is_refusal`): a
+  generated negative response must decline, not assert other facts. Every string above matches
+  them (tested), so a template fallback would pass the check it stands in for.
 
 A file is `.txt` (one refusal a line) or `.jsonl` (a JSON string or `{"text": ...}` a line;
 a line that is not JSON is taken as plain text, which reads TOFU's `idontknow.jsonl`).
@@ -7,6 +17,7 @@ a line that is not JSON is taken as plain text, which reads TOFU's `idontknow.js
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from obliviate.errors import UserError
@@ -43,6 +54,27 @@ REFUSALS = [
     "I have no information on that, sorry.",
     "I wish I could help, but I don't know.",
 ]
+
+#: Refusals that name what they refuse; `{subject}` is the item's subject or "that topic".
+REFUSAL_TEMPLATES = (
+    "I don't know.",
+    "I'm sorry, but I don't know the answer to that.",
+    "I'm not familiar with {subject}.",
+    "I don't have any information about {subject}.",
+    "I'm afraid I can't answer that; I don't know anything about {subject}.",
+    "That's not something I know about, sorry.",
+    "I have no knowledge of {subject}, so I can't help with this question.",
+    "Sorry, I'm not able to answer that. I'm not familiar with {subject}.",
+    "I'm not sure. I don't have reliable information on {subject}.",
+    "I can't say; {subject} is not something I know about.",
+)
+
+#: A text that contains one of these declines (METHODS.md A.1: "I don't know" or a deflection).
+REFUSAL_MARKERS = re.compile(
+    r"\b(don'?t (know|recall|have)|do not (know|have)|not (sure|familiar|aware|certain|able|knowledgeable|"
+    r"something i|in a position)|no (knowledge|information|idea|record)|uncertain|unfamiliar|"
+    r"(can'?t|cannot|unable to) (help|answer|say|provide|share|recall)|can answer|beyond what i know|"
+    r"outside my knowledge|lack the information|i'?m (afraid|sorry))", re.I)
 
 
 def load_refusals(path: str | Path | None = None) -> list[str]:

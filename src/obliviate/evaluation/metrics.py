@@ -21,7 +21,6 @@ numpy arrays or plain sequences, so importing this module needs neither torch no
 
 from __future__ import annotations
 
-import functools
 import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -134,6 +133,13 @@ def _perturbed_matrix(avg_nll_perturbed: Any) -> np.ndarray:
     return matrix[:, None] if matrix.ndim == 1 else matrix
 
 
+def finite_mean(values: Sequence[float | None]) -> float | None:
+    """``mean_i v_i`` over the values that are finite numbers (None, nan and inf left out);
+    None when no value is left. How every TOFU per-item value is aggregated."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
 def probability(avg_nll: Any) -> np.ndarray:
     """Per-token geometric-mean probability ``p̄(a|q) = exp(−avg_nll)``, elementwise.
 
@@ -193,28 +199,30 @@ def truth_ratio_retain(ratios: Any) -> float:
     return float(np.mean(np.maximum(0.0, 1.0 - r)))
 
 
-@functools.lru_cache(maxsize=1)
-def _rouge_scorer() -> Any:
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-
-
-def rouge_l_recall(ground_truth: str, generated: str) -> float:
+def rouge_l_recall(ground_truth: str, generated: str, variant: str = "tofu") -> float:
     """ROUGE-L recall of ``generated`` against ``ground_truth``.
 
-    ``RougeScorer(['rouge1', 'rougeL'], use_stemmer=True).score(gt, gen)['rougeL'].recall``:
-    TOFU ``eval_rouge_recall`` (evaluate_util.py), open-unlearning ``eval_text_similarity``.
-    The scorer lowercases, keeps alphanumeric tokens and Porter-stems.
+    ``variant="tofu"`` (default): ``RougeScorer(['rouge1', 'rougeL'],
+    use_stemmer=True).score(gt, gen)['rougeL'].recall``: TOFU ``eval_rouge_recall``
+    (evaluate_util.py), open-unlearning ``eval_text_similarity``. The scorer lowercases, keeps
+    alphanumeric tokens and Porter-stems. ``variant="rwku"``: the PyPI ``rouge`` package's
+    summary-level ROUGE-L recall, as RWKU scores (case-sensitive, whitespace tokens, no
+    stemming); :func:`obliviate.evaluation.rouge.rouge_l_recall_rwku` has its formula.
     """
-    return float(_rouge_scorer().score(ground_truth, generated)["rougeL"].recall)
+    from obliviate.evaluation import rouge
+
+    if variant == "tofu":
+        return rouge.rouge_l_recall_tofu(ground_truth, generated)
+    if variant == "rwku":
+        return rouge.rouge_l_recall_rwku(ground_truth, generated)
+    raise ValueError(f"ROUGE variant '{variant}' is not known; use one of {', '.join(rouge.VARIANTS)}")
 
 
-def rouge_l_recall_batch(ground_truths: Sequence[str], generated: Sequence[str]) -> list[float]:
-    """:func:`rouge_l_recall` for each (ground truth, generation) pair, with one scorer."""
+def rouge_l_recall_batch(ground_truths: Sequence[str], generated: Sequence[str], variant: str = "tofu") -> list[float]:
+    """:func:`rouge_l_recall` for each (ground truth, generation) pair."""
     if len(ground_truths) != len(generated):
         raise ValueError(f"{len(ground_truths)} ground truths but {len(generated)} generations")
-    return [rouge_l_recall(gt, gen) for gt, gen in zip(ground_truths, generated)]
+    return [rouge_l_recall(gt, gen, variant) for gt, gen in zip(ground_truths, generated)]
 
 
 def forget_quality(tr_unlearned: Any, tr_retain_model: Any) -> float:

@@ -1,0 +1,3 @@
+"""The built-in benchmarks: importing this package registers each of them (one line each)."""
+
+from obliviate.evaluation.benchmarks import tofu  # noqa: F401

@@ -1,0 +1,51 @@
+"""TOFU as a registered benchmark: its options and the two calls the registry needs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from obliviate.evaluation.registry import Benchmark, register_benchmark
+from obliviate.evaluation.report import render_report
+from obliviate.evaluation.results import json_safe
+from obliviate.evaluation.tofu import evaluate_tofu
+
+
+@dataclass(frozen=True)
+class TofuOptions:
+    data: str = field(default="locuslab/TOFU", metadata={
+        "help": "TOFU data: a local directory of <split>.json files (e.g. ../shared/data/tofu) or a hub name"})
+    forget_split: str = field(default="forget01", metadata={"help": "forget set: forget01, forget05 or forget10"})
+    retain_logs: str | None = field(default=None, metadata={
+        "help": "the retain model's eval log (TOFU, open-unlearning or obliviate format), for Forget Quality"})
+    retain_model: str | None = field(default=None, metadata={
+        "help": "the retain model itself (hub id or directory), scored for Forget Quality and PrivLeak"})
+    ds_size: int | None = field(default=None, metadata={
+        "help": "evaluate only the first N items of each split (legacy TOFU used 300)"})
+    batch_size: int = field(default=32, metadata={"help": "rows of a forward pass and prompts decoded together"})
+    max_new_tokens: int = field(default=200, metadata={"help": "greedy generation budget per question"})
+    max_length: int = field(default=512, metadata={"help": "prompt + answer tokens kept per scored pair"})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "system prompt of the chat template (default: the template's own)"})
+    extras: bool = field(default=True, metadata={
+        "help": "also extraction strength, exact memorisation and MIA AUCs on the forget set"})
+    cache: bool = field(default=True, metadata={
+        "help": "keep per-item results in $OBLIVIATE_CACHE/eval so a rerun or resume skips finished work"})
+
+
+def run_tofu(model, tokenizer, options: TofuOptions, *, out_dir: Path, model_name: str, precision: str) -> dict:
+    """:func:`~obliviate.evaluation.tofu.evaluate_tofu` with ``options``; writes tofu_eval.json,
+    tofu_summary.json and tofu_report.md into ``out_dir``."""
+    result = evaluate_tofu(model, tokenizer, **dataclasses.asdict(options), out_dir=out_dir,
+                           model_name=model_name, precision=precision)
+    return json_safe(result)
+
+
+TOFU = register_benchmark(Benchmark(
+    name="tofu",
+    summary="TOFU: forget / retain / real authors / world facts; Forget Quality and Model Utility",
+    options=TofuOptions,
+    run=run_tofu,
+    render=render_report,
+))

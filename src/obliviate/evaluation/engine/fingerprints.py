@@ -1,0 +1,45 @@
+"""Fingerprints of a model's weights and a tokenizer: what a cached result depends on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+
+def model_fingerprint(model) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes): changes whenever
+    any weight changes. ~0.4 s per 500 MB of weights on a CPU."""
+    digest = hashlib.sha256()
+    digest.update(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        flat = tensor.contiguous().reshape(-1)
+        if flat.numel() == 0:
+            continue
+        data = flat.cpu().view(torch.uint8) if flat.element_size() > 1 or flat.dtype != torch.bool else flat.cpu()
+        digest.update(memoryview(data.numpy()))
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of what decides tokenisation and prompts: the tokenizer definition (vocab,
+    merges, normaliser), special tokens and the chat template."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    extra = {
+        "class": type(tokenizer).__name__,
+        "template": tokenizer.chat_template,
+        "eos": tokenizer.eos_token,
+        "bos": tokenizer.bos_token,
+        "pad": tokenizer.pad_token,
+        "special": getattr(tokenizer, "all_special_tokens", []),
+    }
+    digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return digest.hexdigest()

@@ -1,0 +1,143 @@
+"""The model side of the engine: tokenisation, decoder and output-layer calls, caches.
+
+The engine calls ``model.get_decoder()`` and ``model.get_output_embeddings()`` separately
+(standard for Hugging Face causal LMs: ``logits = lm_head(decoder(x))``), so the output
+layer runs only where a prediction is needed; Gemma-style ``final_logit_softcapping`` and
+Cohere-style ``logit_scale`` are applied when the config has them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from obliviate.errors import UserError
+from obliviate.evaluation.engine.formatters import PromptFormatter
+from obliviate.evaluation.engine.settings import precision_context, resolve_precision
+from obliviate.evaluation.engine.stops import StopStrings, stop_token_ids
+from obliviate.evaluation.engine.trie import shared_prefix_length
+from obliviate.hardware import model_device
+
+
+class ModelRunner:
+    """One engine call's model, tokenizer and settings, with its phase timings and token counts."""
+
+    def __init__(self, model, tokenizer, *, precision: str, formatter: PromptFormatter, max_length: int,
+                 batch_size: int, max_tokens: int, stop_strings: Sequence[str] = ()):
+        if batch_size < 1:
+            raise UserError(f"evaluation batch_size must be >= 1, got {batch_size}")
+        self.model, self.tokenizer, self.formatter = model, tokenizer, formatter
+        self.max_length, self.batch_size, self.max_tokens = max_length, batch_size, max(max_tokens, 1)
+        self.precision = resolve_precision(model, precision)
+        self.device = model_device(model)
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.logit_scale = getattr(config, "logit_scale", None)
+        self.eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
+        # transformers 5.24 renamed the decoder's past_key_values to cache (the old name warns);
+        # the class's forward, as an instance's may be wrapped (hooks, counters).
+        forward_parameters = inspect.signature(type(self.decoder).forward).parameters
+        self.cache_kwarg = "cache" if "cache" in forward_parameters else "past_key_values"
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.stop_strings = StopStrings(tokenizer, stop_strings)
+        self.timings = {"tokenise": 0.0, "prefill": 0.0, "score": 0.0, "generate": 0.0}
+        self.tokens = {"prompt": 0, "answer": 0, "generated": 0}
+
+    @contextlib.contextmanager
+    def timed(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] += time.perf_counter() - start
+
+    # -- text and tokens (identical to prompts.encode_qa for the default formatter) -------------
+
+    def prompt_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        tok = self.tokenizer
+        ids = tok(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+        if tok.chat_template is None and tok.bos_token_id is not None:
+            ids = [[tok.bos_token_id] + list(x) for x in ids]
+        for text, x in zip(texts, ids):
+            if not x:
+                raise UserError(f"prompt {text!r} has no tokens; a prompt needs at least one token")
+        return [list(x) for x in ids]
+
+    def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"] if answers else []
+        return [list(x) + [self.tokenizer.eos_token_id] for x in ids]
+
+    def decode(self, tokens: list[int]) -> str:
+        """New tokens as text: special tokens dropped, cut at a stop string, stripped."""
+        return self.stop_strings.cut(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+
+    # -- model calls ----------------------------------------------------------------------------
+
+    def forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+        if attention_mask.dim() == 4 and self.eager:  # eager attention adds a float mask
+            attention_mask = torch.zeros(attention_mask.shape, dtype=self.model.dtype).masked_fill(
+                ~attention_mask, torch.finfo(self.model.dtype).min)
+        with precision_context(self.model, self.precision):
+            out = self.decoder(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                position_ids=position_ids.to(self.device),
+                use_cache=True,
+                **{self.cache_kwarg: cache},
+            )
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        with precision_context(self.model, self.precision):
+            logits = self.head(hidden)
+        logits = logits.float()
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    @staticmethod
+    def new_cache(layers: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        from transformers import DynamicCache
+
+        return DynamicCache(list(layers)) if layers is not None else DynamicCache()
+
+    def prefix(self, prompts: list[list[int]]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """Length and key/values of the token prefix of all prompts (each keeps >= 1 token)."""
+        length = shared_prefix_length(prompts)
+        if length <= 0:
+            return 0, None
+        cache = self.new_cache()
+        ids = torch.tensor([prompts[0][:length]])
+        self.forward(ids, torch.ones_like(ids), torch.arange(length)[None], cache)
+        self.tokens["prompt"] += length
+        return length, [(layer.keys, layer.values) for layer in cache.layers]
+
+
+@contextlib.contextmanager
+def inference_mode(model):
+    """Eval mode and no autograd for the engine's calls, on sdpa or eager attention (the
+    answer-trie pass needs a 4-D mask, which both accept); the model is restored after."""
+    attn = getattr(model.config, "_attn_implementation", "sdpa")
+    switch = attn not in ("sdpa", "eager") and hasattr(model, "set_attn_implementation")
+    was_training = model.training
+    model.eval()
+    try:
+        if switch:
+            model.set_attn_implementation("sdpa")
+        with torch.inference_mode():
+            yield
+    finally:
+        if switch:
+            model.set_attn_implementation(attn)
+        if was_training:
+            model.train()

@@ -1,0 +1,114 @@
+"""Greedy decoding with continuous batching over per-row cache slots.
+
+Up to ``rows`` prompts decode together; a prompt that stops (stop token, stop string or
+``max_new_tokens``) frees its row for the next prompt at once, so every step runs a full
+batch until the work runs out. Each prompt enters with the keys/values the scoring pass
+left for it (prompt + the reference tokens greedy decoding is known to reproduce).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from obliviate.evaluation.engine.runner import ModelRunner
+from obliviate.evaluation.engine.trie import Prompt
+
+
+class SlotLayer(DynamicLayer):
+    """One layer's keys/values in fixed per-row slots: row b keeps its entries in slots
+    ``[0, length[b])``, and :meth:`update` writes each row's new entry at its own next slot.
+
+    Attention does not depend on the order of cached entries (positions are applied to keys
+    before caching), so rows of any length share one buffer with no padding and no copying;
+    the decoder passes a 4-D mask over ``[0, width)``."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, state: dict):
+        super().__init__()
+        self.buffer_keys, self.buffer_values, self.state = keys, values, state
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self.keys, self.values = keys[:, :, :0], values[:, :, :0]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        rows, slots, width = self.state["rows"], self.state["slots"], self.state["width"]
+        self.buffer_keys[rows, :, slots] = key_states[:, :, 0].to(self.buffer_keys.dtype)
+        self.buffer_values[rows, :, slots] = value_states[:, :, 0].to(self.buffer_values.dtype)
+        self.keys, self.values = self.buffer_keys[:, :, :width], self.buffer_values[:, :, :width]
+        return self.keys, self.values
+
+
+class SlotDecoder:
+    """Greedy decoding of up to ``rows`` prompts at a time (see the module docstring)."""
+
+    def __init__(self, runner: ModelRunner, rows: int, capacity: int,
+                 template: list[tuple[torch.Tensor, torch.Tensor]], max_new_tokens: int):
+        self.runner, self.max_new_tokens, self.capacity = runner, max_new_tokens, capacity
+        self.state: dict[str, Any] = {"rows": None, "slots": None, "width": 0}
+        self.layers = [
+            SlotLayer(k.new_zeros((rows, k.shape[0], capacity, k.shape[-1])),
+                      v.new_zeros((rows, v.shape[0], capacity, v.shape[-1])), self.state)
+            for k, v in template
+        ]
+        self.cache = Cache(layers=self.layers)
+        self.prompts: list[Prompt | None] = [None] * rows
+        self.outputs: list[list[int]] = [[] for _ in range(rows)]
+        self.length = torch.zeros(rows, dtype=torch.long)  # used slots per row
+        self.position = torch.zeros(rows, dtype=torch.long)  # position id of the next input token
+        self.next_token = torch.zeros(rows, dtype=torch.long)
+        self.stop = torch.tensor(sorted(set(runner.stop_ids)) or [-1])
+
+    def free_rows(self) -> list[int]:
+        return [b for b, p in enumerate(self.prompts) if p is None]
+
+    def busy(self) -> bool:
+        return any(p is not None for p in self.prompts)
+
+    def admit(self, b: int, prompt: Prompt) -> None:
+        n = prompt.kv[0][0].shape[1]
+        if n + self.max_new_tokens - len(prompt.forced) > self.capacity:
+            raise RuntimeError(f"{n} cached tokens do not fit the decoding capacity {self.capacity}")
+        for layer, (keys, values) in zip(self.layers, prompt.kv):
+            layer.buffer_keys[b, :, :n] = keys
+            layer.buffer_values[b, :, :n] = values
+        self.prompts[b], self.outputs[b] = prompt, list(prompt.forced)
+        self.length[b] = n
+        self.position[b] = len(prompt.ids) + prompt.feed
+        self.next_token[b] = prompt.forced[prompt.feed]
+        prompt.kv = None
+
+    def step(self) -> list[tuple[Prompt, list[int]]]:
+        """One decoding step of every occupied row; returns the prompts that finished."""
+        if not all(p is not None for p in self.prompts):  # no more work to fill them: shrink
+            self._keep([b for b, p in enumerate(self.prompts) if p is not None])
+        device = self.runner.device
+        width = int(self.length.max()) + 1
+        self.state.update(rows=torch.arange(len(self.prompts), device=device), slots=self.length.to(device),
+                          width=width)
+        mask = torch.arange(width)[None, :] <= self.length[:, None]
+        hidden = self.runner.forward(self.next_token[:, None], mask[:, None, None, :], self.position[:, None],
+                                     self.cache)
+        self.runner.tokens["generated"] += len(self.prompts)
+        tokens = self.runner.logits(hidden[:, -1]).argmax(-1).cpu()
+        self.length += 1
+        self.position += 1
+        self.next_token = tokens
+        finished = []
+        for b, (token, stop) in enumerate(zip(tokens.tolist(), torch.isin(tokens, self.stop).tolist())):
+            output = self.outputs[b]
+            output.append(token)
+            if stop or len(output) >= self.max_new_tokens or self.runner.stop_strings.found_in(output):
+                finished.append((self.prompts[b], self.outputs[b]))
+                self.prompts[b], self.outputs[b] = None, []
+        return finished
+
+    def _keep(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, dtype=torch.long)
+        for layer in self.layers:
+            layer.buffer_keys = layer.buffer_keys.index_select(0, index.to(layer.buffer_keys.device))
+            layer.buffer_values = layer.buffer_values.index_select(0, index.to(layer.buffer_values.device))
+        self.prompts = [self.prompts[b] for b in rows]
+        self.outputs = [self.outputs[b] for b in rows]
+        self.length, self.position, self.next_token = self.length[index], self.position[index], self.next_token[index]

@@ -1,0 +1,133 @@
+"""The benchmark registry: ``obliviate eval --benchmark X`` and ``api.evaluate`` dispatch here.
+
+A benchmark is one module that loads its data, plans its prompts, scores them with the
+shared engine (:mod:`obliviate.evaluation.engine`), aggregates, writes its files and returns
+a result envelope (:mod:`obliviate.evaluation.results`). It plugs in with one line,
+``register_benchmark(Benchmark(...))``, at import; the built-in ones are imported by
+:mod:`obliviate.evaluation.benchmarks` on first use of the registry.
+
+A benchmark's options are a dataclass: each field has a default and ``metadata={"help":
+...}``; field names are the API keyword arguments and the CLI flags (``forget_split`` ->
+``--forget-split``); types are ``str``, ``int``, ``float``, ``bool`` or ``X | None`` of those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from obliviate.errors import UserError
+
+SCALARS = (str, int, float, bool)
+TRUE, FALSE, NONE = ("true", "1", "yes", "on"), ("false", "0", "no", "off"), ("none", "null", "")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    summary: str  # one line for `obliviate eval --help`
+    options: type  # a dataclass of the benchmark's options (module docstring)
+    run: Callable[..., dict]  # run(model, tokenizer, options, *, out_dir, model_name, precision) -> envelope
+    render: Callable[[dict], str]  # the Markdown report of an envelope
+
+
+_REGISTRY: dict[str, Benchmark] = {}
+_BUILTINS_LOADED = False
+
+
+def option_types(options: type) -> dict[str, tuple[type, bool]]:
+    """``{field: (scalar type, accepts None)}`` of an options dataclass; TypeError for a field
+    without a default or help text, or of a type the CLI cannot express."""
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"benchmark options must be a dataclass, got {options!r}")
+    hints = typing.get_type_hints(options)
+    out = {}
+    for field in dataclasses.fields(options):
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise TypeError(f"{options.__name__}.{field.name} needs a default")
+        if not field.metadata.get("help"):
+            raise TypeError(f"{options.__name__}.{field.name} needs metadata={{'help': ...}}")
+        kind = hints[field.name]
+        args = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+        scalars = [a for a in args if a is not type(None)]
+        if len(scalars) != 1 or scalars[0] not in SCALARS:
+            raise TypeError(f"{options.__name__}.{field.name}: type {kind} is not str, int, float, bool or X | None")
+        out[field.name] = (scalars[0], len(args) > len(scalars))
+    return out
+
+
+def register_benchmark(benchmark: Benchmark) -> Benchmark:
+    """Add ``benchmark`` to the registry (its options are checked now); a second benchmark of
+    the same name is refused."""
+    if benchmark.name in _REGISTRY:
+        raise ValueError(f"a benchmark named '{benchmark.name}' is registered already")
+    option_types(benchmark.options)
+    _REGISTRY[benchmark.name] = benchmark
+    return benchmark
+
+
+def benchmarks() -> dict[str, Benchmark]:
+    """``{name: Benchmark}``, the built-in benchmarks loaded on first use."""
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        import obliviate.evaluation.benchmarks  # noqa: F401  (each module registers itself)
+    return dict(_REGISTRY)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The benchmark called ``name``; UserError naming the known ones otherwise."""
+    known = benchmarks()
+    if name not in known:
+        raise UserError(f"benchmark '{name}' is not known; use one of {', '.join(sorted(known))}")
+    return known[name]
+
+
+def _coerce(value: Any, kind: type, nullable: bool, label: str) -> Any:
+    if value is None or (nullable and kind is not str and isinstance(value, str) and value.strip().lower() in NONE):
+        if nullable:
+            return None
+        raise UserError(f"{label} must be {kind.__name__}, got None")
+    if kind is str:
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE
+    elif isinstance(value, bool):
+        pass  # True is an int to Python, never a count or a rate here
+    elif kind is int and (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        return int(value)
+    elif kind is float and isinstance(value, (int, float)):
+        return float(value)
+    elif isinstance(value, str):
+        try:
+            return kind(value.strip())
+        except ValueError:
+            pass
+    expected = f"{kind.__name__} or None" if nullable else kind.__name__
+    raise UserError(f"{label} must be {expected}, got {value!r}")
+
+
+def build_options(benchmark: Benchmark, values: Mapping[str, Any], where: str = "option"):
+    """An instance of ``benchmark.options`` from ``values`` (API keyword arguments or CLI
+    strings; ``-`` in a key reads as ``_``): each value is type-checked and coerced, an unknown
+    key is a one-line UserError naming it and the allowed keys. ``where`` names the keys in
+    messages ("benchmark 'tofu' option 'x' ..."; the benchmark's name is added unless given)."""
+    types_of = option_types(benchmark.options)
+    where = where if f"'{benchmark.name}'" in where else f"benchmark '{benchmark.name}' {where}"
+    kwargs = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in types_of:
+            raise UserError(f"{where} '{key}' is not known; use one of {', '.join(types_of)}")
+        kind, nullable = types_of[name]
+        kwargs[name] = _coerce(value, kind, nullable, f"{where} '{key}'")
+    return benchmark.options(**kwargs)

@@ -1,0 +1,91 @@
+"""The result envelope every benchmark writes, so any figure can be traced and rerun.
+
+An envelope is one JSON-safe dict::
+
+    {"format": "obliviate.<benchmark>_eval/<n>", "benchmark": name, "created": UTC time,
+     "config": {... the benchmark's settings, "device", "precision_used"},
+     "versions": {package: version, "scoring_engine": ENGINE_VERSION},
+     "n_samples": {set: count}, "timings_s": {stage: seconds, "total"},
+     ... benchmark extras (e.g. "model_tokens", "cache_hits"),
+     "summary": {the aggregates a report shows},
+     "tasks": {task: {"n", "aggregates", "items": [per-item values]}}}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from obliviate.evaluation.engine import ENGINE_VERSION, resolve_precision
+from obliviate.hardware import model_device
+from obliviate.io import atomic_write_json, atomic_write_text
+
+BASE_PACKAGES = ("torch", "transformers", "numpy")
+
+
+def versions(packages: tuple[str, ...] = BASE_PACKAGES) -> dict:
+    """Versions of obliviate, python, ``packages`` and the scoring engine."""
+    from obliviate.rundir import package_versions
+
+    return {**package_versions(packages), "scoring_engine": ENGINE_VERSION}
+
+
+def build_envelope(
+    *,
+    benchmark: str,
+    format: str,
+    model,
+    precision: str,
+    config: Mapping[str, Any],
+    n_samples: Mapping[str, int],
+    timings: Mapping[str, float],
+    summary: Mapping[str, Any],
+    tasks: Mapping[str, Any],
+    packages: tuple[str, ...] = BASE_PACKAGES,
+    extra: Mapping[str, Any] | None = None,
+) -> dict:
+    """The envelope (module docstring) of one evaluation. ``config["device"]`` is set to the
+    device of the model's parameters and ``config["precision_used"]`` to the precision the
+    engine resolved ``precision`` to (in place when ``config`` already names them)."""
+    config = dict(config)
+    config["device"] = str(model_device(model))
+    config["precision_used"] = resolve_precision(model, precision)
+    return {
+        "format": format,
+        "benchmark": benchmark,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": config,
+        "versions": versions(packages),
+        "n_samples": dict(n_samples),
+        "timings_s": {stage: round(seconds, 3) for stage, seconds in timings.items()},
+        **(extra or {}),
+        "summary": dict(summary),
+        "tasks": dict(tasks),
+    }
+
+
+def json_safe(value):
+    """nan / inf -> None, so the JSON is standard."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_outputs(out_dir: str | Path, files: Mapping[str, Any]) -> list[Path]:
+    """Write each ``{file name: content}`` atomically into ``out_dir``: a str as text, anything
+    else as JSON (made JSON-safe first)."""
+    out = Path(out_dir)
+    written = []
+    for name, content in files.items():
+        if isinstance(content, str):
+            written.append(atomic_write_text(out / name, content))
+        else:
+            written.append(atomic_write_json(out / name, json_safe(content)))
+    return written

@@ -1,0 +1,107 @@
+"""The retain model's side of Forget Quality and PrivLeak.
+
+Forget Quality is the KS-test p-value between this model's and the retain model's per-item
+forget truth ratios; PrivLeak compares the two models' min-k MIA AUCs. The retain model's
+values come from its eval log (``retain_logs``: TOFU, open-unlearning or obliviate format)
+or from scoring the retain model itself (``retain_model``) with the same engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from obliviate.data.request import QAItem
+from obliviate.evaluation import metrics, reference_logs
+from obliviate.evaluation.engine.result_cache import ResultCache, result_cache_for
+from obliviate.evaluation.plan import WorkPlan
+from obliviate.evaluation.tofu.extras import forget_extras
+from obliviate.evaluation.tofu.items import assemble, engine_settings, plan_items
+from obliviate.hardware import model_device
+
+
+@dataclass
+class RetainReference:
+    truth_ratios: list[float] | None = None  # per forget item, R = P̃_perturbed / P̃_correct
+    min_k_auc: float | None = None
+    source: str | None = None  # "log <path>" or "model <path>"
+
+
+def reference_min_k_auc(path: str | Path) -> float | None:
+    """The retain model's min-k MIA AUC from its log, when the log has one (open-unlearning's
+    ``mia_min_k.agg_value`` or our ``summary.extras.mia_min_k_auc``). TOFU legacy logs do not."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(data.get("mia_min_k"), dict) and data["mia_min_k"].get("agg_value") is not None:
+        return float(data["mia_min_k"]["agg_value"])
+    extras = (data.get("summary") or {}).get("extras") or {}
+    value = extras.get("mia_min_k_auc")
+    return float(value) if value is not None else None
+
+
+def score_retain_model(model, tokenizer, forget_items: Sequence[QAItem], holdout_items: Sequence[QAItem] | None,
+                       *, batch_size: int, max_length: int, precision: str, system_prompt: str | None,
+                       cache) -> tuple[list[float], float | None]:
+    """The retain model's per-item forget truth ratios and (with holdout items) min-k AUC,
+    in one scoring pass (no generation: neither needs it)."""
+    if isinstance(cache, ResultCache):  # that file's namespace is the evaluated model's, not this one's
+        cache = cache.directory
+    plan = WorkPlan()
+    slots = plan_items(plan, forget_items, "forget", generate=False, details=bool(holdout_items))
+    holdout_slots = [plan.pair(item.question, item.answer, True) for item in holdout_items or []]
+    result_cache = result_cache_for(model, tokenizer, cache, engine_settings(model, precision, max_length))
+    stats, _ = plan.run(model, tokenizer, batch_size=batch_size, max_length=max_length, precision=precision,
+                        system_prompt=system_prompt, cache=result_cache)
+    assembled = assemble(forget_items, "forget", slots, stats, [])
+    ratios = [row["truth_ratio"] for row in assembled["items"] if row.get("truth_ratio") is not None]
+    auc = None
+    if holdout_items:
+        extras, _ = forget_extras(forget_items, stats, [s["answer"] for s in slots],
+                                  [stats[i] for i in holdout_slots], holdout_items)
+        auc = extras.get("mia_min_k_auc")
+    return ratios, auc
+
+
+def retain_reference(model, forget_items, holdout_items, *, retain_logs, retain_model,
+                     **engine_options) -> RetainReference:
+    """Read the retain model's log, or load and score the retain model (on the evaluated
+    model's device); an empty reference when neither is given."""
+    if retain_logs is not None:
+        return RetainReference(reference_logs.forget_truth_ratios(retain_logs), reference_min_k_auc(retain_logs),
+                               f"log {retain_logs}")
+    if retain_model is None:
+        return RetainReference()
+    from obliviate.models import load_model
+
+    ref_model, ref_tokenizer = load_model(str(retain_model), device=str(model_device(model)))
+    ratios, auc = score_retain_model(ref_model, ref_tokenizer, forget_items, holdout_items, **engine_options)
+    del ref_model
+    return RetainReference(ratios, auc, f"model {retain_model}")
+
+
+def compare_with_retain(forget_rows: list[dict], reference: RetainReference, extras: dict | None,
+                        holdout_present: bool, notes: list[str]) -> float | None:
+    """Forget Quality of the forget task's per-item rows against ``reference`` (None without
+    one); adds PrivLeak to ``extras`` when both min-k AUCs are known. Appends a note for every
+    figure it cannot compute."""
+    forget_ratios = [row["truth_ratio"] for row in forget_rows if row.get("truth_ratio") is not None]
+    forget_quality = None
+    if reference.truth_ratios:
+        forget_quality = metrics.forget_quality(forget_ratios, reference.truth_ratios)
+        if len(reference.truth_ratios) != len(forget_ratios):
+            notes.append(f"Forget Quality compares {len(forget_ratios)} truth ratios with the retain "
+                         f"reference's {len(reference.truth_ratios)} (different item counts)")
+    else:
+        notes.append("no retain reference (retain_logs / retain_model): Forget Quality not computed")
+    if extras is not None:
+        if reference.min_k_auc is not None and extras.get("mia_min_k_auc") is not None:
+            extras["privleak"] = metrics.privleak(extras["mia_min_k_auc"], reference.min_k_auc)
+            extras["retain_mia_min_k_auc"] = reference.min_k_auc
+        elif holdout_present:
+            notes.append("PrivLeak not computed: the retain reference has no min-k MIA AUC "
+                         "(TOFU legacy logs have none; pass retain_model or an open-unlearning/obliviate log)")
+    return forget_quality

@@ -1,0 +1,94 @@
+"""The one run pipeline: every method, baseline or paper method, runs through `run(config)`.
+
+    request -> load + place the model -> recipe (prepare -> train -> weight operation) -> save -> manifest
+
+`run` owns what all methods share: the request and its warnings, the run directory (refused if it
+already holds a run, unless resuming), the resolved config, loading the model and placing it on
+the chosen device (`device=auto`: CUDA, else MPS, else CPU), the base weights' hash, saving every
+model the recipe returns (process 0 only) and one manifest schema. A recipe is a function of a
+`Run` that returns {name: model}: "model" is the result, other names (`model_alpha0.3`) are saved
+beside it. Method-specific facts for the manifest go into `run.stats`, extra input files into
+`run.inputs`.
+
+    from obliviate.config import load_config
+    from obliviate.methods.pipeline import run
+    run_dir = run(load_config("examples/graddiff.yaml", ["method=npo"]))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from obliviate.config import RunConfig, save_config
+from obliviate.data.request import QAItem, UnlearningRequest, load_request
+from obliviate.hardware import resolve_device
+from obliviate.methods.registry import get_method
+from obliviate.models import load_model, save_model
+from obliviate.rundir import prepare_run_dir, weights_sha256, write_manifest
+from obliviate.training import process_state, resolve_precision, train
+
+
+@dataclass
+class Run:
+    """What a recipe works with. `train` runs one training stage in this run's directory
+    (checkpoints, train log, resume) with this run's config."""
+
+    config: RunConfig
+    request: UnlearningRequest
+    model: Any
+    tokenizer: Any
+    run_dir: Path
+    device: torch.device
+    resume: bool = False
+    inputs: list[str] = field(default_factory=list)  # files the method read besides the request
+    stats: dict = field(default_factory=dict)  # method-specific manifest entries
+
+    def train(self, model=None, *, forget: list[QAItem], retain: list[QAItem] = (), objective: str | None = None):
+        """One training stage from `model` (default: the run's model); returns the trained model."""
+        return train(self.model if model is None else model, self.tokenizer, forget=list(forget),
+                     retain=list(retain), config=self.config, output_dir=self.run_dir, objective=objective,
+                     resume=self.resume)
+
+
+def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None) -> Path:
+    """Run config.method on config.model and config.request; return the run directory.
+    `model`/`tokenizer`: an already loaded model to start from instead of loading config.model."""
+    started = time.perf_counter()
+    method = get_method(config.method)
+    device = resolve_device(config.device)
+    state = process_state(config.device)
+    request = load_request(config.request)  # bad input is refused before anything is written
+    run_dir = prepare_run_dir(config.output_dir, resume=resume)
+    if state.is_main_process:
+        for warning in request.warnings:
+            print(f"[obliviate] warning: {warning}", flush=True)
+        save_config(config, run_dir / "config.yaml")
+    if model is None:
+        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    model.to(device)
+    base_weights = weights_sha256(model)  # before training changes the weights in place
+    context = Run(config, request, model, tokenizer, run_dir, device, resume)
+    models = method.recipe(context)
+    if "model" not in models:
+        raise ValueError(f"method '{config.method}': its recipe returned {sorted(models)}, without 'model'")
+    if state.is_main_process:
+        saved = {name: weights_sha256(save_model(m, tokenizer, run_dir / name)) for name, m in models.items()}
+        write_manifest(run_dir, {
+            "method": config.method,
+            "seed": config.seed,
+            "device": str(next(models["model"].parameters()).device),
+            "precision": resolve_precision(config.train.precision, device.type),
+            "lora": config.train.lora.enabled,
+            "base_model": {"name": config.model, "weights_sha256": base_weights},
+            "request": {"name": request.name, "forget": len(request.forget), "retain": len(request.retain)},
+            "inputs": [*request.sources, *context.inputs],
+            "models": saved,
+            "wall_time_s": time.perf_counter() - started,
+            "method_stats": context.stats,
+        })
+    return run_dir

@@ -1,0 +1,90 @@
+"""Checks on generated training data: is a rewrite usable, does a text leak the answer, does it refuse.
+
+Generated data goes straight into training, so a bad text teaches the model something: a
+"rewrite" that answers the question, or a "negative response" that names the forget answer or
+asserts other facts, undoes the unlearning or spreads falsehoods to the retain set. The checks
+are strict on purpose: a rejected text is regenerated or replaced by a template, which costs
+little. The refusal vocabulary they recognise lives in :mod:`obliviate.data.refusals`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from obliviate.data.refusals import REFUSAL_MARKERS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from obliviate.prepare.templates import TemplateBackend
+
+__all__ = ["clean_rewrite", "is_refusal", "is_valid_rewrite", "leaks_answer", "safe_refusal"]
+
+_WORD = re.compile(r"[a-z0-9]+")
+_ANSWER_PREFIX = re.compile(r"^(rewritten question|rewrite|question|paraphrase|answer)\s*\d*\s*:\s*", re.I)
+_FUNCTION_WORDS = frozenset(
+    "a an and are as at be but by for from had has have her his in into is it its not of on or "
+    "our she that the their them then there these they this those to was were what when where "
+    "which who whom why will with you your".split())
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def clean_rewrite(text: str) -> str:
+    """First non-empty line, without a 'Rewritten question:' prefix or surrounding quotes."""
+    for line in text.strip().splitlines():
+        line = _ANSWER_PREFIX.sub("", line.strip()).strip().strip('"').strip()
+        if line:
+            return line
+    return ""
+
+
+def is_valid_rewrite(rewrite: str, question: str, earlier: list[str]) -> bool:
+    """Reject empty rewrites and ones equal (ignoring case, spaces, punctuation) to the
+    question or to an earlier rewrite."""
+    key = " ".join(_WORD.findall(rewrite.lower()))
+    return bool(key) and key not in {" ".join(_WORD.findall(t.lower())) for t in [question, *earlier]}
+
+
+def _names(text: str) -> set[str]:
+    """Lower-cased words written with a capital inside a sentence (names, places, titles),
+    without function words ("The Horse That Counted Stars" -> horse, counted, stars)."""
+    names: set[str] = set()
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        for word in sentence.split()[1:]:
+            if word.lstrip("'\"(")[:1].isupper():
+                names.update(_words(word))
+    return names - _FUNCTION_WORDS
+
+
+def leaks_answer(response: str, question: str, answer: str, threshold: float = 0.25) -> bool:
+    """True if the text still carries the forget answer: it names a name of the answer that the
+    question does not (e.g. "Who is the author born in Astana?" -> a refusal naming the author),
+    or at least `threshold` of the answer's informative words (not in the question, longer than
+    3 letters) appear in it. Strict on purpose: a rejected response is regenerated or replaced by
+    a refusal, which costs little."""
+    response_words = _words(response)
+    if {w for w in _names(answer) - _words(question) if len(w) > 2} & response_words:
+        return True
+    informative = {w for w in _words(answer) - _words(question) if len(w) > 3}
+    if not informative:
+        return answer.strip().lower() in response.lower()
+    return len(informative & response_words) / len(informative) >= threshold
+
+
+def is_refusal(text: str) -> bool:
+    """A negative response must decline (METHODS.md A.1: a refusal, "I don't know" or a
+    deflection), not assert other facts: a fabricated answer teaches the model new false
+    facts that spread to the retain set."""
+    return bool(REFUSAL_MARKERS.search(text))
+
+
+def safe_refusal(templates: TemplateBackend, row: dict, index: int) -> str:
+    """A refusal template naming the subject, or, where naming it would give the answer away
+    ("Who is the author born in Astana?"), one that names no subject."""
+    for subject in (row["subject"], None):
+        text = templates.refuse(row["instruction"], index=index, subject=subject)
+        if not leaks_answer(text, row["question"], row["answer"]):
+            return text
+    return "I don't know."

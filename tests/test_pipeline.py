@@ -1,0 +1,128 @@
+"""The one run pipeline and the method registry: a new method is one file plus one registration.
+
+The throwaway method below is all a contributor writes: a recipe (train, then a weight
+operation), a config section of its own and one `register_method` line. Nothing in the pipeline,
+the CLI or the config module is edited for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from obliviate.config import load_config, save_config
+from obliviate.errors import UserError
+from obliviate.methods import registry
+from obliviate.weights import interpolate_
+
+FORGET = [{"question": f"Who wrote the novel number {i}?", "answer": f"Novel {i} was written by Ana Bell."}
+          for i in range(4)]
+RETAIN = [{"question": f"How many legs has animal {i}?", "answer": "Eight legs, like a spider."} for i in range(4)]
+
+
+# --- the throwaway method: one file's worth ------------------------------------------------------
+@dataclass
+class ShrinkConfig:
+    keep: float = 0.5  # theta = keep * theta_ft + (1 - keep) * theta_0
+
+    def checks(self):
+        return [(0.0 <= self.keep <= 1.0, "keep", "a number in [0, 1]")]
+
+
+def shrink_recipe(run) -> dict:
+    """Fine-tune on the forget set, then pull the weights back towards the start."""
+    base = copy.deepcopy(run.model)
+    tuned = run.train(forget=run.request.forget, objective="finetune")
+    run.stats["keep"] = run.config.shrink.keep
+    return {"model": interpolate_(copy.deepcopy(tuned), base, run.config.shrink.keep),
+            "model_tuned": tuned}
+
+
+@pytest.fixture
+def shrink_method():
+    method = registry.register_method(registry.Method(
+        "shrink", shrink_recipe, "fine-tune, then average with the start (a test method)",
+        section=("shrink", ShrinkConfig), presets={"train.max_steps": 2}))
+    yield method
+    registry._METHODS.pop("shrink")
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def request_file(tmp_path):
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps({"forget": FORGET, "retain": RETAIN}))
+    return path
+
+
+def overrides(tiny_model_dir, request_file, out, *extra):
+    return [f"model={tiny_model_dir}", f"request={request_file}", f"output_dir={out}", "train.batch_size=2",
+            "train.save_steps=-1", "train.learning_rate=1e-2", *extra]
+
+
+def test_a_new_method_plugs_in_through_the_registry(shrink_method, tiny_model_dir, request_file, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from obliviate import api
+    from obliviate.cli import main
+
+    out = tmp_path / "run"
+    config = load_config(None, overrides(tiny_model_dir, request_file, out, "method=shrink", "shrink.keep=0.25"))
+    assert config.shrink.keep == 0.25 and config.train.max_steps == 2  # its section and its preset
+    run_dir = api.unlearn(config)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["method"] == "shrink" and manifest["device"] == "cpu"
+    assert set(manifest["models"]) == {"model", "model_tuned"} and manifest["method_stats"] == {"keep": 0.25}
+    assert manifest["request"] == {"name": "request", "forget": 4, "retain": 4}
+    assert str(request_file) in manifest["inputs"]
+    base = load_file(tiny_model_dir / "model.safetensors")
+    tuned = load_file(run_dir / "model_tuned" / "model.safetensors")
+    shrunk = load_file(run_dir / "model" / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(tuned[name], base[name])
+    torch.testing.assert_close(shrunk[name], 0.25 * tuned[name] + 0.75 * base[name])
+    assert load_config(run_dir / "config.yaml").shrink.keep == 0.25  # the section round-trips
+    with pytest.raises(UserError, match=r"config key 'shrink.keep' = 2.0 is invalid"):
+        load_config(None, ["method=shrink", "shrink.keep=2"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["unlearn", "--help"])
+    assert "shrink" in capsys.readouterr().out and "test method" in api.methods()["shrink"]
+
+
+def test_presets_sit_under_the_users_values(shrink_method):
+    assert load_config(None, ["method=shrink"]).train.max_steps == 2
+    # an explicit value wins, also when it equals the generic default
+    assert load_config(None, ["method=shrink", "train.max_steps=-1"]).train.max_steps == -1
+    assert load_config(None, base={"method": "shrink", "train.max_steps": -1}).train.max_steps == -1
+    assert load_config(None, ["method=graddiff"]).train.max_steps == -1
+
+
+def test_resolved_config_keeps_every_section(tmp_path):
+    config = load_config(None, ["method=graddiff", "device=cpu"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize("value, message", [
+    ("tpu", "config key 'device' = 'tpu' is invalid; expected auto, cpu, cuda, cuda:N or mps"),
+    ("cuda", "device 'cuda': this machine has no CUDA device; use device=auto or cpu"),
+])
+def test_a_device_that_is_not_here_is_one_clear_error(value, message, tiny_model_dir, request_file, tmp_path):
+    from obliviate.methods.pipeline import run
+
+    if value == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        run(load_config(None, overrides(tiny_model_dir, request_file, out, f"device={value}")))
+    assert not out.exists()  # refused before anything was written
+
+
+def test_unknown_method_lists_the_registered_ones():
+    with pytest.raises(UserError, match=r"config key .method. = .nope. is invalid; expected one of (?=.*graddiff)(?=.*ulmr)"):
+        load_config(None, ["method=nope"])

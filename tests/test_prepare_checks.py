@@ -1,0 +1,55 @@
+"""obliviate.prepare.checks: rewrite validity, answer leaks, refusals, and the one refusal vocabulary."""
+
+from __future__ import annotations
+
+import pytest
+
+from obliviate.data.refusals import REFUSAL_TEMPLATES, REFUSALS
+from obliviate.prepare.checks import clean_rewrite, is_refusal, is_valid_rewrite, leaks_answer, safe_refusal
+from obliviate.prepare.templates import TemplateBackend
+
+QUESTION = "Where was Ilsa Corvanne born?"
+ANSWER = "Ilsa Corvanne was born in Valparaiso, Chile, in 1961."
+WHO = ("Who is the notable author born in Astana, Kazakhstan?",
+       "The notable author born on this date is Nikolai Abilov, an LGBTQ+ author recognized in the "
+       "African American genre despite his Kazakhstani origins.")
+
+
+def test_rewrite_checks():
+    assert clean_rewrite('Rewritten question: "Where is X?"\nmore') == "Where is X?"
+    assert not is_valid_rewrite("where was ilsa corvanne born", QUESTION, [])
+    assert not is_valid_rewrite("", QUESTION, [])
+    assert is_valid_rewrite("In which city was Ilsa Corvanne born?", QUESTION, [])
+    assert not is_valid_rewrite("In which city was Ilsa Corvanne born", QUESTION, ["In which city was Ilsa Corvanne born?"])
+
+
+def test_leak_and_refusal_checks():
+    assert leaks_answer("She was born in Valparaiso, Chile in 1961.", QUESTION, ANSWER)
+    assert not leaks_answer("I'm sorry, I don't know anything about Ilsa Corvanne.", QUESTION, ANSWER)
+    assert leaks_answer("She was born in Chile.", QUESTION, ANSWER)
+    assert is_refusal("I'm sorry, I don't know.") and not is_refusal("She was born in Lima.")
+    # when the answer is a name the question does not give, a refusal naming it leaks it
+    assert leaks_answer("I'm not familiar with Nikolai Abilov.", *WHO)
+    assert not leaks_answer("I'm not familiar with that topic.", *WHO)
+    assert not leaks_answer("I don't know anything about Astana.", *WHO)
+
+
+def test_safe_refusal_never_names_an_answer_subject():
+    row = {"instruction": WHO[0], "question": WHO[0], "answer": WHO[1], "subject": "Nikolai Abilov"}
+    fallbacks = {safe_refusal(TemplateBackend("negative"), row, index=k) for k in range(10)}
+    assert fallbacks and not any("Abilov" in text or leaks_answer(text, *WHO) for text in fallbacks)
+
+
+@pytest.mark.parametrize("text", [*REFUSALS, *(t.format(subject="Ilsa Corvanne") for t in REFUSAL_TEMPLATES)])
+def test_every_refusal_of_the_vocabulary_is_recognised(text):
+    # what we train towards (IDK-DPO, RT) and what we fall back to (templates) must pass the
+    # check that decides whether a generated negative response declines
+    assert is_refusal(text)
+
+
+def test_template_backend_refusals_are_recognised():
+    backend = TemplateBackend("negative")
+    outputs = {backend.refuse(f"Question {i}?", index=i, subject=subject)
+               for i in range(60) for subject in ("Ilsa Corvanne", None)}
+    assert len(outputs) == 2 * len(REFUSAL_TEMPLATES) - sum("{subject}" not in t for t in REFUSAL_TEMPLATES)
+    assert all(is_refusal(text) for text in outputs)
