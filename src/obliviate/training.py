@@ -107,8 +107,9 @@ class UnlearnTrainer(Trainer):
     disabled instead) or for reference-free objectives.
     """
 
-    def __init__(self, *args, objective: str, objective_config, reference_model=None, **kwargs):
+    def __init__(self, *args, objective: str, objective_config, reference_model=None, options=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.options = options
         self.objective_name = objective
         self.objective = get_objective(objective)
         self.objective_config = objective_config
@@ -138,7 +139,7 @@ class UnlearnTrainer(Trainer):
                                    on_epoch=dataset.set_epoch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        ctx = LossContext(config=self.objective_config, reference=self.reference,
+        ctx = LossContext(config=self.objective_config, reference=self.reference, options=self.options,
                           step=self.state.global_step, seed=self.args.seed)
         with self.accelerator.autocast():  # also covers the frozen reference copy
             loss = self.objective.loss(model, inputs, ctx)
@@ -262,10 +263,12 @@ def train(
     checkpoint = _prepare_checkpoints(checkpoint_dir, resume, config.device)
 
     slots = batch_slots(name, objective_cfg)
+    options = config.sections.get(spec.section) if spec.section else None  # e.g. config.sku for SKU's loss
     dataset = SlotDataset(
         tokenizer, slots, forget=forget, retain=retain if "retain" in slots else [],
         max_length=config.train.max_length, seed=config.seed,
         refusals=load_refusals(objective_cfg.refusals) if "forget_refusal" in slots else None,
+        other_answers=getattr(options, "other_answers", 5),
     )
     set_seed(config.seed)  # LoRA's initial adapter weights
     reference = None
@@ -274,7 +277,7 @@ def train(
     elif needs_reference(name, objective_cfg):
         reference = _frozen_copy(model)
     if spec.prepare is not None:
-        spec.prepare(model, objective_cfg)
+        spec.prepare(model, objective_cfg, options)
 
     trainer = UnlearnTrainer(
         model=model,
@@ -285,6 +288,7 @@ def train(
         objective=name,
         objective_config=objective_cfg,
         reference_model=reference,
+        options=options,
     )
     resume_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     trainer.add_callback(TrainLog(trainer, output_dir / TRAIN_LOG, resume_step))

@@ -24,7 +24,8 @@ class Objective(NamedTuple):
     needs_reference: bool = False  # uses the frozen starting model
     slots: tuple[str, ...] = ("forget",)  # batch slots it reads (data/collate.py), retain aside
     retain: str = "term"  # "term": objective.retain_loss decides; "always": its own; "none": unused
-    prepare: Callable | None = None  # prepare(model, ObjectiveConfig) before the optimiser is built
+    prepare: Callable | None = None  # prepare(model, ObjectiveConfig, options) before the optimiser is built
+    section: str | None = None  # a method config section the loss reads as ctx.options (e.g. "sku")
 
 
 OBJECTIVES: dict[str, Objective] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +25,12 @@ class LossContext:
 
     `reference()` is a context manager giving the frozen starting model under `torch.no_grad`
     (the LoRA base with the adapter disabled, or a frozen copy). `log(name, value)` records a
-    term for train_log.jsonl.
+    term for train_log.jsonl. `options` is the config section named by `Objective.section`.
     """
 
     config: ObjectiveConfig
     reference: Callable[[], contextlib.AbstractContextManager] | None = None
+    options: Any = None  # the method's own config section, for objectives that declare one (SKU, SNAP)
     step: int = 0
     seed: int = 0
     terms: dict[str, torch.Tensor] = field(default_factory=dict)

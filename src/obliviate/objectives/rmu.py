@@ -39,7 +39,7 @@ def chosen_layers(model, config) -> tuple[int, list[int]]:
     return layer, train
 
 
-def prepare(model, config) -> None:
+def prepare(model, config, options=None) -> None:
     """Freeze every parameter except the MLPs of the trained layers (LoRA: their adapters)."""
     layer, train = chosen_layers(model, config)
     layers = decoder_layers(model)
