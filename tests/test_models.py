@@ -54,12 +54,8 @@ def test_unknown_models_are_user_errors(tmp_path):
 
 @pytest.mark.integration
 def test_default_model_loads_offline_and_answers():
-    import time
-
-    model, tok = load_model("smollm2-135m-instruct")  # converts the GGUF once
-    started = time.time()
-    model, tok = load_model("smollm2-135m-instruct")
-    assert time.time() - started < 10  # < 3 s on a quiet machine; loose bound for a busy CI
+    load_model("smollm2-135m-instruct")  # converts the GGUF once (load time: benchmarks/model_load.py)
+    model, tok = load_model("smollm2-135m-instruct")  # the cached conversion
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     inputs = tok(format_prompt(tok, "What is the capital of France?"), return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
