@@ -69,3 +69,18 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert "--alphas 'half'" in capsys.readouterr().err
     assert main(["demo", "--alphas", "0.3,2"]) == 2  # out of range: refused before any teaching
     assert "--alphas '0.3,2'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHARED_TOFU.is_dir(), reason="../shared/data/tofu is absent")
+def test_eval_dispatches_through_the_registry_and_records_its_device(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--benchmark", "tofu", "--model", str(tiny_model_dir), "--data", str(SHARED_TOFU),
+                 "--ds-size", "2", "--max-new-tokens", "4", "--no-extras", "--device", "cpu",
+                 "--precision", "fp32", "--output-dir", str(out)]) == 0
+    saved = json.loads((out / "tofu_eval.json").read_text())
+    assert saved["config"]["device"] == "cpu" and saved["config"]["precision_used"] == "fp32"
+    assert saved["n_samples"]["forget"] == 2 and "Model Utility" in capsys.readouterr().out
+    result = run_cli("eval", "--model", str(tiny_model_dir), "--device", "cuda:7", "--ds-size", "x")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple
 from obliviate.config import ObjectiveConfig
 from obliviate.errors import UserError
 from obliviate.objectives import finetune, ga, graddiff, idk_dpo, kl, npo, rmu, rt, simnpo
+from obliviate.objectives import sku
 from obliviate.objectives.common import LossContext
 
 
@@ -38,6 +39,7 @@ OBJECTIVES: dict[str, Objective] = {
     "rt": Objective(rt.loss, slots=("forget_refusal",)),
     "rmu": Objective(rmu.loss, needs_reference=True, retain="always", prepare=rmu.prepare),
     "finetune": Objective(finetune.loss, retain="none"),
+    "sku": Objective(sku.loss, needs_reference=True, slots=("forget", "forget_other_answers"), retain="always", section="sku"),
 }
 
 
