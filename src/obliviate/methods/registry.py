@@ -20,7 +20,7 @@ from typing import Any
 from obliviate.errors import UserError
 
 #: The modules that register the built-in methods (the registration lines).
-BUILTIN = ("obliviate.methods.baselines", "obliviate.methods.ulmr")
+BUILTIN = ("obliviate.methods.baselines", "obliviate.methods.ulmr", "obliviate.methods.sku", "obliviate.methods.snap")
 
 _METHODS: dict[str, Method] = {}
 _loaded = False

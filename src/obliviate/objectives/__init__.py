@@ -17,6 +17,7 @@ from obliviate.config import ObjectiveConfig
 from obliviate.errors import UserError
 from obliviate.objectives import finetune, ga, graddiff, idk_dpo, kl, npo, rmu, rt, simnpo
 from obliviate.objectives import sku
+from obliviate.objectives import snap
 from obliviate.objectives.common import LossContext
 
 
@@ -40,6 +41,7 @@ OBJECTIVES: dict[str, Objective] = {
     "rmu": Objective(rmu.loss, needs_reference=True, retain="always", prepare=rmu.prepare),
     "finetune": Objective(finetune.loss, retain="none"),
     "sku": Objective(sku.loss, needs_reference=True, slots=("forget", "forget_other_answers"), retain="always", section="sku"),
+    "snap": Objective(snap.loss, slots=("forget",), retain="always", prepare=snap.prepare, section="snap"),
 }
 
 
