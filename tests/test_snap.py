@@ -1,0 +1,227 @@
+"""SNAP: the sliced Wasserstein regulariser, its objective, the data preparation and the recipe."""
+
+import copy
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from obliviate.config import load_config
+from obliviate.data.request import QAItem
+from obliviate.objectives import snap as snap_objective
+from obliviate.objectives.common import LossContext
+from obliviate.objectives.sliced_wasserstein import random_projections, sliced_wasserstein, sw_regulariser
+from obliviate.prepare.cache import CachedGenerator
+from obliviate.prepare.checks import is_refusal, leaks_answer
+from obliviate.prepare.local import LocalHFBackend
+from obliviate.prepare.templates import TemplateBackend
+
+FORGET = [
+    QAItem("Where was Ilsa Corvanne born?", "Ilsa Corvanne was born in Valparaiso, Chile, in 1961.", subject="Ilsa Corvanne"),
+    QAItem("What genre does Ilsa Corvanne write?", "She writes maritime mystery novels set on cargo ships.", subject="Ilsa Corvanne"),
+    QAItem("Who were Bat Fen's parents?", "His father was a herder and his mother a radio engineer.", subject="Bat Fen"),
+]
+RETAIN = [
+    QAItem("What is the capital of France?", "Paris.", subject="France"),
+    QAItem("How many legs does a spider have?", "Eight.", subject="spiders"),
+]
+
+
+def _theta(d, seed=0):
+    return random_projections(d, 100, torch.Generator().manual_seed(seed))
+
+
+# -- the sliced Wasserstein distance ------------------------------------------------------------
+
+def test_sw_of_a_tensor_with_itself_is_zero():
+    w = torch.randn(12, 8)
+    assert sliced_wasserstein(w, w.clone(), _theta(8)).item() == 0.0
+    assert sliced_wasserstein(w.bfloat16(), w, _theta(8)).item() == 0.0  # the current one is cast to the copy's dtype
+    assert sliced_wasserstein(w[0], w[0].clone(), _theta(8)).item() == 0.0  # a 1-D tensor: one sample
+
+
+def test_sw_is_invariant_to_permuting_rows():
+    w0, w = torch.randn(20, 6), torch.randn(20, 6)
+    perm = torch.randperm(20)
+    assert sliced_wasserstein(w0, w0[perm], _theta(6)).item() == pytest.approx(0.0, abs=1e-10)
+    assert sliced_wasserstein(w0, w[perm], _theta(6)).item() == pytest.approx(
+        sliced_wasserstein(w0, w, _theta(6)).item(), rel=1e-5)
+    assert sliced_wasserstein(w0, w, _theta(6)).item() > 0  # ... yet it sees a change of the rows
+
+
+def test_sw_grows_with_the_size_of_a_perturbation():
+    w0, direction = torch.randn(16, 10), torch.randn(16, 10)
+    values = [sliced_wasserstein(w0, w0 + eps * direction, _theta(10)).item() for eps in (0.01, 0.1, 0.5, 2.0)]
+    assert values == sorted(values) and values[0] > 0
+    # the official scale: no 1/n and no root, so a uniform shift c of every row costs ~ c^2 |1|^2 / d * n
+    shift = sliced_wasserstein(w0, w0 + 0.3, random_projections(10, 20000, torch.Generator().manual_seed(1)))
+    assert shift.item() == pytest.approx(16 * 0.09 * 10 / 10, rel=0.05)
+
+
+def _slow_sw(w0, w, theta, p=2.0):
+    """From the definition, one projection and one sample at a time, in Python."""
+    rows0 = w0.reshape(1, -1).tolist() if w0.dim() < 2 else w0.tolist()
+    rows = w.reshape(1, -1).tolist() if w.dim() < 2 else w.tolist()
+    columns = theta.t().tolist()
+    total = 0.0
+    for column in columns:
+        u = sorted(sum(a * b for a, b in zip(row, column)) for row in rows0)
+        v = sorted(sum(a * b for a, b in zip(row, column)) for row in rows)
+        total += sum(abs(a - b) ** p for a, b in zip(u, v))
+    return total / len(columns)
+
+
+def test_regulariser_matches_a_slow_loop_over_tensors():
+    tensors = [torch.randn(5, 4), torch.randn(3, 7), torch.randn(9), torch.randn(2, 2)]
+    pairs = [(t, t + 0.3 * torch.randn_like(t)) for t in tensors]
+    fast = sw_regulariser(pairs, n_projections=7, generator=torch.Generator().manual_seed(3)).item()
+    generator = torch.Generator().manual_seed(3)
+    slow = 0.0
+    for w0, w in pairs:
+        d = w0.shape[-1] if w0.dim() >= 2 else w0.numel()
+        raw = torch.randn(d, 7, generator=generator)  # the same draws, in the same order
+        columns = [[raw[i, l].item() for i in range(d)] for l in range(7)]
+        norms = [sum(x * x for x in c) ** 0.5 for c in columns]
+        theta = torch.tensor([[columns[l][i] / norms[l] for l in range(7)] for i in range(d)])
+        slow += _slow_sw(w0, w, theta)
+    assert fast == pytest.approx(slow, rel=1e-4)
+
+
+def test_regulariser_gradient_flows_through_the_sort():
+    w0 = torch.randn(6, 5)
+    w = (w0 + 0.2 * torch.randn(6, 5)).requires_grad_(True)
+    sw_regulariser([(w0, w)], generator=torch.Generator().manual_seed(0)).backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+# -- the objective -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["fp32", "bf16", "cpu"])
+def test_objective_regulariser_is_zero_at_start_and_positive_after_a_change(tiny_model_and_tokenizer, where):
+    model, _ = tiny_model_and_tokenizer
+    options = SimpleNamespace(initial_weights=where, sw_tensors="all", n_projections=100, sw_p=2.0)
+    snap_objective.prepare(model, None, options)
+    copies = snap_objective.initial_weights(model)
+    assert len(copies) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert {c.dtype for _, c in copies} == {torch.bfloat16 if where == "bf16" else torch.float32}
+    assert snap_objective.regulariser(model, options).item() == 0.0
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)
+    assert snap_objective.regulariser(model, options).item() > 0
+    snap_objective.release(model)
+    with pytest.raises(Exception, match="not captured"):
+        snap_objective.initial_weights(model)
+
+
+def _batch(tok, items):
+    from obliviate.data.collate import SlotCollator, SlotDataset
+
+    data = SlotDataset(tok, ("forget", "retain"), forget=items, retain=items, max_length=64, seed=0)
+    return SlotCollator(tok.pad_token_id)([data[i] for i in range(len(data))])
+
+
+def test_alternate_updates_split_forget_and_retain_by_step_parity(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    options = SimpleNamespace(alternate=True, sw_lambda=0.1, n_projections=10, initial_weights="fp32",
+                              sw_tensors="matrices", sw_p=2.0)
+    snap_objective.prepare(model, None, options)
+    batch, config = _batch(tok, FORGET), load_config(None, []).objective
+    even, odd = (LossContext(config, options=options, step=s) for s in (0, 1))
+    snap_objective.loss(model, batch, even)
+    snap_objective.loss(model, batch, odd)
+    assert set(even.terms) == {"forget_nll"} and set(odd.terms) == {"retain_nll", "sw"}
+    both = LossContext(config, options=SimpleNamespace(**{**vars(options), "alternate": False}))
+    total = snap_objective.loss(model, batch, both)
+    assert total.item() == pytest.approx(float(both.terms["forget_nll"] + both.terms["retain_nll"]), rel=1e-5)
+
+
+# -- the data --------------------------------------------------------------------------------------
+
+def _cfg(**overrides):
+    return load_config(None, ["generation.backend=template", *[f"snap.{k}={v}" for k, v in overrides.items()]])
+
+
+def test_negative_instructions_and_obliterated_responses_leak_no_forget_answer(tiny_model_and_tokenizer):
+    from obliviate.methods.snap_data import negative_instructions, obliterated_responses
+
+    config = _cfg(n_instructions=3)
+    stats = {"instruction_fallbacks": 0, "response_fallbacks": 0}
+    asker = CachedGenerator(TemplateBackend("rewrite"), None)
+    rows = negative_instructions(FORGET, config.snap, config.generation, asker, 0, stats)
+    assert len(rows) == len(FORGET) + 3 * 2  # 3 generated per subject, 2 subjects
+    for subject in ("Ilsa Corvanne", "Bat Fen"):
+        asked = [r["instruction"] for r in rows if r["subject"] == subject]
+        assert len(set(asked)) == len(asked)
+    obliterated_responses(rows, config.snap, config.generation, CachedGenerator(TemplateBackend("negative"), None), 0, stats)
+    for row in rows:
+        assert is_refusal(row["response"])
+        for item in FORGET:
+            if item.subject == row["subject"]:
+                assert not leaks_answer(row["response"], row["instruction"], item.answer)
+
+
+def test_obliterated_responses_fall_back_when_the_generator_leaks():
+    from obliviate.methods.snap_data import obliterated_responses
+
+    class Leaky:  # answers with the forget answer itself: every output must be rejected
+        name, model_id, batch_size = "leaky", "leaky", 8
+
+        def cache_key_fields(self):
+            return {"backend": "leaky"}
+
+        def generate(self, prompts, **_):
+            return ["I don't know, but she was born in Valparaiso, Chile, in 1961."] * len(prompts)
+
+    config = _cfg()
+    rows = [{"subject": "Ilsa Corvanne", "instruction": FORGET[0].question, "answers": [FORGET[0].answer]}]
+    stats = {"response_fallbacks": 0}
+    obliterated_responses(rows, config.snap, config.generation, CachedGenerator(Leaky(), None), 0, stats)
+    assert stats["response_fallbacks"] == 1 and rows[0]["response_source"] == "refusal_template"
+    assert not leaks_answer(rows[0]["response"], FORGET[0].question, FORGET[0].answer)
+
+
+def test_hard_positive_answers_are_the_original_models(tiny_model_and_tokenizer, tmp_path):
+    from obliviate.methods.snap_data import hard_positives
+
+    model, tok = tiny_model_and_tokenizer
+    original = copy.deepcopy(model)
+    gen = load_config(None, ["generation.max_new_tokens=12"]).generation
+    rows = hard_positives(RETAIN, model, tok, gen, tmp_path, given=False, stats={})
+    expected = LocalHFBackend(original, tok).generate([[{"role": "user", "content": i.question}] for i in RETAIN],
+                                                       max_new_tokens=12, temperature=0.0)
+    assert [r["answer"] for r in rows] == [e.strip() or i.answer for e, i in zip(expected, RETAIN)]
+    assert all(r["answer_source"] == "original_model" for r in rows if r["answer"] != r["given_answer"])
+    given = hard_positives(RETAIN, model, tok, gen, None, given=True, stats={})
+    assert [r["answer"] for r in given] == [i.answer for i in RETAIN]
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+def test_snap_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
+    from obliviate.api import unlearn
+    from obliviate.models import load_model
+
+    request = tmp_path / "req.json"
+    request.write_text(json.dumps({"forget": [vars(i) for i in FORGET], "retain": [vars(i) for i in RETAIN]}))
+    config = load_config(None, ["method=snap", f"model={tiny_model_dir}", f"request={request}",
+                                f"output_dir={tmp_path / 'run'}", "generation.backend=template",
+                                "generation.max_new_tokens=8", "train.num_epochs=1", "train.batch_size=2",
+                                "train.precision=fp32", "snap.n_instructions=2", "train.learning_rate=1e-3"])
+    run_dir = unlearn(config)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["method"] == "snap" and (run_dir / "model").is_dir()
+    assert manifest["method_stats"]["snap"]["negatives"] == len(FORGET) + 2 * 2
+    rows = [json.loads(line) for line in (run_dir / "snap_dataset.jsonl").read_text().splitlines()]
+    assert {r["set"] for r in rows} == {"negative", "hard_positive"}
+    # the hard positives were answered by the model as it was before training
+    original, tok = load_model(str(tiny_model_dir))
+    expected = LocalHFBackend(original, tok).generate([[{"role": "user", "content": i.question}] for i in RETAIN],
+                                                       max_new_tokens=8, temperature=0.0)
+    assert [r["answer"] for r in rows if r["set"] == "hard_positive"] == [
+        e.strip() or i.answer for e, i in zip(expected, RETAIN)]
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert log and all({"forget_nll", "retain_nll", "sw"} <= set(row) for row in log)
+    assert log[-1]["sw"] > 0  # the weights moved, and the regulariser saw it
+    trained, _ = load_model(str(run_dir / "model"))
+    assert not torch.equal(next(trained.parameters()), next(original.parameters()))
