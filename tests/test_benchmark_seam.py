@@ -97,7 +97,7 @@ CAPITALS_BENCHMARK = register_benchmark(Benchmark("capitals", "capital cities (t
 def test_registry_lists_builtins_and_the_plugged_in_benchmark():
     known = benchmarks()
     assert {"tofu", "capitals"} <= set(known) and known["capitals"] is CAPITALS_BENCHMARK
-    with pytest.raises(UserError, match=r"benchmark 'nope' is not known; use one of capitals, tofu"):
+    with pytest.raises(UserError, match=r"benchmark 'nope' is not known; use one of (?=.*capitals)(?=.*tofu)"):
         get_benchmark("nope")
     with pytest.raises(ValueError, match="registered already"):
         register_benchmark(CAPITALS_BENCHMARK)

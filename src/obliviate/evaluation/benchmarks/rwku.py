@@ -1,0 +1,47 @@
+"""RWKU as a registered benchmark: its options and the two calls the registry needs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from obliviate.evaluation.registry import Benchmark, register_benchmark
+from obliviate.evaluation.results import json_safe
+from obliviate.evaluation.rwku.report import render_rwku
+from obliviate.evaluation.rwku.suite import evaluate_rwku
+
+
+@dataclass(frozen=True)
+class RwkuOptions:
+    data: str = field(default="jinzhuoran/RWKU", metadata={
+        "help": "RWKU data: the processed directory (holds Target/<id>_<Name>/, e.g. ../shared/data/rwku) or a hub name"})
+    targets: str = field(default="1", metadata={
+        "help": "targets: ids, ranges or names, comma-separated (1,2,3 / 1-10 / 'Stephen King'); several = batch"})
+    ds_size: int | None = field(default=None, metadata={
+        "help": "score only the first N records of every set (probes, MIA, utility) per target"})
+    utility: str = field(default="all", metadata={
+        "help": "utility sets: all, none or a comma list of mmlu, bbh, truthfulqa, triviaqa, fluency"})
+    use_prompt: bool = field(default=False, metadata={
+        "help": "prefix every prompt with RWKU's in-context-unlearning instruction (the ICU baseline)"})
+    batch_size: int = field(default=32, metadata={"help": "rows of a forward pass and prompts decoded together"})
+    max_length: int = field(default=2048, metadata={"help": "tokens kept per scored text or prompt + answer"})
+    cache: bool = field(default=True, metadata={
+        "help": "keep per-item results in $OBLIVIATE_CACHE/eval so a rerun or resume skips finished work"})
+
+
+def run_rwku(model, tokenizer, options: RwkuOptions, *, out_dir: Path, model_name: str, precision: str) -> dict:
+    """:func:`~obliviate.evaluation.rwku.evaluate_rwku` with ``options``; writes rwku_eval.json,
+    rwku_summary.json and rwku_report.md into ``out_dir``."""
+    result = evaluate_rwku(model, tokenizer, **dataclasses.asdict(options), out_dir=out_dir,
+                           model_name=model_name, precision=precision)
+    return json_safe(result)
+
+
+RWKU = register_benchmark(Benchmark(
+    name="rwku",
+    summary="RWKU: forget FB / QA / AA, neighbor FB / QA, MIA (FM / RM), utility; real-world targets",
+    options=RwkuOptions,
+    run=run_rwku,
+    render=render_rwku,
+))
