@@ -104,7 +104,7 @@ def test_tofu_full_has_4000_items():
         ("bad.json", '[{"question": "a", "answer": "b"},\n{"question": "c" "answer": 1}]', r"bad\.json:2: invalid JSON"),
         ("bad.jsonl", '{"question": "a", "answer": "b"}\n{"question": \n', r"bad\.jsonl:2: invalid JSON line"),
         ("bad.csv", "question,answer\nq1,a1\nq2,a2,extra\n", r"bad\.csv:3: 3 cells but 2 columns"),
-        ("missing.json", '[{"question": "a"}]', r"record 0 has no 'answer' field"),
+        ("missing.json", '[{"question": "a"}]', r"record 1 has no 'answer' field"),
         ("typed.json", '[{"question": "a", "answer": 3}]', r"field 'answer' is a int, expected a string"),
         ("empty.json", "[]", r"the forget set is empty"),
         ("blank.json", "", r"the file is empty"),

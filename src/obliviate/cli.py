@@ -10,6 +10,7 @@ Examples:
   obliviate finetune model=smollm2-135m-instruct request=facts.json output_dir=runs/taught
   obliviate eval --benchmark tofu --model runs/ulmr/model --data ../shared/data/tofu --forget-split forget01
   obliviate eval --benchmark tofu --help            # that benchmark's own options
+  obliviate probe --model smollm2-135m-instruct --data ../shared/data/rwku --targets 1-10   # who does it know?
 
 Bad input (files, fields, config keys, model names) gets one line on stderr and exit status 2.
 """
@@ -21,7 +22,7 @@ import json
 import os
 import sys
 
-from obliviate.errors import UserError
+from obliviate.errors import UserError, os_error_line, write_failure_line
 
 
 def _parser(benchmark: str = "tofu") -> argparse.ArgumentParser:
@@ -59,7 +60,34 @@ def _parser(benchmark: str = "tofu") -> argparse.ArgumentParser:
         run.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
         run.add_argument("overrides", nargs="*", help="key=value, e.g. train.learning_rate=2e-5 device=cpu")
     _eval_parser(sub, benchmark)
+    probe = sub.add_parser("probe", help="rank RWKU targets by how much a model knows them (before unlearning)")
+    probe.add_argument("--model", required=True)
+    probe.add_argument("--data", default="jinzhuoran/RWKU", help="RWKU: hub name or local directory")
+    probe.add_argument("--targets", default="1-200", help="ids, ranges or names, e.g. 1-10 or 'Stephen King'")
+    probe.add_argument("--ds-size", type=int, default=None, help="first N probes of each set per target")
+    probe.add_argument("--top", type=int, default=20, help="rows to print")
+    probe.add_argument("--output", default=None, help="also write the ranking as JSON here")
+    probe.add_argument("--device", default="auto")
+    probe.add_argument("--precision", default="auto")
     return parser
+
+
+def _probe(args) -> int:
+    from obliviate.evaluation.rwku.screening import screen_targets
+    from obliviate.hardware import resolve_device
+    from obliviate.io import atomic_write_json
+    from obliviate.models import load_model
+
+    model, tokenizer = load_model(args.model, device=resolve_device(args.device, key="--device"))
+    rows = screen_targets(model, tokenizer, data=args.data, targets=args.targets, ds_size=args.ds_size,
+                          precision=args.precision)
+    print("| rank | id | target | FB | QA | known |\n|---|---|---|---|---|---|")
+    for row in rows[:args.top]:
+        print(f"| {row['rank']} | {row['id']} | {row['name']} | {row['forget_fb']:.3f} | {row['forget_qa']:.3f} "
+              f"| {row['known']:.3f} |")
+    if args.output:
+        atomic_write_json(args.output, rows)
+    return 0
 
 
 def _eval_parser(sub, benchmark: str) -> None:
@@ -82,7 +110,9 @@ def _eval_parser(sub, benchmark: str) -> None:
     group = evaluate.add_argument_group(f"{benchmark} options")
     for option in dataclasses.fields(known[benchmark].options):
         flag = "--" + option.name.replace("_", "-")
-        helptext = f"{option.metadata.get('help', '')} (default: {option.default})"
+        helptext = option.metadata.get("help", "")
+        if "default" not in helptext:
+            helptext += f" (default: {option.default})"
         if option.type in (bool, "bool"):
             group.add_argument(flag, dest=f"option.{option.name}", action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=helptext)
@@ -180,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args, "finetune")
         if args.command == "eval":
             return _eval(args)
+        if args.command == "probe":
+            return _probe(args)
         if args.command == "demo":
             from obliviate.demo import run_demo
 
@@ -193,6 +225,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # cannot create, cannot write, disk full, read-only: the user's to fix
+        print(f"error: {os_error_line(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - only a library's failed write becomes one line
+        line = write_failure_line(error)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

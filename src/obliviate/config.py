@@ -12,6 +12,7 @@ configuration is saved in the run directory (`config.yaml`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from obliviate.errors import UserError
+from obliviate.io import parse_yaml, read_user_text, short_repr
 from obliviate.methods import registry
 
 
@@ -58,15 +60,19 @@ class ObjectiveConfig:
     """Knobs of the losses (METHODS.md section E); each objective reads the ones it needs."""
 
     forget_weight: float = 1.0  # gamma
-    retain_weight: float = 1.0  # alpha (SimNPO's 0.125 is its method preset)
+    retain_weight: float = 1.0  # alpha
     retain_loss: str = "nll"  # nll | kl | none: the retain term added to forget losses
     beta: float = 0.1  # NPO / DPO temperature (SimNPO: 4.5)
     delta: float = 0.0  # SimNPO margin
     refusals: str | None = None  # file of refusal strings for IDK-DPO / RT (default: built-in list)
+    refusal_draw: str = "each_epoch"  # each_epoch: a refusal drawn afresh per epoch (the reference) | once
+    kl_positions: str = "answer"  # KL terms over answer tokens | all: every padded position (open-unlearning)
     rmu_layer: int = -1  # -1: a layer at ~40% depth
     rmu_steering_coeff: float = 6.5
     rmu_alpha: float = 1200.0
     rmu_train_layers: list[int] = field(default_factory=list)  # default: rmu_layer and the two below
+    rmu_tokens: str = "answer"  # answer: both terms on answer tokens (WMDP/open-unlearning) | all
+    rmu_train_modules: str = "down_proj"  # down_proj: the MLP output projection (WMDP) | mlp: the whole MLP
 
 
 @dataclass
@@ -129,7 +135,7 @@ def _coerce(value, annotation, key: str):
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
             if not isinstance(value, list):
-                raise UserError(f"config key '{key}': expected a list, got {value!r}")
+                raise UserError(f"config key '{key}': expected a list, got {short_repr(value)}")
             return [_coerce(v, inner, key) for v in value]
         if hint is bool:
             if isinstance(value, bool):
@@ -140,32 +146,44 @@ def _coerce(value, annotation, key: str):
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
         elif hint is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
+            number = _as_float(value)
+            if number is not None:
+                if not math.isfinite(number):  # inf passes `> 0` checks and ends in NaN weights
+                    raise UserError(f"config key '{key}': expected a finite number, got {short_repr(value)}")
+                return number
         elif hint is str:
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                 return str(value)
     names = "/".join(getattr(h, "__name__", str(h)) for h in hints if h is not type(None))
-    raise UserError(f"config key '{key}': expected {names}, got {value!r}")
+    raise UserError(f"config key '{key}': expected {names}, got {short_repr(value)}")
+
+
+def _as_float(value) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an integer too large for a float
+            return math.inf
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _build(cls, data: dict, prefix: str = "", extra: dict[str, type] | None = None):
     """An instance of dataclass `cls` from a mapping; `extra` adds sections (name -> dataclass)
     that are collected into the `sections` field (RunConfig's method sections)."""
     if not isinstance(data, dict):
-        raise UserError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
+        raise UserError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {short_repr(data)}")
     hints = typing.get_type_hints(cls)
     extra = extra or {}
     known = {f.name for f in dataclasses.fields(cls)} - {"sections"} | set(extra)
     for key in data:
         if key not in known:
             raise UserError(
-                f"config key '{prefix}{key}' is not known; allowed under "
+                f"config key '{prefix}{str(key)[:80]}' is not known; allowed under "
                 f"'{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(known))}"
             )
     values, sections = {}, {}
@@ -199,17 +217,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     if path is not None:
         _merge(data, _read_yaml(Path(path)))
     for override in overrides:
-        if "=" not in override:
-            raise UserError(f"override '{override}': expected key=value, e.g. train.learning_rate=2e-5")
-        key, raw = override.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(data, key.strip(), value)
+        key, value = _parse_override(override)
+        _set_dotted(data, key, value)
     method = data.get("method", RunConfig.__dataclass_fields__["method"].default)
-    if not isinstance(method, str):
-        raise UserError(f"config key 'method': expected str, got {method!r}")
+    if not isinstance(method, str) or method not in registry.methods():
+        raise UserError(f"config key 'method' = {short_repr(method)} is invalid; expected one of "
+                        f"{', '.join(registry.methods())}")
     merged: dict = {}
     for key, value in registry.get_method(method).presets.items():  # under everything the user set
         _set_dotted(merged, key, value)
@@ -219,17 +232,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     return config
 
 
+def _parse_override(override: str) -> tuple[str, Any]:
+    """`key=value`: the value read as YAML (aliases refused, numbers bounded), else as text."""
+    if "=" not in override:
+        raise UserError(f"override {short_repr(override)}: expected key=value, e.g. train.learning_rate=2e-5")
+    try:
+        override.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes from the command line (surrogate escapes)
+        raise UserError(f"override {short_repr(override)}: not valid UTF-8 text; retype it") from None
+    key, raw = override.split("=", 1)
+    if len(key) > 200 or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key.strip()):
+        raise UserError(f"override {short_repr(override)}: '{short_repr(key)}' is not a dotted config key")
+    try:
+        value = parse_yaml(raw, f"override {key.strip()}") if raw else ""
+    except UserError:
+        value = raw  # not YAML (e.g. `a: b: c`): the text itself
+    return key.strip(), value
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no such config file; check the path")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: invalid YAML ({getattr(error, 'problem', error)}); fix the syntax") from None
+    loaded = parse_yaml(read_user_text(path), str(path))
+    if loaded is None:
+        return {}
     if not isinstance(loaded, dict):
         raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    if not all(isinstance(key, str) for key in loaded):
+        raise UserError(f"{path}: every top-level key must be a string")
     return loaded
 
 
@@ -254,6 +284,11 @@ def validate(config: RunConfig) -> None:
         (config.train.max_length >= 16, "train.max_length", "an integer >= 16"),
         (config.train.precision in ("auto", "bf16", "fp32"), "train.precision", "auto, bf16 or fp32"),
         (config.objective.retain_loss in ("nll", "kl", "none"), "objective.retain_loss", "nll, kl or none"),
+        (config.objective.refusal_draw in ("each_epoch", "once"), "objective.refusal_draw", "each_epoch or once"),
+        (config.objective.kl_positions in ("answer", "all"), "objective.kl_positions", "answer or all"),
+        (config.objective.rmu_tokens in ("answer", "all"), "objective.rmu_tokens", "answer or all"),
+        (config.objective.rmu_train_modules in ("down_proj", "mlp"), "objective.rmu_train_modules",
+         "down_proj or mlp"),
         (config.generation.backend in ("local", "openai", "template"), "generation.backend",
          "local, openai or template"),
         (config.train.lora.r >= 1, "train.lora.r", "an integer >= 1"),
@@ -265,7 +300,7 @@ def validate(config: RunConfig) -> None:
             value = config.to_dict()
             for part in key.split("."):
                 value = value[part]
-            raise UserError(f"config key '{key}' = {value!r} is invalid; expected {expected}")
+            raise UserError(f"config key '{key}' = {short_repr(value)} is invalid; expected {expected}")
 
 
 def save_config(config: RunConfig, path: Path) -> None:

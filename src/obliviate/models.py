@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
+import socket
+import urllib.parse
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 from obliviate.errors import UserError
+from obliviate.io import parse_json, read_user_text
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,6 +66,9 @@ def resolve_model(name: str) -> ModelSource:
                 f"model '{name}': the directory has no config.json; "
                 "give a Hugging Face model directory (save_pretrained output), a .gguf file or a hub id"
             )
+        # read it ourselves first: transformers reports bad bytes with a traceback, not the file
+        if not isinstance(parse_json(read_user_text(path / "config.json"), str(path / "config.json")), dict):
+            raise UserError(f"{path / 'config.json'}: expected a JSON object (a model configuration)")
         return ModelSource(str(path))
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip():
         raise UserError(f"model '{name}': no such file or directory; check the path")
@@ -145,6 +152,8 @@ def load_model(
             _convert_gguf(source, converted)
         source = ModelSource(str(converted))
     torch_dtype = _parse_dtype(dtype)
+    if not Path(source.path).is_dir():
+        check_hub_reachable(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -163,6 +172,30 @@ def load_model(
     if device:
         model.to(device)
     return model, tokenizer
+
+
+def check_hub_reachable(repo_id: str, timeout_s: float = 3.0) -> None:
+    """Fail fast, in one line, for a hub id that is neither cached nor reachable: otherwise the
+    hub client retries for about a minute and prints a line per retry."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an id the cache cannot even name: let the hub client judge it
+        cached = False
+    if cached:
+        return
+    hint = "give a local model directory, a .gguf file or 'smollm2-135m-instruct', or download it first"
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"model '{repo_id}' could not be loaded: not in the local cache and HF_HUB_OFFLINE is set; {hint}")
+    endpoint = urllib.parse.urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
+    except OSError as error:
+        cause = (error.strerror or str(error) or type(error).__name__).lower()
+        raise UserError(f"model '{repo_id}' could not be loaded: not in the local cache and {endpoint.hostname}:{port} cannot be "
+                        f"reached ({cause}); {hint}") from None
 
 
 def _parse_dtype(dtype: str) -> torch.dtype:
@@ -204,6 +237,19 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+STALE_SAVE = re.compile(r"\.(.+)\.[a-z0-9_]{8}")  # mkdtemp(prefix=f".{name}.") in save_model
+
+
+def remove_stale_saves(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary directories of saves that were killed before their rename (each the
+    size of a model); call it only while holding the run directory's lock."""
+    run_dir = Path(run_dir)
+    stale = [p for p in run_dir.iterdir() if p.is_dir() and STALE_SAVE.fullmatch(p.name)] if run_dir.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def model_info(name: str) -> dict:

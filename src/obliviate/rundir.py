@@ -1,4 +1,9 @@
-"""Run directory helpers: the manifest that says how a run was made.
+"""Run directory helpers: one run per directory at a time, and the manifest that says how a run
+was made.
+
+The lock is `flock` on `<run_dir>/.obliviate.lock`, taken before anything else is written there:
+the kernel drops it when its process dies (kill -9 included), so a dead run's lock is never in
+the way, and the file names the holder (pid, host, start time) for the one-line refusal.
 
 manifest.json holds the sha256 of every input data file, the base model's name and a hash of its
 weights, a hash of every saved model, the device, package versions, the seed, wall time and peak
@@ -8,9 +13,14 @@ configuration). One schema for every method; method-specific facts sit under `me
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
+import os
 import platform
 import resource
+import socket
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
@@ -18,21 +28,96 @@ from pathlib import Path
 
 import torch
 
-from obliviate.errors import UserError
+from obliviate.errors import UserError, os_error_line
 from obliviate.io import atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
+LOCK = ".obliviate.lock"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets")
+
+
+def check_run_dir(run_dir: str | Path, *, resume: bool = False) -> Path:
+    """Refuse a directory that already holds a run unless resuming it; writes nothing."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output_dir '{run_dir}' is a file, not a directory; choose another output_dir")
+    if not resume and ((run_dir / MANIFEST).exists() or (run_dir / "checkpoints").exists()):
+        raise UserError(f"output_dir '{run_dir}' already holds a run; pass --resume to continue it, "
+                        "or choose another output_dir")
+    return run_dir
 
 
 def prepare_run_dir(run_dir: str | Path, *, resume: bool = False) -> Path:
     """Create the run directory; refuse one that already holds a run unless resuming it."""
-    run_dir = Path(run_dir)
-    if not resume and ((run_dir / MANIFEST).exists() or (run_dir / "checkpoints").exists()):
-        raise UserError(f"output_dir '{run_dir}' already holds a run; pass --resume to continue it, "
-                        "or choose another output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = check_run_dir(run_dir, resume=resume)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(os_error_line(error, run_dir, "cannot create output_dir")) from None
     return run_dir
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held until `release()` or the process's end."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        # unlink while still holding it: a waiter that opened this file sees the inode change
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def lock_run_dir(run_dir: str | Path, *, resume: bool = False) -> RunLock:
+    """Create the run directory and take its lock; refuse (one line naming the holder) while
+    another run holds it, then refuse a directory that holds a finished or started run."""
+    run_dir = prepare_run_dir(run_dir, resume=resume)
+    path = run_dir / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise UserError(os_error_line(error, path, "cannot create the lock file")) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise UserError(f"output_dir '{run_dir}' is in use by another run ({holder}); wait for it to "
+                            "end or choose another output_dir") from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # the holder released and removed it between our open and our flock: again
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode())
+    lock = RunLock(path, fd)
+    try:
+        check_run_dir(run_dir, resume=resume)  # again, now that no other run can be starting here
+    except UserError:
+        lock.release()
+        raise
+    return lock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown: it is just starting"
 
 
 def weights_sha256(model_or_dir) -> str:

@@ -155,13 +155,40 @@ class UnlearnTrainer(Trainer):
 
     def _diverged(self, loss, ctx) -> NonFiniteLossError:
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in ctx.terms.items())
-        kept = last_complete_checkpoint(Path(self.args.output_dir))
-        kept_text = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been saved yet"
+        return self.diverged(f"the {self.objective_name} loss is {float(loss.detach())} ({terms})")
+
+    def diverged(self, what: str, applied: bool = False) -> NonFiniteLossError:
+        kept = last_good_checkpoint(Path(self.args.output_dir))
+        kept_text = f"the last good checkpoint is {kept}" if kept else "no good checkpoint had been saved yet"
         return NonFiniteLossError(
-            f"training stopped at step {self.state.global_step + 1}: the {self.objective_name} loss is "
-            f"{float(loss.detach())} ({terms}); nothing after it was saved and {kept_text}; lower "
-            "train.learning_rate or train.num_epochs, or add a retain term"
+            f"training stopped at step {self.state.global_step + 1}: {what}; "
+            f"{'' if applied else 'the update was not applied, '}nothing after it was saved and {kept_text}; lower train.learning_rate or train.num_epochs, "
+            "or add a retain term"
         )
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stops the run before a non-finite update lands: the gradient norm is checked after
+    clipping and before the optimiser step (a finite loss can still give NaN gradients), and the
+    weights after the step, before the Trainer may save them in a checkpoint. Every process sees
+    the same synchronised gradients, so all of them stop together."""
+
+    def __init__(self, trainer: UnlearnTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        grads = [p.grad.detach() for p in self.trainer.model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            if not torch.isfinite(norm):
+                raise self.trainer.diverged(f"the gradient norm of the {self.trainer.objective_name} loss is "
+                                            f"{float(norm)}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        for name, param in self.trainer.model.named_parameters():
+            if param.requires_grad and not torch.isfinite(param.detach()).all():
+                self.trainer.state.global_step -= 1  # report the step whose update broke the weights
+                raise self.trainer.diverged(f"weight {name} became non-finite", applied=True)
 
 
 class TrainLog(TrainerCallback):
@@ -200,6 +227,27 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
     complete = [p for p in checkpoint_dir.glob("checkpoint-*")
                 if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def checkpoint_is_finite(checkpoint: Path) -> bool:
+    """Whether every weight saved in a checkpoint (model or adapter safetensors) is finite."""
+    from safetensors.torch import load_file
+
+    files = sorted(checkpoint.glob("*.safetensors"))
+    return bool(files) and all(torch.isfinite(t).all() for f in files for t in load_file(f).values()
+                               if t.is_floating_point())
+
+
+def last_good_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint whose weights are all finite (loaded and checked)."""
+    if not checkpoint_dir.is_dir():
+        return None
+    complete = [p for p in checkpoint_dir.glob("checkpoint-*")
+                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    for path in sorted(complete, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if checkpoint_is_finite(path):
+            return path
+    return None
 
 
 def _prepare_checkpoints(checkpoint_dir: Path, resume: bool, device: str) -> Path | None:
@@ -268,7 +316,7 @@ def train(
         tokenizer, slots, forget=forget, retain=retain if "retain" in slots else [],
         max_length=config.train.max_length, seed=config.seed,
         refusals=load_refusals(objective_cfg.refusals) if "forget_refusal" in slots else None,
-        other_answers=getattr(options, "other_answers", 5),
+        other_answers=getattr(options, "other_answers", 5), refusal_draw=objective_cfg.refusal_draw,
     )
     set_seed(config.seed)  # LoRA's initial adapter weights
     reference = None
@@ -291,6 +339,7 @@ def train(
         options=options,
     )
     resume_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
+    trainer.add_callback(DivergenceGuard(trainer))  # first: a broken step must not reach the log either
     trainer.add_callback(TrainLog(trainer, output_dir / TRAIN_LOG, resume_step))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 

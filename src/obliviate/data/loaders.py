@@ -1,16 +1,19 @@
 """Read records (dicts) from JSON, JSONL, CSV, Parquet files or Hugging Face `datasets`.
 
-Every loader returns a list of dicts and raises `UserError` with file and line on bad input.
+Every loader returns a list of dicts and raises `UserError` with file and 1-based line (or
+"record N", counted from 1) on bad input. Files are UTF-8, with or without a byte-order mark (as
+Excel writes CSV); nesting and integer sizes are bounded (obliviate.io).
 JSON may be one array, or one array per line (TOFU's `full.json`, the `datasets.to_json` quirk).
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 
-from obliviate.errors import UserError
+from obliviate.errors import UserError, os_error_line
+from obliviate.io import parse_json, read_user_text
 
 SUFFIXES = {".json", ".jsonl", ".csv", ".parquet"}
 
@@ -20,17 +23,21 @@ def load_records(source: str, *, config: str | None = None, split: str | None = 
 
     `split` picks a split of a `datasets` source (default: `train`).
     """
-    path = Path(source).expanduser()
-    if path.is_file():
+    try:
+        path = Path(source).expanduser()
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except (OSError, RuntimeError, ValueError) as error:  # a name too long, an unknown ~user, a NUL
+        raise UserError(f"{source[:120]!r}: not a usable path ({error.__class__.__name__}); check it") from None
+    if is_file:
         suffix = path.suffix.lower()
         readers = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
         if suffix not in readers:
             raise UserError(f"{path}: unknown file type '{suffix}'; use .json, .jsonl, .csv or .parquet")
         try:
             return readers[suffix](path)
-        except (OSError, UnicodeDecodeError) as error:
-            raise UserError(f"{path}: cannot read ({error.__class__.__name__}: {error}); check the file") from None
-    if path.is_dir():
+        except OSError as error:
+            raise UserError(os_error_line(error, path, "cannot read")) from None
+    if is_dir:
         return _read_datasets_dir(path, split)
     if source.startswith((".", "/", "~")) or Path(source).suffix.lower() in SUFFIXES:
         raise UserError(f"{source}: no such file; check the path")
@@ -38,13 +45,15 @@ def load_records(source: str, *, config: str | None = None, split: str | None = 
 
 
 def _read_json(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = read_user_text(path)
     if not text.strip():
         raise UserError(f"{path}: the file is empty; give a JSON array of records")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as whole_error:
-        data = _json_arrays_per_line(path, text, whole_error)
+        data = parse_json(text, str(path))
+    except UserError:
+        data = _json_arrays_per_line(path, text)
+        if data is None:  # not that shape either: the whole-file error is the one to show
+            raise
     if isinstance(data, dict):
         for key in ("data", "records", "items", "examples"):
             if isinstance(data.get(key), list):
@@ -57,20 +66,17 @@ def _read_json(path: Path) -> list[dict]:
     return _check_dicts(path, data)
 
 
-def _json_arrays_per_line(path: Path, text: str, whole_error: json.JSONDecodeError) -> list:
-    """Parse `[...]\\n[...]\\n` (several arrays, one per line); report the first bad line."""
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+def _json_arrays_per_line(path: Path, text: str) -> list | None:
+    """Parse `[...]\\n[...]\\n` (several arrays, one per line); report the first bad line.
+    None when the text does not have that shape."""
+    # split on "\n" only: splitlines() also breaks at U+2028 etc., which editors do not count
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     one_array_per_line = all(l.strip().startswith("[") and l.strip().endswith("]") for _, l in lines)
     if len(lines) < 2 or not one_array_per_line:
-        raise UserError(
-            f"{path}:{whole_error.lineno}: invalid JSON ({whole_error.msg}, column {whole_error.colno}); fix the syntax"
-        )
+        return None
     records: list = []
     for lineno, line in lines:
-        try:
-            chunk = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path}:{lineno}: invalid JSON ({error.msg}, column {error.colno}); fix the syntax") from None
+        chunk = parse_json(line, str(path), lineno)
         if not isinstance(chunk, list):
             raise UserError(f"{path}:{lineno}: expected a JSON array on this line, got {type(chunk).__name__}")
         records.extend(chunk)
@@ -79,45 +85,45 @@ def _json_arrays_per_line(path: Path, text: str, whole_error: json.JSONDecodeErr
 
 def _read_jsonl(path: Path) -> list[dict]:
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(
-                    f"{path}:{lineno}: invalid JSON line ({error.msg}, column {error.colno}); one JSON object per line"
-                ) from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
+    for lineno, line in enumerate(read_user_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        record = parse_json(line, str(path), lineno, "JSON line")
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
     if not records:
         raise UserError(f"{path}: the file has no records; give one JSON object per line")
     return records
 
 
 def _read_csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames:
-            raise UserError(f"{path}:1: no header row; the first line must name the columns")
-        records = []
-        for row in reader:
-            if None in row:  # more cells than header columns
-                raise UserError(
-                    f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(row[None])} cells but "
-                    f"{len(reader.fieldnames)} columns in the header; quote fields that contain commas"
-                )
-            records.append({k: v for k, v in row.items()})
+    reader = csv.DictReader(io.StringIO(read_user_text(path), newline=""))
+    try:
+        return _csv_rows(path, reader)
+    except csv.Error as error:  # a NUL byte, a field over the size limit, a stray quote
+        raise UserError(f"{path}:{reader.line_num}: invalid CSV ({error}); check the quoting") from None
+
+
+def _csv_rows(path: Path, reader: csv.DictReader) -> list[dict]:
+    if not reader.fieldnames:
+        raise UserError(f"{path}:1: no header row; the first line must name the columns")
+    records = []
+    for row in reader:
+        if None in row:  # more cells than header columns
+            raise UserError(
+                f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(row[None])} cells but "
+                f"{len(reader.fieldnames)} columns in the header; quote fields that contain commas"
+            )
+        records.append({k: v for k, v in row.items()})
     for record in records:
         for key in ("perturbed_answer", "perturbed_answers"):
             value = record.get(key)
             if isinstance(value, str) and value.startswith("["):
                 try:
-                    record[key] = json.loads(value)
-                except json.JSONDecodeError:
-                    pass
+                    record[key] = parse_json(value, str(path))
+                except UserError:
+                    pass  # not a JSON list after all: the request check reports the type
     return records
 
 
@@ -127,10 +133,10 @@ def _read_parquet(path: Path) -> list[dict]:
     except ImportError:
         raise UserError(f"{path}: reading Parquet needs pyarrow; `pip install pyarrow`") from None
     try:
-        table = pq.read_table(path)
+        return pq.read_table(path).to_pylist()  # to_pylist decodes the strings: bad bytes fail there
     except Exception as error:  # pyarrow raises several types for corrupt files
-        raise UserError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0][:160]})") from None
-    return table.to_pylist()
+        first = str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: not a readable Parquet file ({first})") from None
 
 
 def _read_datasets_dir(path: Path, split: str | None) -> list[dict]:
@@ -174,5 +180,5 @@ def _pick_split(loaded, split: str | None, where: str) -> list[dict]:
 def _check_dicts(path: Path, records: list) -> list[dict]:
     for index, record in enumerate(records):
         if not isinstance(record, dict):
-            raise UserError(f"{path}: record {index} is a {type(record).__name__}, not an object; give objects")
+            raise UserError(f"{path}: record {index + 1} is a {type(record).__name__}, not an object; give objects")
     return records

@@ -16,14 +16,12 @@ An item is a record with a question and an answer; field aliases are accepted (s
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from obliviate.data.loaders import load_records
 from obliviate.errors import UserError
+from obliviate.io import parse_json, parse_yaml, read_user_text, short_repr
 
 DEMO_REQUEST = Path(__file__).parent / "demo" / "demo_request.json"
 
@@ -65,9 +63,13 @@ class UnlearningRequest:
 
 
 def items_from_records(records: list[dict], where: str) -> list[QAItem]:
-    """Map records to QAItems; a missing or mistyped field raises UserError naming the record."""
+    """Map records to QAItems; a missing or mistyped field raises UserError naming the record
+    (counted from 1, as a user counts them)."""
     items = []
-    for index, record in enumerate(records):
+    for index, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: record {index} is a {type(record).__name__}, expected an object "
+                            "with a question and an answer")
         values = {}
         for canonical, names in FIELDS.items():
             for name in names:
@@ -107,14 +109,35 @@ def _load_set(spec, base: Path, where: str, sources: list[str]) -> list[dict]:
     if isinstance(spec, list):
         return spec
     if isinstance(spec, str):
-        path = Path(spec).expanduser()
-        resolved = path if path.is_absolute() or not (base / path).exists() else base / path
-        if resolved.exists():
+        if "\x00" in spec or not spec.strip() or len(spec) > 4096:
+            raise UserError(f"{where}: {short_repr(spec)} is not a usable path; give a file name")
+        try:
+            path = Path(spec).expanduser()
+            resolved = path if path.is_absolute() or not (base / path).exists() else base / path
+            exists = resolved.exists()
+        except (OSError, RuntimeError, ValueError) as error:  # a name too long, an unknown ~user
+            raise UserError(f"{where}: {short_repr(spec)} is not a usable path ({type(error).__name__})") from None
+        if exists:
             sources.append(str(resolved))
         return load_records(str(resolved))
     if isinstance(spec, dict) and "dataset" in spec:
+        for key in ("dataset", "config", "split"):
+            if not isinstance(spec.get(key), str) and (key == "dataset" or spec.get(key) is not None):
+                raise UserError(f"{where}: '{key}' must be a string, got {short_repr(spec.get(key))}")
         return load_records(spec["dataset"], config=spec.get("config"), split=spec.get("split"))
     raise UserError(f"{where}: expected a path, a list of items or {{dataset: ...}}, got {type(spec).__name__}")
+
+
+def _passages(records: list, where: str) -> list[str]:
+    """Passages are strings, or records whose 'text' is a non-empty string."""
+    passages = []
+    for index, record in enumerate(records, 1):
+        text = record.get("text") if isinstance(record, dict) else record
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{where}: passage {index} has no text (got {short_repr(text)}); give a string, "
+                            "or an object with a non-empty 'text'")
+        passages.append(text)
+    return passages
 
 
 def load_request(source: str | Path | dict | None = None, *, retain: str | None = None) -> UnlearningRequest:
@@ -137,18 +160,20 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
     if not isinstance(spec, dict) or "forget" not in spec:  # a plain data file: it is the forget set
         spec = {"forget": str(source), "retain": retain, "name": Path(str(source)).stem}
         sources = []
-    unknown = set(spec) - {"name", "description", "forget", "retain", "neighbors", "passages", "subject"}
+    unknown = {str(k) for k in spec} - {"name", "description", "forget", "retain", "neighbors", "passages", "subject"}
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, forget, retain, "
                         "neighbors, passages, subject, description")
+    for key in ("name", "subject"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise UserError(f"{where}: '{key}' must be a string, got {short_repr(spec[key])}")
     sets = {}
     for name in SETS:
         records = _load_set(spec.get(name), base, f"{where} [{name}]", sources)
         sets[name] = items_from_records(records, f"{where} [{name}]")
         for item in sets[name]:
             item.subject = item.subject or spec.get("subject")
-    passages = [r if isinstance(r, str) else r.get("text", "")
-                for r in _load_set(spec.get("passages"), base, f"{where} [passages]", sources)]
+    passages = _passages(_load_set(spec.get("passages"), base, f"{where} [passages]", sources), f"{where} [passages]")
     if not sets["forget"]:
         raise UserError(f"{where}: the forget set is empty; give at least one item under 'forget'")
     request = UnlearningRequest(**sets, passages=passages, name=str(spec.get("name", "request")),
@@ -161,16 +186,12 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
 
 def _read_request_spec(path: Path):
     if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            return yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise UserError(f"{path}{line}: invalid YAML ({getattr(error, 'problem', error)}); fix the syntax") from None
+        return parse_yaml(read_user_text(path), str(path))
     if path.suffix.lower() == ".json":
+        text = read_user_text(path)  # bad bytes are reported here, with the line
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+            return parse_json(text, str(path))
+        except UserError:
             return None  # maybe several arrays, one per line: the data loader reports errors
     return None
 

@@ -3,7 +3,8 @@
     request -> load + place the model -> recipe (prepare -> train -> weight operation) -> save -> manifest
 
 `run` owns what all methods share: the request and its warnings, the run directory (refused if it
-already holds a run, unless resuming), the resolved config, loading the model and placing it on
+already holds a run, unless resuming; created only once the request and the model have loaded, and
+locked for the whole run so that a second run there is refused), the resolved config, loading the model and placing it on
 the chosen device (`device=auto`: CUDA, else MPS, else CPU), the base weights' hash, saving every
 model the recipe returns (process 0 only) and one manifest schema. A recipe is a function of a
 `Run` that returns {name: model}: "model" is the result, other names (`model_alpha0.3`) are saved
@@ -28,8 +29,8 @@ from obliviate.config import RunConfig, save_config
 from obliviate.data.request import QAItem, UnlearningRequest, load_request
 from obliviate.hardware import resolve_device
 from obliviate.methods.registry import get_method
-from obliviate.models import load_model, save_model
-from obliviate.rundir import prepare_run_dir, weights_sha256, write_manifest
+from obliviate.models import load_model, remove_stale_saves, save_model
+from obliviate.rundir import check_run_dir, lock_run_dir, prepare_run_dir, weights_sha256, write_manifest
 from obliviate.training import process_state, resolve_precision, train
 
 
@@ -63,13 +64,27 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None) 
     device = resolve_device(config.device)
     state = process_state(config.device)
     request = load_request(config.request)  # bad input is refused before anything is written
-    run_dir = prepare_run_dir(config.output_dir, resume=resume)
+    check_run_dir(config.output_dir, resume=resume)  # before minutes of model loading; writes nothing
+    if model is None:
+        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    # one lock per launch: process 0 holds it, the others wait until it has it
+    lock = lock_run_dir(config.output_dir, resume=resume) if state.is_main_process else None
+    try:
+        state.wait_for_everyone()
+        run_dir = prepare_run_dir(config.output_dir, resume=resume)
+        return _locked_run(config, method, request, model, tokenizer, run_dir, device, state, resume, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _locked_run(config, method, request, model, tokenizer, run_dir, device, state, resume, started) -> Path:
     if state.is_main_process:
+        for stale in remove_stale_saves(run_dir):  # a save killed before its rename
+            print(f"[obliviate] removed {stale}, left by an interrupted save", flush=True)
         for warning in request.warnings:
             print(f"[obliviate] warning: {warning}", flush=True)
         save_config(config, run_dir / "config.yaml")
-    if model is None:
-        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
     model.to(device)
     base_weights = weights_sha256(model)  # before training changes the weights in place
     context = Run(config, request, model, tokenizer, run_dir, device, resume)

@@ -69,7 +69,9 @@ class OpenAICompatibleBackend:
     Up to ``max_concurrency`` requests run at once (one request per conversation). Each
     request is tried at most ``max_retries`` times in total: 429, 5xx, connection errors and
     timeouts are retried after ``backoff_s * 2**attempt`` seconds (or the server's
-    ``Retry-After``, capped at 60 s); other 4xx answers fail at once. Failures become a
+    ``Retry-After``, capped at 60 s); other 4xx answers fail at once, and so does a refused
+    connection to this machine (nothing listens there: waiting will not start it). Retries are
+    logged at DEBUG level only, so they stay quiet unless asked for. Failures become a
     one-line :class:`UserError`.
 
     ``cache_key_fields`` holds the model name, not the URL, so moving a server to another
@@ -113,6 +115,7 @@ class OpenAICompatibleBackend:
         if _is_loopback(parsed.hostname):
             handlers.append(urllib.request.ProxyHandler({}))  # never send localhost via a proxy
         self._opener = urllib.request.build_opener(*handlers)
+        self._local = _is_loopback(parsed.hostname)
 
     def __repr__(self) -> str:  # no key in here
         return (
@@ -147,6 +150,9 @@ class OpenAICompatibleBackend:
         except urllib.error.URLError as err:
             reason = err.reason
             if isinstance(reason, ConnectionRefusedError):
+                if self._local:
+                    raise UserError(f"cannot reach {self.base_url} (connection refused): "
+                                    "start the server or fix generation.base_url") from None
                 text = "connection refused"
             elif isinstance(reason, TimeoutError):
                 text = f"timed out after {self.timeout_s:g}s"
@@ -221,7 +227,7 @@ class OpenAICompatibleBackend:
                 if err.retry_after is not None:
                     delay = max(delay, min(err.retry_after, 60.0))
                 delay *= 1 + 0.1 * random.random()  # jitter so parallel retries spread out
-                logger.warning(
+                logger.debug(
                     "%s: %s (try %d of %d), retrying in %.1fs",
                     self.url,
                     err.reason,

@@ -30,6 +30,9 @@ class TofuOptions:
         "help": "system prompt of the chat template (default: the template's own)"})
     extras: bool = field(default=True, metadata={
         "help": "also extraction strength, exact memorisation and MIA AUCs on the forget set"})
+    scoring: str = field(default="answer", metadata={
+        "help": "answer: answer + EOS (TOFU's definition) | chat_turn: the assistant turn as the chat template "
+                "renders it (open-unlearning's)"})
     cache: bool = field(default=True, metadata={
         "help": "keep per-item results in $OBLIVIATE_CACHE/eval so a rerun or resume skips finished work"})
 
