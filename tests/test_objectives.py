@@ -81,7 +81,7 @@ def train_steps(model, name: str, batch: dict, *, steps: int = 5, lr: float = 1e
 def test_registry_covers_every_baseline_method():
     assert set(methods()) - {"ulmr"} == set(OBJECTIVES)
     simnpo = load_config(None, ["method=simnpo"]).objective
-    assert (simnpo.beta, simnpo.delta, simnpo.retain_weight) == (4.5, 0.0, 0.125)
+    assert (simnpo.beta, simnpo.delta, simnpo.forget_weight, simnpo.retain_weight) == (4.5, 0.0, 0.125, 1.0)
     assert load_config(None, ["method=simnpo", "objective.beta=3.0"]).objective.beta == 3.0  # user value wins
     # also when the user's value equals the generic default (the preset must not override it)
     assert load_config(None, ["method=simnpo", "objective.beta=0.1"]).objective.beta == 0.1
@@ -188,12 +188,11 @@ def test_rmu_steers_forget_activations_and_trains_only_chosen_mlps(tiny_model_an
     model, tokenizer = tiny_model_and_tokenizer
     start = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = {"rmu_layer": 1, "rmu_train_layers": [1], "rmu_steering_coeff": 2.0, "rmu_alpha": 10.0}
-    before, after = train_steps(model, "rmu", make_batch(tokenizer), steps=10, lr=1e-2, **cfg)
+    before, after = train_steps(model, "rmu", make_batch(tokenizer), steps=20, lr=2e-2, **cfg)
     assert after["forget_mse"] < 0.5 * before["forget_mse"]
     assert before["retain_mse"] < 1e-10
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
-    assert changed and all(k.startswith("model.layers.1.mlp.") for k in changed)
-    assert {k for k in start if k.startswith("model.layers.1.mlp.")} == changed
+    assert changed == {"model.layers.1.mlp.down_proj.weight"}  # WMDP trains down_proj only
     assert rmu.chosen_layers(model, ObjectiveConfig())[0] == 0  # default: 40% depth of 2 layers
     with pytest.raises(UserError, match="rmu_layer"):
         rmu.chosen_layers(model, ObjectiveConfig(rmu_layer=5))

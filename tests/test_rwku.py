@@ -341,3 +341,17 @@ def test_target_summary_pools_every_probe_then_targets_average():
     assert row["forget_aa"] == 0.75 and row["mia_fm_loss_x100"] == 250.0 and row["mmlu"] == 0.25
     mean = average_rows({"a": row, "b": {**row, "forget_all": 0.0, "mmlu": float("nan")}, "c": {"forget_all": 1.0}})
     assert mean["forget_all"] == pytest.approx(0.5) and mean["mmlu"] == 0.25
+
+
+def test_probe_command_ranks_targets_on_a_tiny_model(rwku_dir, tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from obliviate.cli import main
+
+    out = tmp_path / "ranking.json"
+    assert main(["probe", "--model", str(tiny_model_dir), "--data", str(rwku_dir), "--targets", "1-2",
+                 "--ds-size", "2", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["rank"] for r in rows] == [1, 2] and rows[0]["known"] >= rows[1]["known"]
+    printed = capsys.readouterr().out
+    assert all(r["name"] in printed for r in rows)

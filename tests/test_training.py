@@ -232,7 +232,8 @@ def test_baselines_run_writes_a_complete_run_directory(tmp_path, script_args):
     assert run(cfg) == out
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "manifest.json", "model", "train_log.jsonl"}
     saved = load_config(out / "config.yaml")
-    assert (saved.objective.beta, saved.objective.retain_weight) == (4.5, 0.125)  # SimNPO defaults, resolved
+    # SimNPO's preset, resolved: 0.125 on the forget term, retain weight 1 (open-unlearning's TOFU config)
+    assert (saved.objective.beta, saved.objective.forget_weight, saved.objective.retain_weight) == (4.5, 0.125, 1.0)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["versions"]["torch"] and manifest["versions"]["obliviate"]
     assert manifest["peak_memory_mb"] > 0 and manifest["wall_time_s"] > 0

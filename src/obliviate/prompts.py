@@ -2,14 +2,30 @@
 
 With a chat template the question is one user turn (optionally after a system prompt) and the
 answer is the assistant's turn; without one, TOFU's plain `Question: ...\nAnswer: ` format.
+
+Which tokens are scored (the labels), `split_qa`:
+
+* chat template, scoring "answer" (default, TOFU's definition): prompt and answer tokenised
+  apart, labels = answer + EOS;
+* no chat template (either scoring): prompt + answer tokenised as ONE text, as TOFU and
+  open-unlearning do (`Answer: The` gives 'Answer', ':', ' The', not 'Answer', ':', ' ', 'The'),
+  labels = the tokens after the prompt's own token count, + EOS;
+* chat template, scoring "chat_turn" (open-unlearning's `preprocess_chat_instance`): the
+  assistant turn as the template renders it, labels = every token after the generation prompt
+  (for SmolLM2: answer + `<|im_end|>` + newline), + EOS when that does not end in EOS.
 """
 
 from __future__ import annotations
 
 import torch
 
+from obliviate.errors import UserError
+
 # Prompt format for tokenizers without a chat template (TOFU's phi-1.5 format).
 PLAIN_PROMPT = "Question: {question}\nAnswer: "
+#: Which tokens of a (question, answer) pair are scored: see the module docstring.
+SCORINGS = ("answer", "chat_turn")
+_SENTINEL = "OBLIVIATE-ANSWER-SENTINEL"
 
 def format_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
     """The text the model sees before its answer: the chat template with a generation prompt,
@@ -22,23 +38,67 @@ def format_prompt(tokenizer, question: str, system_prompt: str | None = None) ->
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def assistant_turn_end(tokenizer) -> str:
+    """The text a chat template prints after the assistant's content (SmolLM2: `<|im_end|>\n`)."""
+    chat = [{"role": "user", "content": "Q"}]
+    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": _SENTINEL}], tokenize=False)
+    if not full.startswith(prompt + _SENTINEL):
+        raise UserError("scoring 'chat_turn': this chat template does not render the assistant turn as "
+                        "generation prompt + answer + end of turn; use the default scoring 'answer'")
+    return full[len(prompt) + len(_SENTINEL):]
+
+
+def answer_suffix(tokenizer, scoring: str = "answer") -> str | None:
+    """None: the answer is tokenised alone; else the text after the answer in one joint text."""
+    if scoring not in SCORINGS:
+        raise UserError(f"scoring '{scoring}' is not known; use one of {', '.join(SCORINGS)}")
+    if tokenizer.chat_template is None:
+        return ""
+    return None if scoring == "answer" else assistant_turn_end(tokenizer)
+
+
+def prompt_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of prompt texts: no special tokens, BOS in front when there is no chat template."""
+    ids = [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+    if tokenizer.chat_template is None and tokenizer.bos_token_id is not None:
+        ids = [[tokenizer.bos_token_id] + x for x in ids]
+    return ids
+
+
+def split_joint(prompt_ids: list[int], full_ids: list[int], eos_id: int) -> tuple[list[int], list[int]]:
+    """(context, labels) of one jointly tokenised text: the boundary at the prompt's own token
+    count; EOS appended to the labels unless they end with it (open-unlearning's rule)."""
+    n = len(prompt_ids)
+    labels = list(full_ids[n:])
+    if not labels or labels[-1] != eos_id:
+        labels.append(eos_id)
+    return list(full_ids[:n]), labels
+
+
+def split_qa(tokenizer, prompt: str, answer: str, scoring: str = "answer") -> tuple[list[int], list[int]]:
+    """(context ids, label ids) of prompt text + answer; the model reads context + labels."""
+    suffix = answer_suffix(tokenizer, scoring)
+    prompt_ids = prompt_token_ids(tokenizer, [prompt])[0]
+    if suffix is None:
+        return prompt_ids, tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    full_ids = prompt_token_ids(tokenizer, [prompt + answer + suffix])[0]
+    return split_joint(prompt_ids, full_ids, tokenizer.eos_token_id)
+
+
 def encode_qa(
-    tokenizer, question: str, answer: str, *, max_length: int = 512, system_prompt: str | None = None
+    tokenizer, question: str, answer: str, *, max_length: int = 512, system_prompt: str | None = None,
+    scoring: str = "answer",
 ) -> dict[str, list[int]]:
     """Token ids of prompt + answer + EOS, with labels -100 on the prompt (answer-only loss).
 
     As in TOFU and open-unlearning the EOS after the answer is a label, so the answer NLL
-    includes ending the turn. Labels are set by the answer span, never by pad id (SmolLM2's
-    pad token is its end-of-turn token). Over-long pairs are cut from the answer's end.
+    includes ending the turn. Labels are set by the answer span (`split_qa`), never by pad id
+    (SmolLM2's pad token is its end-of-turn token). Over-long pairs are cut from the answer's end.
     """
-    prompt_ids = tokenizer(format_prompt(tokenizer, question, system_prompt), add_special_tokens=False)[
-        "input_ids"
-    ]
-    if tokenizer.chat_template is None and tokenizer.bos_token_id is not None:
-        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = (prompt_ids + answer_ids)[:max_length]
-    labels = ([-100] * len(prompt_ids) + answer_ids)[:max_length]
+    context, answer_ids = split_qa(tokenizer, format_prompt(tokenizer, question, system_prompt), answer, scoring)
+    input_ids = (context + answer_ids)[:max_length]
+    labels = ([-100] * len(context) + answer_ids)[:max_length]
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 

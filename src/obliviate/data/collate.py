@@ -57,7 +57,8 @@ class SlotDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, tokenizer, slots: Sequence[str], *, forget: list[QAItem], retain: Sequence[QAItem] = (),
-                 refusals: list[str] | None = None, max_length: int, seed: int = 0, other_answers: int = 5):
+                 refusals: list[str] | None = None, max_length: int, seed: int = 0, other_answers: int = 5,
+                 refusal_draw: str = "each_epoch"):
         unknown = [name for name in slots if name not in SLOTS]
         if unknown:
             raise ValueError(f"batch slots {unknown} have no builder; known: {', '.join(SLOTS)}")
@@ -68,7 +69,7 @@ class SlotDataset(torch.utils.data.Dataset):
         self.tokenizer, self.slots, self.max_length, self.seed = tokenizer, tuple(slots), max_length, seed
         self.forget_items, self.retain_items = list(forget), list(retain)
         self.forget = encode_items(tokenizer, self.forget_items, max_length=max_length)
-        self.refusals, self.other_answers = refusals, other_answers
+        self.refusals, self.other_answers, self.refusal_draw = refusals, other_answers, refusal_draw
         self._retain_order = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed)).tolist()
         self._cache: dict[tuple, dict] = {}  # encoded lazily: a retain set can be large
         self.epoch = 0
@@ -110,11 +111,20 @@ def _retain(ds: SlotDataset, i: int) -> dict:
 
 @register_slot("forget_refusal")
 def _forget_refusal(ds: SlotDataset, i: int) -> dict:
-    """The forget question answered with a refusal drawn once per question: the same target every epoch."""
-    if not hasattr(ds, "_refusal_of"):
-        rng = random.Random(ds.seed)
-        ds._refusal_of = [rng.choice(ds.refusals) for _ in ds.forget_items]
-    return ds.encode(ds.forget_items[i].question, ds._refusal_of[i])
+    """The forget question answered with a refusal from the list.
+
+    Default ("each_epoch"): drawn afresh each time the item is used, as open-unlearning's
+    dataset draws one per __getitem__, seeded by (seed, epoch, i) so a resumed run is identical.
+    `refusal_draw="once"` (objective.refusal_draw=once) keeps the old behaviour:
+    one refusal per question, drawn once, the same target every epoch.
+    """
+    if ds.refusal_draw == "once":
+        if not hasattr(ds, "_refusal_of"):
+            rng = random.Random(ds.seed)
+            ds._refusal_of = [rng.choice(ds.refusals) for _ in ds.forget_items]
+        return ds.encode(ds.forget_items[i].question, ds._refusal_of[i])
+    refusal = random.Random(f"refusal:{ds.seed}:{ds.epoch}:{i}").choice(ds.refusals)
+    return ds.encode(ds.forget_items[i].question, refusal)
 
 
 @register_slot("forget_other_answers")

@@ -36,8 +36,11 @@ BASELINES = {
     "rmu": "representation misdirection: push a layer's activations on forget to a random vector",
     "finetune": "plain fine-tuning on the request's forget set (teach facts, or retrain on retain data)",
 }
-# SimNPO's reference weights (METHODS.md E), applied under the user's own values when the config loads.
-PRESETS = {"simnpo": {"objective.beta": 4.5, "objective.delta": 0.0, "objective.retain_weight": 0.125}}
+# SimNPO's reference weights (METHODS.md E: open-unlearning's TOFU config, 0.125 on the forget term),
+# applied under the user's own values when the config loads. The SimNPO authors' final TOFU config is
+# forget 0.1375, retain 1, beta 2.5 (docs/training.md).
+PRESETS = {"simnpo": {"objective.beta": 4.5, "objective.delta": 0.0, "objective.forget_weight": 0.125,
+                      "objective.retain_weight": 1.0}}
 
 for _name, _summary in BASELINES.items():
     register_method(Method(_name, one_stage, _summary, presets=PRESETS.get(_name, {})))

@@ -118,6 +118,33 @@ def kl_to_reference(model, enc: dict, ctx: LossContext, *, all_tokens: bool = Fa
     return F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).mean()
 
 
+def kl_all_positions(model, enc: dict, ctx: LossContext) -> torch.Tensor:
+    """open-unlearning's KL (trainer/utils.py::compute_kl_divergence): over every position of the
+    padded batch, prompt and padding included, divided by the number of positions (batchmean
+    over the flattened [B * T, V] rows):
+
+        (1 / (B T)) sum_{b,t} sum_v p_ref(v) (log p_ref(v) - log p_theta(v))
+    """
+    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "use_cache": False}
+    log_q = F.log_softmax(model(**inputs).logits.float(), dim=-1).flatten(0, 1)
+    with ctx.reference() as ref:
+        log_p = F.log_softmax(ref(**inputs).logits.float(), dim=-1).flatten(0, 1)
+    return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+
+
+#: objective.kl_positions (proposed knob): "answer" (ours: the mean over answer tokens) or "all"
+#: (open-unlearning's reduction over every position of the padded batch).
+KL_POSITIONS = ("answer", "all")
+
+
+def retain_kl(model, enc: dict, ctx: LossContext) -> torch.Tensor:
+    """KL(pi_ref || pi_theta) on a retain batch, reduced as objective.kl_positions says."""
+    positions = getattr(ctx.config, "kl_positions", "answer")
+    if positions not in KL_POSITIONS:
+        raise ValueError(f"objective.kl_positions must be one of {KL_POSITIONS}, got {positions!r}")
+    return kl_all_positions(model, enc, ctx) if positions == "all" else kl_to_reference(model, enc, ctx)
+
+
 def dpo_loss(chosen_log_ratio: torch.Tensor, rejected_log_ratio: torch.Tensor, beta: float) -> torch.Tensor:
     """-(2/beta) E[log sigma(beta (chosen_log_ratio - rejected_log_ratio))], log_ratio = log pi - log pi_ref.
 
@@ -135,6 +162,6 @@ def retain_term(model, batch: dict, ctx: LossContext) -> torch.Tensor | float:
     if kind == "nll":
         value = answer_nll(model, batch["retain"])
     else:
-        value = kl_to_reference(model, batch["retain"], ctx)
+        value = retain_kl(model, batch["retain"], ctx)
     ctx.log(f"retain_{kind}", value)
     return weight * value

@@ -1,12 +1,22 @@
 """Representation misdirection for unlearning (RMU, Li et al. 2024, the WMDP paper):
 
-    L = MSE(h_l(theta; x_f), c u) + alpha * MSE(h_l(theta; x_r), h_l(ref; x_r))
+    L = MSE_y(h_l(theta; x_f), c u) + alpha * MSE_y(h_l(theta; x_r), h_l(ref; x_r))
 
-h_l is the output of decoder layer l at every non-pad token; u is a fixed random unit vector
-(uniform entries, normalised, seeded by the run seed, as in the official code); c =
-rmu_steering_coeff, alpha = rmu_alpha (6.5 and 1200 for 7B models: scale them to yours).
-Only the MLP weights of rmu_train_layers train (default: l and the two layers below it).
-rmu_layer = -1 picks the layer at 40% depth.
+    MSE_y(a, b) = mean_batch [ sum_{t in answer} mean_d (a_td - b_td)^2 / |answer| ]
+
+h_l is the output of decoder layer l; both terms average over the answer tokens only (the positions
+whose label is not -100, as open-unlearning masks them), per sequence, then over the batch, so a
+chat template's shared system prefix is neither pushed to c u nor pinned to the reference.
+objective.rmu_tokens = "all" (proposed knob) averages over every non-pad token instead (the old
+behaviour). u is a fixed random unit vector (uniform entries, normalised, seeded by the run seed,
+as in the official code); c = rmu_steering_coeff, alpha = rmu_alpha (6.5 and 1200 for 7B models:
+scale them to yours).
+
+Layers and trained modules as the WMDP code, scaled to the model: WMDP steers layer 7 of 32 and
+trains only `mlp.down_proj.weight` of layers 5, 6, 7. Here rmu_layer = -1 picks layer
+round(7/32 * depth) and rmu_train_layers defaults to l and the two layers below it; the trained
+module is the MLP's output projection (objective.rmu_train_modules, proposed knob: "down_proj",
+or "mlp" for the whole MLP; a model without `down_proj` trains its MLP's last linear layer).
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ import torch
 
 from obliviate.errors import UserError
 from obliviate.objectives.common import supports_logits_to_keep, unwrap
+
+WMDP_DEPTH = 7 / 32  # WMDP steers layer 7 of Zephyr-7B's 32
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -30,7 +42,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 def chosen_layers(model, config) -> tuple[int, list[int]]:
     """(the steered layer l, the layers whose MLP trains)."""
     count = len(decoder_layers(model))
-    layer = config.rmu_layer if config.rmu_layer >= 0 else int(0.4 * count)
+    layer = config.rmu_layer if config.rmu_layer >= 0 else min(round(WMDP_DEPTH * count), count - 1)
     if layer >= count:
         raise UserError(f"config key 'objective.rmu_layer' = {layer} is invalid; the model has {count} layers")
     train = config.rmu_train_layers or [i for i in (layer - 2, layer - 1, layer) if i >= 0]
@@ -39,19 +51,37 @@ def chosen_layers(model, config) -> tuple[int, list[int]]:
     return layer, train
 
 
+def trained_module(layer_module, index: int, which: str) -> torch.nn.Module:
+    """The module of decoder layer `index` that RMU trains: its MLP's output projection (WMDP's
+    down_proj), or the whole MLP when `which` is "mlp"."""
+    mlp = getattr(layer_module, "mlp", None)
+    if mlp is None:
+        raise UserError(f"RMU: layer {index} of this model has no .mlp module; use another method")
+    if which == "mlp":
+        return mlp
+    named = getattr(mlp, which, None)
+    if named is not None:
+        return named
+    linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise UserError(f"RMU: the MLP of layer {index} has no '{which}' and no linear layer; "
+                        "set objective.rmu_train_modules=mlp")
+    return linears[-1]  # the output projection is defined last (down_proj, c_proj, fc2)
+
+
 def prepare(model, config, options=None) -> None:
-    """Freeze every parameter except the MLPs of the trained layers (LoRA: their adapters)."""
-    layer, train = chosen_layers(model, config)
+    """Freeze every parameter except the trained modules' weights (LoRA: their adapters)."""
+    _, train = chosen_layers(model, config)
     layers = decoder_layers(model)
+    which = getattr(config, "rmu_train_modules", "down_proj")
     keep = set()
     for i in train:
-        mlp = getattr(layers[i], "mlp", None)
-        if mlp is None:
-            raise UserError(f"RMU: layer {i} of this model has no .mlp module; use another method")
-        keep |= {id(p) for p in mlp.parameters() if p.requires_grad}
+        module = trained_module(layers[i], i, which)
+        keep |= {id(p) for name, p in module.named_parameters()
+                 if p.requires_grad and (which == "mlp" or not name.endswith("bias"))}
     if not keep:
-        raise UserError("RMU trains MLP weights, but none of them is trainable: with LoRA, add gate_proj, "
-                        "up_proj, down_proj (or your model's MLP names) to train.lora.target_modules")
+        raise UserError("RMU trains MLP weights, but none of them is trainable: with LoRA, add down_proj "
+                        "(or your model's MLP names) to train.lora.target_modules")
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in keep)
 
@@ -72,9 +102,20 @@ def layer_output(model, enc: dict, layer: int) -> torch.Tensor:
     return caught["h"]
 
 
-def masked_mse(h: torch.Tensor, target: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    mask = attention_mask.unsqueeze(-1).to(h.dtype)
-    return ((h.float() - target.float()) ** 2 * mask).sum() / (mask.sum() * h.shape[-1])
+def token_mask(enc: dict, tokens: str) -> torch.Tensor:
+    """[B, T] positions the MSE averages over: the answer tokens (labels != -100), or with
+    tokens = "all" every non-pad token."""
+    if tokens == "all":
+        return enc["attention_mask"] != 0
+    return enc["labels"] != -100
+
+
+def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean_b [sum_t mask_bt mean_d (h - target)^2 / sum_t mask_bt] (open-unlearning's
+    compute_activation_loss)."""
+    weights = mask.to(torch.float32)
+    per_token = ((h.float() - target.float()) ** 2).mean(-1)
+    return ((per_token * weights).sum(-1) / weights.sum(-1).clamp(min=1)).mean()
 
 
 def steering_vector(hidden_size: int, seed: int, coeff: float, device) -> torch.Tensor:
@@ -88,10 +129,11 @@ def loss(model, batch, ctx):
     forget, retain = batch["forget"], batch["retain"]
     h_forget = layer_output(model, forget, layer)
     target = steering_vector(h_forget.shape[-1], ctx.seed, cfg.rmu_steering_coeff, h_forget.device)
-    forget_mse = masked_mse(h_forget, target.expand_as(h_forget), forget["attention_mask"])
+    tokens = getattr(cfg, "rmu_tokens", "answer")
+    forget_mse = masked_mse(h_forget, target.expand_as(h_forget), token_mask(forget, tokens))
     with ctx.reference() as ref:
         h_ref = layer_output(ref, retain, layer)
-    retain_mse = masked_mse(layer_output(model, retain, layer), h_ref, retain["attention_mask"])
+    retain_mse = masked_mse(layer_output(model, retain, layer), h_ref, token_mask(retain, tokens))
     ctx.log("forget_mse", forget_mse)
     ctx.log("retain_mse", retain_mse)
     return forget_mse + cfg.rmu_alpha * retain_mse

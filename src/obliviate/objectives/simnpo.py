@@ -1,9 +1,10 @@
 """SimNPO (Fan et al. 2024), reference-free and length-normalised:
 
-    L = -(2/beta) E_f[log sigma(-(beta/|y_f|) log pi_theta(y_f|x_f) - delta)] + retain term
+    L = gamma * -(2/beta) E_f[log sigma(-(beta/|y_f|) log pi_theta(y_f|x_f) - delta)] + alpha * retain term
 
-Method defaults (applied where the config holds the generic value): beta = 4.5, delta = 0,
-retain weight 0.125. Note delta sits outside beta here, as in the paper's formula; the
+Method defaults (open-unlearning's TOFU config, applied where the config holds the generic value):
+beta = 4.5, delta = 0, forget weight gamma = 0.125, retain weight alpha = 1. The SimNPO authors'
+final TOFU config: gamma = 0.1375, alpha = 1, beta = 2.5. Note delta sits outside beta here, as in the paper's formula; the
 open-unlearning code writes beta (NLL/|y| - delta), i.e. its delta is this delta / beta.
 """
 

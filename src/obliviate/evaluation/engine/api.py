@@ -36,7 +36,7 @@ def _formatter(tokenizer, formatter: PromptFormatter | None, system_prompt: str 
 
 
 def _pending_work(pair_keys: list[ScoreKey], gen_prompts: list[str], references: list[str | None], cache,
-          max_new_tokens: int, stops: tuple[str, ...]):
+          max_new_tokens: int, stops: tuple[str, ...], scoring: str = "answer"):
     """Unique work, cache hits, and what remains: (scores found, texts found, scores to
     compute, generations to compute, reference key per pending generation)."""
     wanted = dict.fromkeys(pair_keys)
@@ -47,7 +47,7 @@ def _pending_work(pair_keys: list[ScoreKey], gen_prompts: list[str], references:
     texts: dict[str, str] = {}
     if cache is not None:
         for key in wanted:
-            if (hit := cache.get(cache.score_key(*key))) is not None:
+            if (hit := cache.get(cache.score_key(*key, scoring=scoring))) is not None:
                 scores[key] = AnswerStats.from_json(hit)
         for text in dict.fromkeys(gen_prompts):
             if (hit := cache.get(cache.generation_key(text, max_new_tokens, stops))) is not None:
@@ -80,6 +80,7 @@ def score_and_generate(
     system_prompt: str | None = None,
     formatter: PromptFormatter | None = None,
     stop_strings: Sequence[str] = (),
+    scoring: str = "answer",
     cache: ResultCache | None = None,
     progress: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
@@ -92,6 +93,9 @@ def score_and_generate(
     generation ends at a stop token (EOS, end of turn), at ``max_new_tokens`` or once its text
     contains one of ``stop_strings``, and is returned cut before the first stop string and
     stripped. ``details`` (one flag per pair, or one for all) asks for per-token statistics.
+    ``scoring`` (:data:`obliviate.prompts.SCORINGS`): which tokens are scored, ``"answer"``
+    (answer + EOS, TOFU's definition) or ``"chat_turn"`` (the assistant turn as the chat
+    template renders it, open-unlearning's); :func:`obliviate.prompts.split_qa`.
     ``references[i]``, when given, names an answer to ``questions[i]`` whose teacher-forced
     argmax tells the first tokens of the greedy output; it is scored too (results not
     returned). Identical pairs and questions are computed once. ``batch_size`` caps the rows
@@ -103,13 +107,14 @@ def score_and_generate(
     pairs, questions, flags, references = _check(pairs, questions, details, references, max_new_tokens)
     runner = ModelRunner(model, tokenizer, precision=precision,
                          formatter=_formatter(tokenizer, formatter, system_prompt), max_length=max_length,
-                         batch_size=batch_size, max_tokens=max_tokens, stop_strings=stop_strings)
+                         batch_size=batch_size, max_tokens=max_tokens, stop_strings=stop_strings,
+                         scoring=scoring)
     prompt_of = {q: runner.formatter(q) for q in dict.fromkeys([q for q, _ in pairs] + questions)}
     pair_keys = [(prompt_of[q], a, d) for (q, a), d in zip(pairs, flags)]
     gen_prompts = [prompt_of[q] for q in questions]
     stops = runner.stop_strings.strings
     scores, texts, todo_scores, todo_gens, ref_of = _pending_work(pair_keys, gen_prompts, references, cache,
-                                                                  max_new_tokens, stops)
+                                                                  max_new_tokens, stops, scoring)
     if todo_scores or todo_gens:
         Scheduler(runner, todo_scores, todo_gens, ref_of, max_new_tokens, cache, scores, texts).run(progress)
     if timings is not None:
@@ -134,12 +139,13 @@ def score_answers(
     precision: str = "auto",
     system_prompt: str | None = None,
     formatter: PromptFormatter | None = None,
+    scoring: str = "answer",
     cache: ResultCache | None = None,
 ) -> list[AnswerStats]:
     """:class:`AnswerStats` of each (question, answer) pair (see :func:`score_and_generate`)."""
     stats, _ = score_and_generate(model, tokenizer, pairs, (), details=details, batch_size=batch_size,
                                   max_tokens=max_tokens, max_length=max_length, precision=precision,
-                                  system_prompt=system_prompt, formatter=formatter, cache=cache)
+                                  system_prompt=system_prompt, formatter=formatter, scoring=scoring, cache=cache)
     return stats
 
 
@@ -152,11 +158,12 @@ def answer_losses(
     *,
     precision: str = "auto",
     system_prompt: str | None = None,
+    scoring: str = "answer",
 ) -> list[tuple[float, int]]:
     """``(sum_nll, n_tokens)`` of each answer given its question: the answer-only NLL of
-    ``encode_qa(question, answer)`` (EOS included), as TOFU's ``get_batch_loss``."""
+    ``encode_qa(question, answer, scoring=scoring)`` (EOS included), as TOFU's ``get_batch_loss``."""
     stats = score_answers(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length,
-                          precision=precision, system_prompt=system_prompt)
+                          precision=precision, system_prompt=system_prompt, scoring=scoring)
     return [(s.sum_nll, s.n_tokens) for s in stats]
 
 

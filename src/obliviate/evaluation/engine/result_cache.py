@@ -43,10 +43,12 @@ class ResultCache:
         text = json.dumps([self.namespace, *parts], ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
-    def score_key(self, prompt: str, answer: str, details: bool) -> str:
-        """Key of a scored answer: the prompt text (so the formatter is part of it), the answer
-        and whether per-token details were kept."""
-        return self.key("score", prompt, answer, details)
+    def score_key(self, prompt: str, answer: str, details: bool, scoring: str = "answer") -> str:
+        """Key of a scored answer: the prompt text (so the formatter is part of it), the answer,
+        whether per-token details were kept and, unless it is the default, the scoring mode."""
+        if scoring == "answer":
+            return self.key("score", prompt, answer, details)
+        return self.key("score", prompt, answer, details, scoring)
 
     def generation_key(self, prompt: str, max_new_tokens: int, stop_strings: tuple[str, ...]) -> str:
         """Key of a greedy generation: prompt text, token budget and stop strings."""

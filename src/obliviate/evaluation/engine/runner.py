@@ -21,16 +21,18 @@ from obliviate.evaluation.engine.settings import precision_context, resolve_prec
 from obliviate.evaluation.engine.stops import StopStrings, stop_token_ids
 from obliviate.evaluation.engine.trie import shared_prefix_length
 from obliviate.hardware import model_device
+from obliviate.prompts import answer_suffix, prompt_token_ids, split_joint
 
 
 class ModelRunner:
     """One engine call's model, tokenizer and settings, with its phase timings and token counts."""
 
     def __init__(self, model, tokenizer, *, precision: str, formatter: PromptFormatter, max_length: int,
-                 batch_size: int, max_tokens: int, stop_strings: Sequence[str] = ()):
+                 batch_size: int, max_tokens: int, stop_strings: Sequence[str] = (), scoring: str = "answer"):
         if batch_size < 1:
             raise UserError(f"evaluation batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer, self.formatter = model, tokenizer, formatter
+        self.scoring, self.suffix = scoring, answer_suffix(tokenizer, scoring)
         self.max_length, self.batch_size, self.max_tokens = max_length, batch_size, max(max_tokens, 1)
         self.precision = resolve_precision(model, precision)
         self.device = model_device(model)
@@ -59,21 +61,29 @@ class ModelRunner:
         finally:
             self.timings[phase] += time.perf_counter() - start
 
-    # -- text and tokens (identical to prompts.encode_qa for the default formatter) -------------
+    # -- text and tokens (identical to prompts.encode_qa / split_qa for the default formatter) ---
 
     def prompt_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        tok = self.tokenizer
-        ids = tok(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-        if tok.chat_template is None and tok.bos_token_id is not None:
-            ids = [[tok.bos_token_id] + list(x) for x in ids]
+        ids = prompt_token_ids(self.tokenizer, list(texts))
         for text, x in zip(texts, ids):
             if not x:
                 raise UserError(f"prompt {text!r} has no tokens; a prompt needs at least one token")
-        return [list(x) for x in ids]
+        return ids
 
     def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
         ids = self.tokenizer(list(answers), add_special_tokens=False)["input_ids"] if answers else []
         return [list(x) + [self.tokenizer.eos_token_id] for x in ids]
+
+    def score_ids(self, pairs: Sequence[tuple[str, str]], prompt_ids: dict[str, list[int]]):
+        """(context ids, label ids) per (prompt text, answer), as prompts.split_qa gives them:
+        the prompt's ids and the answer tokenised alone, or one joint text split at the
+        prompt's token count (no chat template, or scoring "chat_turn")."""
+        if self.suffix is None:
+            answers = self.answer_ids([answer for _, answer in pairs])
+            return [(prompt_ids[text], ids) for (text, _), ids in zip(pairs, answers)]
+        fulls = prompt_token_ids(self.tokenizer, [text + answer + self.suffix for text, answer in pairs])
+        eos = self.tokenizer.eos_token_id
+        return [split_joint(prompt_ids[text], full, eos) for (text, _), full in zip(pairs, fulls)]
 
     def decode(self, tokens: list[int]) -> str:
         """New tokens as text: special tokens dropped, cut at a stop string, stripped."""

@@ -36,32 +36,40 @@ class Scheduler:
         self._build(todo_scores, todo_gens, references)
 
     def _build(self, todo_scores, todo_gens, references) -> None:
+        """One Prompt per distinct context: a prompt text's own ids (generations, and scored
+        answers tokenised apart), or, where prompt and answer are tokenised as one text, the
+        joint text's first tokens, which may differ from the prompt's (' The' for ' ')."""
         runner = self.runner
         texts = list(dict.fromkeys([k[0] for k in todo_scores] + list(todo_gens)))
         with runner.timed("tokenise"):
-            self.prompt_ids = runner.prompt_ids(texts)
-            answers = runner.answer_ids([k[1] for k in todo_scores])
-        self.prompts = {text: Prompt(text, ids) for text, ids in zip(texts, self.prompt_ids)}
+            ids_of = dict(zip(texts, runner.prompt_ids(texts)))
+            split = runner.score_ids([(k[0], k[1]) for k in todo_scores], ids_of)
+        own = {text: Prompt(text, ids) for text, ids in ids_of.items()}
+        by_context: dict[tuple, Prompt] = {(text, tuple(p.ids)): p for text, p in own.items()}
         self.rows: dict[ScoreKey, Row] = {}
-        for key, answer in zip(todo_scores, answers):
-            prompt = self.prompts[key[0]]
+        self.keys_of: dict[Prompt, list[ScoreKey]] = {}
+        row_prompt: dict[ScoreKey, Prompt] = {}
+        for key, (context, answer) in zip(todo_scores, split):
+            prompt = by_context.setdefault((key[0], tuple(context)), Prompt(key[0], list(context)))
             row = Row(answer[: max(0, runner.max_length - len(prompt.ids))], key[2])  # cut as encode_qa does
             prompt.rows.append(row)
-            self.rows[key] = row
+            self.rows[key], row_prompt[key] = row, prompt
+            self.keys_of.setdefault(prompt, []).append(key)
         for text in todo_gens:
-            self.prompts[text].generate = True
+            own[text].generate = True
         for text, key in references.items():
-            self.prompts[text].reference = self.rows[key]
-        for prompt in self.prompts.values():
+            if row_prompt[key] is own[text]:  # a reference scored in another context gives no forced prefix
+                own[text].reference = self.rows[key]
+        prompts = [p for p in by_context.values() if p.rows or p.generate]
+        self.prompt_ids = [p.ids for p in prompts]
+        for prompt in prompts:
             prompt.build_trie()
-        self.keys_of: dict[str, list[ScoreKey]] = {}
-        for key in todo_scores:
-            self.keys_of.setdefault(key[0], []).append(key)
-        order = sorted(self.prompts.values(), key=lambda p: (len(p.tokens), len(p.ids)))
+        order = sorted(prompts, key=lambda p: (len(p.tokens), len(p.ids)))
         size = runner.batch_size
         self.groups = [order[s:s + size] for s in range(0, len(order), size)]
         longest = max((len(p.ids) for p in order if p.generate), default=0)
         self.capacity = longest + self.max_new_tokens
+        self.n_prompts = len(prompts)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -79,14 +87,14 @@ class Scheduler:
 
     def _record_scores(self, group: list[Prompt]) -> None:
         for prompt in group:
-            for key in self.keys_of.get(prompt.text, []):
+            for key in self.keys_of.get(prompt, []):
                 row = self.rows[key]
                 if row.result is None:  # max_length left no answer token
                     row.result = AnswerStats.empty(key[2])
                 stats = row.result if key[2] else row.result.summary()
                 self.scores[key] = stats
                 if self.cache is not None:
-                    self.pending[self.cache.score_key(*key)] = stats.to_json()
+                    self.pending[self.cache.score_key(*key, scoring=self.runner.scoring)] = stats.to_json()
             prompt.rows = []
 
     # -- scoring -------------------------------------------------------------------------------
@@ -140,7 +148,7 @@ class Scheduler:
                         ready = self.score_group(group, prefix_len, prefix_kv)
                     done += len(group)
                     if progress is not None:
-                        progress(done, len(self.prompts))
+                        progress(done, self.n_prompts)
                     if ready and decoder is None:
                         decoder = SlotDecoder(runner, runner.batch_size, self.capacity, ready[0].kv,
                                               self.max_new_tokens)

@@ -10,7 +10,7 @@ from obliviate.hardware import model_device
 from obliviate.hardware import resolve_precision as _hardware_precision
 
 #: Bump when a change alters cached values or keys (tokenisation, stop rules, what is stored).
-ENGINE_VERSION = 2
+ENGINE_VERSION = 3  # 3: prompt + answer tokenised as one text without a chat template
 PRECISIONS = ("auto", "bf16", "fp32")
 
 

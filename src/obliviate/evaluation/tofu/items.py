@@ -98,6 +98,7 @@ def evaluate_items(
     max_length: int = 512,
     precision: str = "auto",
     system_prompt: str | None = None,
+    scoring: str = "answer",
     cache: bool | str | Path | ResultCache | None = None,
 ) -> dict:
     """Score any QA items like one TOFU task.
@@ -110,7 +111,8 @@ def evaluate_items(
     (options)], "aggregates": {"rougeL", "prob", "truth_ratio"}}``. Items without a
     paraphrase or perturbed answers get no truth ratio; an aggregate with no values is None.
     ``details`` adds extraction strength, exact memorisation and MIA scores per item
-    (``extras``). ``cache``: True (``$OBLIVIATE_CACHE/eval``), a directory, or a ResultCache.
+    (``extras``). ``scoring``: ``"answer"`` (TOFU's answer + EOS) or ``"chat_turn"``
+    (open-unlearning's assistant turn as the chat template renders it). ``cache``: True (``$OBLIVIATE_CACHE/eval``), a directory, or a ResultCache.
     """
     items = list(items)
     plan = WorkPlan()
@@ -118,7 +120,7 @@ def evaluate_items(
     result_cache = result_cache_for(model, tokenizer, cache, engine_settings(model, precision, max_length))
     stats, gens = plan.run(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            max_length=max_length, precision=precision, system_prompt=system_prompt,
-                           cache=result_cache)
+                           scoring=scoring, cache=result_cache)
     result = assemble(items, task_kind, slots, stats, gens)
     if details:
         extras, per_item = forget_extras(items, stats, [s["answer"] for s in slots], None, None)

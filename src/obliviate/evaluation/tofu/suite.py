@@ -73,7 +73,7 @@ def _config(tokenizer, model_label, fingerprint, result_cache, reference_source,
         "max_new_tokens": settings["max_new_tokens"], "max_length": settings["max_length"],
         "precision": settings["precision"], "precision_used": None, "system_prompt": settings["system_prompt"],
         "prompt_example": format_prompt(tokenizer, "<question>", settings["system_prompt"]),
-        "generation": GENERATION, "device": None, "min_k": MIN_K,
+        "generation": GENERATION, "scoring": settings["scoring"], "device": None, "min_k": MIN_K,
         "cache": str(result_cache.path) if result_cache is not None else None,
     }
 
@@ -96,6 +96,7 @@ def evaluate_tofu(
     cache: bool | str | Path = True,
     model_name: str | None = None,
     extras: bool = True,
+    scoring: str = "answer",
 ) -> dict:
     """Evaluate ``model`` on TOFU's four tasks; return (and write to ``out_dir``) the results.
 
@@ -104,7 +105,10 @@ def evaluate_tofu(
     Forget Quality (and PrivLeak when its min-k AUC is known); without either FQ is None.
     ``ds_size``: evaluate only the first N items of each split (legacy TOFU used 300).
     ``extras``: extraction strength, exact memorisation and MIA AUCs (forget vs
-    ``holdoutXX``) on the forget set. Writes ``tofu_eval.json`` (the result envelope:
+    ``holdoutXX``) on the forget set. ``scoring``: ``"answer"`` (default, TOFU's definition:
+    answer + EOS) or ``"chat_turn"`` (open-unlearning's: the assistant turn as the chat
+    template renders it, for SmolLM2 answer + ``<|im_end|>`` + newline + EOS), so probabilities,
+    truth ratios and MIA scores compare with open-unlearning's logs. Writes ``tofu_eval.json`` (the result envelope:
     config, versions, sample counts, timings, per-item values, aggregates),
     ``tofu_summary.json`` and ``tofu_report.md``.
     """
@@ -120,7 +124,7 @@ def evaluate_tofu(
         result_cache = result_cache_for(model, tokenizer, cache, engine_settings(model, precision, max_length),
                                         fingerprint)
     engine_options = dict(batch_size=batch_size, max_length=max_length, precision=precision,
-                          system_prompt=system_prompt)
+                          system_prompt=system_prompt, scoring=scoring)
     tasks, extra_values, counters = _score_tasks(
         model, tokenizer, task_items, holdout_items, extras=extras, timer=timer,
         progress=ProgressLog(f"TOFU {forget_split}", started=timer.started),
@@ -135,7 +139,7 @@ def evaluate_tofu(
     config = _config(tokenizer, summary["model"], fingerprint, result_cache, reference.source,
                      data=str(data), forget_split=forget_split, holdout_split=holdout if holdout_items else None,
                      ds_size=ds_size, batch_size=batch_size, max_new_tokens=max_new_tokens, max_length=max_length,
-                     precision=precision, system_prompt=system_prompt)
+                     precision=precision, system_prompt=system_prompt, scoring=scoring)
     result = build_envelope(
         benchmark="tofu", format=FORMAT, model=model, precision=precision, config=config,
         n_samples={**{name: tasks[name]["n"] for name in tasks}, "holdout": len(holdout_items or [])},

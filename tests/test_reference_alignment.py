@@ -1,0 +1,285 @@
+"""Baselines and TOFU scoring as the references run them (issue #21, deliverables 1 and 7).
+
+Each test fails on the behaviour it replaces: SimNPO's 0.125 on the retain term, RMU over every
+non-pad token and whole MLPs, KL only over answer tokens, one refusal per question for good,
+prompt and answer tokenised apart without a chat template, and answer + EOS as the only scoring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from obliviate.config import ObjectiveConfig, load_config
+from obliviate.data.collate import SlotDataset
+from obliviate.data.refusals import REFUSALS
+from obliviate.data.request import QAItem
+from obliviate.evaluation import engine
+from obliviate.objectives import OBJECTIVES, LossContext, common, rmu
+from obliviate.prompts import encode_qa, format_prompt
+
+TOFU_DIR = Path(__file__).resolve().parents[2] / "shared/data/tofu"
+OU_DIR = TOFU_DIR / "reference_eval_logs/open-unlearning-smollm2"
+
+FORGET = [QAItem(f"Who wrote the novel number {i}?", f"The author of novel {i} was born in a small town.")
+          for i in range(6)]
+RETAIN = [QAItem(f"How many legs does animal {i} have?", f"A spider has eight legs and a river {i}.")
+          for i in range(6)]
+
+
+def _batch(tokenizer, slots=("forget", "retain"), size=4):
+    from obliviate.data.collate import SlotCollator
+
+    dataset = SlotDataset(tokenizer, slots, forget=FORGET, retain=RETAIN, max_length=64, seed=0, refusals=REFUSALS)
+    return SlotCollator(tokenizer.pad_token_id)([dataset[i] for i in range(size)])
+
+
+def _ctx(reference_model=None, **overrides) -> LossContext:
+    @contextlib.contextmanager
+    def reference():
+        with torch.no_grad():
+            yield reference_model
+
+    config = ObjectiveConfig()
+    for key, value in overrides.items():
+        setattr(config, key, value)  # proposed knobs are not ObjectiveConfig fields yet
+    return LossContext(config=config, reference=reference, seed=0)
+
+
+def _frozen(model):
+    copied = copy.deepcopy(model).eval()
+    return copied.requires_grad_(False)
+
+
+# -- 1. SimNPO: 0.125 on the forget term --------------------------------------------------------
+
+def test_simnpo_preset_weights_the_forget_term():
+    objective = load_config(None, ["method=simnpo"]).objective
+    assert (objective.forget_weight, objective.retain_weight) == (0.125, 1.0)
+    assert (objective.beta, objective.delta) == (4.5, 0.0)
+    user = load_config(None, ["method=simnpo", "objective.forget_weight=0.1375", "objective.beta=2.5"]).objective
+    assert (user.forget_weight, user.beta) == (0.1375, 2.5)  # the authors' final config, set by the user
+
+
+def test_simnpo_loss_is_forget_weight_times_simnpo_plus_retain(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    batch = _batch(tokenizer)
+    objective = load_config(None, ["method=simnpo"]).objective
+    ctx = LossContext(config=objective, seed=0)
+    loss = OBJECTIVES["simnpo"].loss(model, batch, ctx)
+    expected = 0.125 * ctx.terms["simnpo"] + 1.0 * ctx.terms["retain_nll"]
+    assert torch.allclose(loss.detach(), expected, atol=1e-5)
+
+
+# -- 2. RMU: answer tokens only, WMDP's layers and modules ---------------------------------------
+
+def test_rmu_mse_ignores_prompt_tokens(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    batch = _batch(tokenizer)
+    enc = batch["forget"]
+    h = rmu.layer_output(model, enc, 0).detach()
+    answer = enc["labels"] != -100
+    target = h.clone()
+    target[~answer] += 100.0  # differs only on prompt and padding positions
+    assert float(rmu.masked_mse(h, target, rmu.token_mask(enc, "answer"))) == 0.0
+    assert float(rmu.masked_mse(h, target, rmu.token_mask(enc, "all"))) > 1.0  # the old reduction
+    # open-unlearning's reduction: per sequence over its answer tokens, then over the batch
+    target = h + torch.arange(h.shape[0], dtype=h.dtype)[:, None, None]
+    per_seq = torch.arange(h.shape[0], dtype=torch.float32) ** 2
+    assert torch.allclose(rmu.masked_mse(h, target, answer), per_seq.mean(), atol=1e-5)
+
+
+def test_rmu_trains_down_proj_of_wmdp_scaled_layers(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    config = ObjectiveConfig(rmu_layer=1)
+    rmu.prepare(model, config)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}
+    whole = ObjectiveConfig(rmu_layer=1)
+    whole.rmu_train_modules = "mlp"  # the old choice, as an option
+    model.requires_grad_(True)
+    rmu.prepare(model, whole)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} > trainable
+    assert rmu.chosen_layers(model, ObjectiveConfig())[0] == 0  # 2 layers: round(7/32 * 2) = 0
+    for depth, expected in ((32, 7), (30, 7), (24, 5), (2, 0)):
+        assert min(round(rmu.WMDP_DEPTH * depth), depth - 1) == expected
+
+
+# -- 3. KL over all positions ------------------------------------------------------------------
+
+def test_kl_all_positions_is_open_unlearnings_batchmean(tiny_model_and_tokenizer):
+    from conftest import build_tiny_model
+
+    model, tokenizer = tiny_model_and_tokenizer
+    reference = _frozen(build_tiny_model(tokenizer, seed=1))
+    enc = _batch(tokenizer)["retain"]
+    ctx = _ctx(reference, kl_positions="all")
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        ref_logits = reference(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        log_q = F.log_softmax(logits, -1).view(-1, logits.shape[-1])
+        log_p = F.log_softmax(ref_logits, -1).view(-1, logits.shape[-1])
+        expected = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+        value = common.retain_kl(model, enc, ctx)
+        ours = common.retain_kl(model, enc, _ctx(reference))
+    assert torch.allclose(value, expected, atol=1e-5)
+    assert not torch.allclose(ours, expected, atol=1e-3)  # the default stays the answer-token mean
+    assert torch.allclose(ours, common.kl_to_reference(model, enc, _ctx(reference)))
+    loss = OBJECTIVES["kl"].loss(model, _batch(tokenizer), ctx)
+    assert torch.isfinite(loss)
+
+
+# -- 4. Refusals drawn afresh ----------------------------------------------------------------------
+
+def _refusals_by_epoch(tokenizer, draw=None, seed=0):
+    dataset = SlotDataset(tokenizer, ("forget_refusal",), forget=FORGET, max_length=64, seed=seed, refusals=REFUSALS)
+    if draw is not None:
+        dataset.refusal_draw = draw
+    seen = []
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        seen.append([tokenizer.decode([t for t, lab in zip(dataset[i]["forget_refusal"]["input_ids"],
+                                                             dataset[i]["forget_refusal"]["labels"]) if lab != -100])
+                     for i in range(len(FORGET))])
+    return seen
+
+
+def test_refusal_is_drawn_afresh_each_epoch_and_reproducibly(tiny_tokenizer):
+    seen = _refusals_by_epoch(tiny_tokenizer)
+    assert seen[0] != seen[1] and seen[1] != seen[2]  # a new draw each epoch (old: the same every epoch)
+    assert seen == _refusals_by_epoch(tiny_tokenizer)  # seeded by (seed, epoch, i): resume sees the same
+    assert seen != _refusals_by_epoch(tiny_tokenizer, seed=1)
+    once = _refusals_by_epoch(tiny_tokenizer, draw="once")
+    assert once[0] == once[1] == once[2]  # the old behaviour, as an option
+
+
+# -- 5. Tokenisation without a chat template -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def plain_tokenizer():
+    """A byte-level BPE without a chat template (phi-1.5-like) that knows 'Answer' and ' The'."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["Question: Who wrote it?\nAnswer: The author did.", "Question: Where is it?\nAnswer: In the hills.",
+              "The river is near the hills. Nobody knows who wrote it."] * 20
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # conftest.build_tiny_model reads <|im_end|>
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=330, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>")
+    assert tokenizer.chat_template is None
+    return tokenizer
+
+
+def _pieces(tokenizer, ids):
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def test_plain_prompt_and_answer_are_tokenised_as_one_text(plain_tokenizer):
+    tok = plain_tokenizer
+    question, answer = "Who wrote it?", "The author did."
+    old = tok("Question: Who wrote it?\nAnswer: ", add_special_tokens=False)["input_ids"] + \
+        tok(answer, add_special_tokens=False)["input_ids"]
+    apart = _pieces(tok, old)
+    assert apart[apart.index("Answer"):][:4] == ["Answer", ":", " ", "The"]  # tokenised apart (the old way)
+    enc = encode_qa(tok, question, answer)
+    pieces = _pieces(tok, enc["input_ids"])
+    at = pieces.index("Answer")
+    assert pieces[at:at + 3] == ["Answer", ":", " The"]
+    prompt_count = len(tok(format_prompt(tok, question), add_special_tokens=False)["input_ids"])
+    prompt_count += tok.bos_token_id is not None
+    assert enc["labels"][:prompt_count] == [-100] * prompt_count
+    assert enc["labels"][prompt_count:] == enc["input_ids"][prompt_count:]
+    assert enc["input_ids"][-1] == tok.eos_token_id
+
+
+def test_engine_scores_plain_pairs_as_encode_qa(plain_tokenizer):
+    from conftest import build_tiny_model
+
+    tok = plain_tokenizer
+    model = build_tiny_model(tok)
+    pairs = [("Who wrote it?", "The author did."), ("Who wrote it?", "Nobody knows."),
+             ("Where is it?", "In the hills near the river.")]
+    got = engine.answer_losses(model, tok, pairs, precision="fp32")
+    for (question, answer), (sum_nll, n) in zip(pairs, got):
+        enc = encode_qa(tok, question, answer)
+        ids = torch.tensor([enc["input_ids"]])
+        labels = torch.tensor(enc["labels"][1:])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        keep = labels != -100
+        expected = -logp[keep].gather(-1, labels[keep][:, None]).sum()
+        assert n == int(keep.sum())
+        assert abs(sum_nll - float(expected)) < 1e-3
+    # a greedy generation still continues the prompt's own tokens
+    assert engine.greedy_generate(model, tok, ["Who wrote it?"], max_new_tokens=4, precision="fp32")
+
+
+# -- 6. open-unlearning's scoring: the chat turn as rendered ---------------------------------------
+
+def test_chat_turn_scoring_labels_the_rendered_assistant_turn(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    question, answer = "Who wrote it?", "The author did."
+    chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    rendered = tok.apply_chat_template(chat, tokenize=False)
+    full = tok(rendered, add_special_tokens=False)["input_ids"]
+    prompt = tok(format_prompt(tok, question), add_special_tokens=False)["input_ids"]
+    labels = full[len(prompt):] + ([tok.eos_token_id] if full[-1] != tok.eos_token_id else [])
+    enc = encode_qa(tok, question, answer, scoring="chat_turn")
+    assert enc["input_ids"] == prompt + labels
+    assert enc["labels"] == [-100] * len(prompt) + labels
+    default = encode_qa(tok, question, answer)
+    assert len(enc["labels"]) > len(default["labels"])  # more than answer + EOS
+    (sum_nll, n), = engine.answer_losses(model, tok, [(question, answer)], precision="fp32", scoring="chat_turn")
+    (sum_default, n_default), = engine.answer_losses(model, tok, [(question, answer)], precision="fp32")
+    assert n == len(labels) and n_default == len(default["labels"]) - len(prompt)
+    assert sum_nll != sum_default
+
+
+def _ou_values(name):
+    with gzip.open(OU_DIR / "TOFU_EVAL.json.gz", "rt") as handle:
+        return json.load(handle)[name]["value_by_index"]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not (OU_DIR / "TOFU_EVAL.json.gz").is_file(), reason=f"no open-unlearning logs at {OU_DIR}")
+def test_chat_turn_scoring_reproduces_open_unlearning_per_item():
+    """open-unlearning's TOFU eval of the default model (its README: fp32, system prompt
+    "You are a helpful assistant.", the chat template's assistant turn scored), per item.
+
+    Probability and truth ratio agree to 1e-4 (seen: 4e-5 and 1.1e-5 at most); the average
+    losses to 2e-4 (seen: 1.3e-4 at most, ~1e-4 relative, the same with eager attention and an
+    unbatched forward: the two transformers versions' arithmetic, 4.45.1 there)."""
+    from obliviate.evaluation import tofu
+    from obliviate.models import load_model
+
+    model, tokenizer = load_model("smollm2-135m-instruct", device="cpu")
+    model = model.float()
+    items = tofu.load_items(TOFU_DIR, "forget01_perturbed")
+    result = tofu.evaluate_items(model, tokenizer, items, task_kind="forget", generate=False, precision="fp32",
+                                 system_prompt="You are a helpful assistant.", scoring="chat_turn")
+    prob, para, pert = (_ou_values(f"forget_Q_A{k}_Prob") for k in ("", "_PARA", "_PERT"))
+    ratio = _ou_values("forget_truth_ratio")
+    assert len(result["items"]) == len(prob) == 40
+    for row in result["items"]:
+        i = str(row["index"])
+        assert row["prob"] == pytest.approx(prob[i]["prob"], abs=1e-4)
+        assert row["truth_ratio"] == pytest.approx(ratio[i]["score"], abs=1e-4)
+        assert row["avg_nll"] == pytest.approx(prob[i]["avg_loss"], abs=2e-4)
+        assert row["avg_nll_base"] == pytest.approx(para[i]["avg_loss"], abs=2e-4)
+        assert row["avg_nll_perturbed"] == pytest.approx(pert[i]["avg_loss"], abs=2e-4)
+    default = tofu.evaluate_items(model, tokenizer, items[:3], task_kind="forget", generate=False,
+                                  precision="fp32", system_prompt="You are a helpful assistant.")
+    assert all(abs(row["avg_nll"] - prob[str(row["index"])]["avg_loss"]) > 1e-3 for row in default["items"])
