@@ -355,3 +355,18 @@ def test_probe_command_ranks_targets_on_a_tiny_model(rwku_dir, tiny_model_dir, t
     assert [r["rank"] for r in rows] == [1, 2] and rows[0]["known"] >= rows[1]["known"]
     printed = capsys.readouterr().out
     assert all(r["name"] in printed for r in rows)
+
+
+def test_a_request_file_can_name_an_rwku_target(rwku_dir, tmp_path):
+    from obliviate.data.request import load_request
+    from obliviate.data.rwku import target_request
+
+    spec = tmp_path / "target.yaml"
+    spec.write_text(f"name: one-target\nrwku:\n  data: {rwku_dir}\n  targets: 1\n  passages: none\n")
+    request = load_request(spec)
+    direct = target_request(str(rwku_dir), 1, passages=None)
+    assert request.name == "one-target" and request.forget == direct.forget and request.neighbors == direct.neighbors
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rwku:\n  targets: 1\n")
+    with pytest.raises(UserError, match="'rwku' must be a mapping with data and targets"):
+        load_request(bad)

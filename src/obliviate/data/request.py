@@ -157,6 +157,8 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
         spec = _read_request_spec(path) if path.is_file() else None
         base, where = path.parent, str(path)
     sources: list[str] = [] if isinstance(source, dict) else [str(source)]
+    if isinstance(spec, dict) and "rwku" in spec:  # an RWKU target (or several): data/rwku.py builds it
+        return _rwku_request(spec, base, where)
     if not isinstance(spec, dict) or "forget" not in spec:  # a plain data file: it is the forget set
         spec = {"forget": str(source), "retain": retain, "name": Path(str(source)).stem}
         sources = []
@@ -210,3 +212,23 @@ def describe(request: UnlearningRequest) -> dict:
     summary["passages"] = len(request.passages)
     summary["warnings"] = request.warnings
     return summary
+
+
+def _rwku_request(spec: dict, base: Path, where: str) -> UnlearningRequest:
+    """`rwku: {data: DIR or hub name, targets: 1 | "1-3" | [names], forget: probes | refusals,
+    passages: positive | passage | none}` -> the target's request (data/rwku.py)."""
+    from obliviate.data.rwku import target_request  # the RWKU loader builds on this module
+
+    options = spec["rwku"]
+    allowed = {"data", "targets", "forget", "passages"}
+    if not isinstance(options, dict) or not {"data", "targets"} <= set(options) or set(options) - allowed:
+        raise UserError(f"{where}: 'rwku' must be a mapping with data and targets (and optionally forget, "
+                        f"passages), got {short_repr(options)}")
+    data = str(options["data"])
+    if not Path(data).is_absolute() and (base / data).exists():
+        data = str(base / data)  # a local copy named relative to the request file
+    passages = options.get("passages", "positive")
+    request = target_request(data, options["targets"], forget=options.get("forget", "probes"),
+                             passages=None if passages in (None, "none") else passages)
+    request.name = str(spec.get("name", request.name))
+    return request
