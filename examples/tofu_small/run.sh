@@ -16,19 +16,7 @@ OUT=${OUT:-runs/tofu_small}
 TOFU=${TOFU:-../shared/data/tofu}
 HERE=examples/tofu_small
 
-step() {  # step NAME DONE_FILE COMMAND...
-  local name=$1 done_file=$2; shift 2
-  if [[ -e $done_file ]]; then echo "[tofu_small] $name: done already ($done_file)"; return; fi
-  echo "[tofu_small] $name: $*"
-  local resume=()
-  [[ -d $OUT/$name/checkpoints ]] && resume=(--resume)
-  "$@" "${resume[@]}"
-}
-
-step target "$OUT/target/model" \
-  $OB finetune --config $HERE/teach.yaml request=$HERE/target.yaml output_dir=$OUT/target
-step retain "$OUT/retain/model" \
-  $OB finetune --config $HERE/teach.yaml request=$HERE/retain_model.yaml output_dir=$OUT/retain
+source $HERE/common.sh  # step(), the target and the retain model
 step ulmr "$OUT/ulmr/model" \
   $OB unlearn --config $HERE/ulmr.yaml model=$OUT/target/model output_dir=$OUT/ulmr
 
