@@ -14,6 +14,7 @@ responses, and hard positives answered by the original model.
 from __future__ import annotations
 
 from obliviate.data.request import QAItem
+from obliviate.prepare.backend import user_turn
 from obliviate.prepare.cache import CachedGenerator, GenerationCache
 from obliviate.prepare.checks import clean_rewrite, is_refusal, is_valid_rewrite, leaks_answer, safe_refusal
 from obliviate.prepare.local import LocalHFBackend
@@ -33,9 +34,6 @@ ASPECTS = (
 )
 
 
-def _user(content: str, **meta) -> list[dict]:
-    return [{"role": "user", "content": content, **meta}]
-
 
 def negative_instructions(forget: list[QAItem], cfg, gen, generator, seed: int, stats: dict) -> list[dict]:
     """Rows {subject, instruction, kind, answers}: each forget question, then n generated ones per subject."""
@@ -51,7 +49,7 @@ def negative_instructions(forget: list[QAItem], cfg, gen, generator, seed: int, 
 
         def prompt(i: int, aspect=aspect, fallback_question=fallback_question, k=k) -> list[dict]:
             s = subjects[i]
-            return _user(cfg.instruction_prompt.format(subject=s, aspect=aspect.format(subject=s)),
+            return user_turn(cfg.instruction_prompt.format(subject=s, aspect=aspect.format(subject=s)),
                          question=fallback_question.format(subject=s), index=k)
 
         def accept(i: int, output: str) -> str | None:
@@ -85,7 +83,7 @@ def obliterated_responses(rows: list[dict], cfg, gen, generator, seed: int, stat
 
     def prompt(i: int) -> list[dict]:
         row = rows[i]
-        return _user(cfg.obliterated_prompt.format(subject=row["subject"] or "this topic", instruction=row["instruction"]),
+        return user_turn(cfg.obliterated_prompt.format(subject=row["subject"] or "this topic", instruction=row["instruction"]),
                      question=row["instruction"], subject=row["subject"])
 
     def accept(i: int, output: str) -> str | None:
@@ -118,7 +116,7 @@ def hard_positives(items: list[QAItem], model, tokenizer, gen, cache_dir, *, giv
     else:
         generator = CachedGenerator(LocalHFBackend(model, tokenizer, batch_size=gen.batch_size),
                                     GenerationCache(cache_dir) if cache_dir is not None else None)
-        outputs = generator.generate([_user(i.question) for i in items], max_new_tokens=gen.max_new_tokens,
+        outputs = generator.generate([user_turn(i.question) for i in items], max_new_tokens=gen.max_new_tokens,
                                      temperature=0.0, top_p=1.0, seed=0)
         stats["hard_positive_generation_calls"] = generator.calls
     for row, output in zip(rows, outputs):

@@ -30,6 +30,7 @@ from obliviate.config import GenerationConfig, RunConfig
 from obliviate.data.request import QAItem
 from obliviate.io import atomic_write_jsonl
 from obliviate.methods.registry import Method, register_method
+from obliviate.prepare.backend import user_turn
 from obliviate.prepare.checks import clean_rewrite, is_refusal, is_valid_rewrite, leaks_answer, safe_refusal
 from obliviate.prepare.factory import make_generator
 from obliviate.prepare.retry import generate_until_valid
@@ -59,9 +60,6 @@ class UlmrConfig:
                 (all(0.0 <= a <= 1.0 for a in self.alpha_sweep), "alpha_sweep", "numbers in [0, 1]")]
 
 
-def _user(content: str, **meta) -> list[dict]:
-    return [{"role": "user", "content": content, **meta}]
-
 
 def rewrite_questions(items: list[QAItem], cfg: UlmrConfig, gen: GenerationConfig, generator, seed: int,
                       stats: dict) -> list[list[str]]:
@@ -84,7 +82,7 @@ def rewrite_questions(items: list[QAItem], cfg: UlmrConfig, gen: GenerationConfi
     for k in range(cfg.n_rewrites):
         def prompt(i: int, k: int = k) -> list[dict]:
             item = items[i]
-            return _user(cfg.rewrite_prompt.format(question=item.question, subject=item.subject or ""),
+            return user_turn(cfg.rewrite_prompt.format(question=item.question, subject=item.subject or ""),
                          question=item.question, index=k)
 
         # rewrites after the first sample from their first try, so that they differ from it
@@ -105,7 +103,7 @@ def negative_responses(rows: list[dict], cfg: UlmrConfig, gen: GenerationConfig,
 
     def prompt(i: int) -> list[dict]:
         row = rows[i]
-        return _user(cfg.negative_prompt.format(question=row["instruction"], subject=row["subject"] or "this topic"),
+        return user_turn(cfg.negative_prompt.format(question=row["instruction"], subject=row["subject"] or "this topic"),
                      question=row["instruction"], subject=row["subject"])
 
     def accept(i: int, output: str) -> str | None:

@@ -20,7 +20,7 @@ Messages = list[Message]
 #: Message keys that are sent to a model; every other key is metadata for TemplateBackend.
 CHAT_KEYS = ("role", "content", "name")
 
-__all__ = ["CHAT_KEYS", "GenerationBackend", "Message", "Messages", "chat_messages", "check_sampling"]
+__all__ = ["CHAT_KEYS", "GenerationBackend", "Message", "Messages", "chat_messages", "check_sampling", "user_turn"]
 
 
 @runtime_checkable
@@ -49,6 +49,11 @@ class GenerationBackend(Protocol):
     ) -> list[str]: ...
 
     def cache_key_fields(self) -> dict[str, Any]: ...
+
+
+def user_turn(content: str, **meta) -> Messages:
+    """A one-message conversation; `meta` (question, subject, index) is for TemplateBackend only."""
+    return [{"role": "user", "content": content, **meta}]
 
 
 def chat_messages(messages: Messages) -> list[dict[str, Any]]:
