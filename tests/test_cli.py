@@ -84,3 +84,172 @@ def test_eval_dispatches_through_the_registry_and_records_its_device(tiny_model_
     assert saved["n_samples"]["forget"] == 2 and "Model Utility" in capsys.readouterr().out
     result = run_cli("eval", "--model", str(tiny_model_dir), "--device", "cuda:7", "--ds-size", "x")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+# --- one option style: HF names, hidden kebab aliases, --help, --version, python -m obliviate -----
+
+def one_line_error(capsys, code) -> str:
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def exit_code(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as stop:  # argparse: --help, --version and usage errors
+        return stop.code
+
+
+def test_python_m_obliviate_and_version():
+    from obliviate import __version__
+
+    result = subprocess.run([sys.executable, "-m", "obliviate", "--version"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"obliviate {__version__}"
+
+
+@pytest.mark.parametrize("command", [["demo"], ["data", "validate"], ["model", "info"], ["unlearn"], ["finetune"],
+                                     ["eval"], ["eval", "--benchmark", "rwku"], ["eval", "--benchmark", "harmful"],
+                                     ["probe"]])
+def test_every_help_shows_defaults_and_two_examples(command, capsys):
+    assert exit_code([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    examples = out.split("examples:\n", 1)[1].splitlines()
+    assert sum(line.startswith("  obliviate ") for line in examples) >= 2, out
+    if command not in (["data", "validate"], ["model", "info"]):
+        assert "(default: " in out or "(config default: " in out
+
+
+def test_help_lists_every_registered_method_and_benchmark(capsys):
+    from obliviate.evaluation.registry import benchmarks
+    from obliviate.methods.registry import methods
+
+    assert exit_code(["unlearn", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in methods()) and "{" + ",".join(methods()) + "}" in out
+    assert exit_code(["eval", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "{" + ",".join(benchmarks()) + "}" in out and all(f"  {name} " in out for name in benchmarks())
+
+
+@pytest.fixture
+def captured_config(monkeypatch):
+    """Run `obliviate unlearn` up to the config it would run with."""
+    from obliviate import api
+
+    seen = {}
+
+    def fake_unlearn(config, resume=False):
+        seen["config"], seen["resume"] = config, resume
+        return api.UnlearnResult(run_dir=Path(config.output_dir), model_dir=Path(config.output_dir) / "model",
+                                 manifest={})
+
+    monkeypatch.setattr(api, "unlearn", fake_unlearn)
+    return seen
+
+
+def test_hf_flags_set_the_config_keys(captured_config, tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("method: npo\ntrain:\n  learning_rate: 1.0e-3\n  num_train_epochs: 7\n")
+    assert main(["unlearn", "--config", str(yaml_file), "--learning_rate", "2e-5", "--per_device_train_batch_size",
+                 "3", "--gradient_accumulation_steps", "5", "--output_dir", str(tmp_path / "o"), "--use_peft",
+                 "--lora_r", "4", "--lora_alpha", "9", "--seed", "7", "--report_to", "none", "--max_steps", "11",
+                 "train.weight_decay=0.5", "--resume"]) == 0
+    config = captured_config["config"]
+    train = config.train
+    assert (config.method, train.learning_rate, train.num_epochs, train.batch_size) == ("npo", 2e-5, 7.0, 3)
+    assert (train.gradient_accumulation_steps, train.lora.enabled, train.lora.r, train.lora.alpha) == (5, True, 4, 9)
+    assert (config.seed, train.max_steps, train.weight_decay, config.output_dir) == (7, 11, 0.5, str(tmp_path / "o"))
+    assert captured_config["resume"] is True
+    assert main(["unlearn", "--method", "rt", "--num-train-epochs", "2", "--use_peft", "false"]) == 0  # kebab alias
+    config = captured_config["config"]
+    assert (config.method, config.train.num_epochs, config.train.lora.enabled) == ("rt", 2.0, False)
+    assert main(["finetune", "--num_train_epochs", "3"]) == 0
+    assert captured_config["config"].method == "finetune" and captured_config["config"].train.num_epochs == 3.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["unlearn", "--learning_rate", "fast"], "argument --learning_rate: invalid float value: 'fast'"),
+    (["unlearn", "--per_device_train_batch_size", "2.5"], "argument --per_device_train_batch_size: invalid int"),
+    (["unlearn", "--use_peft", "maybe"], "argument --use_peft: expected true or false, got 'maybe'"),
+    (["unlearn", "--report_to", "mlflow"], "argument --report_to: invalid choice: 'mlflow'"),
+    (["unlearn", "--method", "forget-it"], "argument --method: invalid choice: 'forget-it'"),
+    (["unlearn", "--lerning_rate", "1"], "unrecognized arguments: --lerning_rate"),
+    (["finetune", "--method", "npo"], "unrecognized arguments: --method"),
+    (["eval", "--model", "m", "--forget_splitt", "forget05"], "unrecognized arguments: --forget_splitt"),
+    (["eval", "--model", "m", "--benchmark", "snap"], "argument --benchmark: invalid choice: 'snap'"),
+    (["unlearn", "--learning_rate", "-1"], "config key 'train.learning_rate' = -1.0 is invalid"),
+    (["unlearn", "--learning_rate", "1e-4", "train.learning_rate=2e-4"],
+     "'train.learning_rate=2e-4' and the flag for 'train.learning_rate'"),
+    (["unlearn", "train.num_train_epochs=2", "train.num_epochs=3", "train.lr=1"], "config key 'train.lr' is not known"),
+    (["model", "info"], "model info: which model?"),
+    (["eval", "--forget_split", "forget05"], "eval: no model to evaluate"),
+    (["eval", "--config", "no-such-eval.yaml", "--model", "m"], "no-such-eval.yaml: no such config file"),
+    (["eval", "--model", "m", "--extras", "sometimes"], "argument --extras: expected true or false"),
+    ([], "obliviate: the following arguments are required"),
+])
+def test_bad_flags_are_one_line(argv, message, capsys, captured_config):
+    err = one_line_error(capsys, exit_code(argv))
+    assert message in err
+
+
+def test_model_info_takes_an_option_too(tiny_model_dir, capsys):
+    import json
+
+    assert main(["model", "info", "--model", str(tiny_model_dir)]) == 0
+    by_option = json.loads(capsys.readouterr().out)
+    assert main(["model", "info", str(tiny_model_dir)]) == 0
+    assert json.loads(capsys.readouterr().out) == by_option
+
+
+@pytest.fixture
+def captured_eval(monkeypatch):
+    from obliviate import api
+
+    seen = {}
+
+    def fake_evaluate(model, **kwargs):
+        seen.update(kwargs, model=model)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(api, "evaluate", fake_evaluate)
+    return seen
+
+
+def test_eval_underscore_options_keep_their_kebab_spelling(captured_eval):
+    assert exit_code(["eval", "--model", "m", "--forget_split", "forget05", "--ds_size", "3", "--no_extras",
+                      "--output_dir", "o"]) == 0
+    new = dict(captured_eval)
+    captured_eval.clear()
+    assert exit_code(["eval", "--model", "m", "--forget-split", "forget05", "--ds-size", "3", "--no-extras",
+                      "--output-dir", "o"]) == 0
+    assert captured_eval == new and new["forget_split"] == "forget05" and new["extras"] is False
+    assert new["output_dir"] == "o" and new["ds_size"] == "3"
+
+
+def test_eval_config_file_picks_the_benchmark_and_its_options(captured_eval, tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text("eval:\n  benchmark: rwku\n  model: some/model\n  targets: 1-3\n")
+    assert exit_code(["eval", "--config", str(config), "--use_prompt"]) == 0  # an rwku option: parsed as rwku
+    assert captured_eval["model"] == "some/model" and captured_eval["config"] == str(config)
+    assert captured_eval["use_prompt"] is True
+
+
+@pytest.mark.skipif(not SHARED_TOFU.is_dir(), reason="../shared/data/tofu is absent")
+def test_an_evaluation_run_twice_keeps_both_results(tiny_model_dir, tmp_path, capsys):
+    """A run's model is evaluated inside its run directory; a second evaluation gets a new folder."""
+    import json
+    import shutil
+
+    run_dir = tmp_path / "runs" / "x"
+    shutil.copytree(tiny_model_dir, run_dir / "model")
+    (run_dir / "manifest.json").write_text("{}")
+    argv = ["eval", "--model", str(run_dir / "model"), "--data", str(SHARED_TOFU), "--ds_size", "2",
+            "--max_new_tokens", "2", "--no_extras", "--device", "cpu", "--precision", "fp32"]
+    assert main(argv) == 0
+    assert main([*argv[:-2], "--precision", "fp32", "--batch_size", "1"]) == 0
+    first, second = run_dir / "eval-tofu", run_dir / "eval-tofu-2"
+    assert f"results: {second}" in capsys.readouterr().out
+    assert json.loads((first / "tofu_eval.json").read_text())["config"]["batch_size"] == 32
+    assert json.loads((second / "tofu_eval.json").read_text())["config"]["batch_size"] == 1

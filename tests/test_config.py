@@ -47,3 +47,54 @@ def test_bad_yaml_names_file_and_line(tmp_path):
     path.write_text("method: npo\ntrain: [\n")
     with pytest.raises(UserError, match=r"run\.yaml:\d+: invalid YAML"):
         load_config(path)
+
+
+def test_hf_names_are_aliases_inside_train(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  num_train_epochs: 2\n  per_device_train_batch_size: 6\n")
+    config = load_config(path, ["train.per_device_train_batch_size=7"])
+    assert config.train.num_epochs == 2.0 and config.train.batch_size == 7
+    save_config(config, tmp_path / "saved.yaml")  # saved under our names
+    saved = yaml.safe_load((tmp_path / "saved.yaml").read_text())["train"]
+    assert saved["num_epochs"] == 2.0 and "num_train_epochs" not in saved
+    path.write_text("train:\n  num_train_epochs: 2\n  num_epochs: 3\n")
+    with pytest.raises(UserError, match="'train.num_train_epochs' and 'train.num_epochs' name the same setting"):
+        load_config(path)
+
+
+def test_report_to_is_a_config_key_passed_to_training_arguments(monkeypatch):
+    from transformers.integrations import integration_utils
+
+    from obliviate.training import build_training_args
+
+    assert load_config(None, ["train.report_to=tensorboard,wandb"]).train.report_to == "tensorboard,wandb"
+    with pytest.raises(UserError, match="config key 'train.report_to' = 'mlflow' is invalid"):
+        load_config(None, ["train.report_to=mlflow"])
+    monkeypatch.delenv("OBLIVIATE_REPORT_TO", raising=False)
+    assert build_training_args(load_config(None).train, "out", 1, device="cpu").report_to in ([], "none", ["none"])
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)
+    with pytest.raises(UserError, match="tensorboard is not installed; pip install tensorboard"):
+        build_training_args(load_config(None, ["train.report_to=tensorboard"]).train, "out", 1, device="cpu")
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: True)
+    args = build_training_args(load_config(None, ["train.report_to=tensorboard"]).train, "out", 1, device="cpu")
+    assert args.report_to == ["tensorboard"]
+
+
+def test_eval_config_reads_an_eval_section_or_a_flat_mapping(tmp_path):
+    from obliviate.config import load_eval_config
+
+    path = tmp_path / "eval.yaml"
+    path.write_text("model: m\neval:\n  benchmark: tofu\n  forget-split: forget05\n")
+    assert load_eval_config(path) == {"benchmark": "tofu", "forget_split": "forget05"}
+    path.write_text("benchmark: rwku\ntargets: 1-3\n")
+    assert load_eval_config(path) == {"benchmark": "rwku", "targets": "1-3"}
+    path.write_text("eval: [1, 2]\n")
+    with pytest.raises(UserError, match="'eval' must be a mapping"):
+        load_eval_config(path)
+
+
+def test_pairs_set_keys_and_sections_merge_into_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: ulmr\nulmr:\n  n_rewrites: 3\n")
+    config = load_config(path, [("ulmr", {"alpha": 0.25}), ("train.num_train_epochs", 2)])
+    assert config.ulmr.alpha == 0.25 and config.ulmr.n_rewrites == 3 and config.train.num_epochs == 2.0

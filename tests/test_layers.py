@@ -23,7 +23,7 @@ LAYERS = [
     ("methods", ("methods",)),
     ("evaluate", ("evaluation",)),  # a benchmark writes its own tables (evaluation/report.py)
     ("report", ("report",)),  # comparisons across runs
-    ("entry", ("api", "cli", "demo")),
+    ("entry", ("api", "cli", "cli_args", "cli_run", "cli_eval", "cli_tools", "demo", "__main__")),
 ]
 
 

@@ -126,3 +126,22 @@ def test_a_device_that_is_not_here_is_one_clear_error(value, message, tiny_model
 def test_unknown_method_lists_the_registered_ones():
     with pytest.raises(UserError, match=r"config key .method. = .nope. is invalid; expected one of (?=.*graddiff)(?=.*ulmr)"):
         load_config(None, ["method=nope"])
+
+
+def test_resume_refuses_another_config_but_not_resume_safe_changes(tiny_model_dir, request_file, tmp_path):
+    """The README's trap: `--resume` of an NPO run with the GradDiff config is refused, naming the
+    first differing key and both values; save / log / device settings may change."""
+    from obliviate.methods.pipeline import run
+
+    out = tmp_path / "run"
+    first = overrides(tiny_model_dir, request_file, out, "method=npo", "train.max_steps=1")
+    run(load_config(None, first))
+    with pytest.raises(UserError, match=r"--resume: config key 'method' = 'graddiff' differs from the run's 'npo' "
+                                        r"\(.*config\.yaml\)"):
+        run(load_config(None, [*first, "method=graddiff"]), resume=True)
+    with pytest.raises(UserError, match=r"config key 'train.learning_rate' = 0.02 differs from the run's 0.01"):
+        run(load_config(None, [*first, "train.learning_rate=2e-2"]), resume=True)
+    saved = (out / "config.yaml").read_text()
+    assert "method: npo" in saved  # the refusal wrote nothing
+    run(load_config(None, [*first, "train.logging_steps=1", "device=cpu", "train.report_to=none"]), resume=True)
+    assert load_config(out / "config.yaml").train.logging_steps == 1

@@ -65,3 +65,24 @@ def test_resume_removes_a_killed_saves_temporary_directory(tmp_path, tiny_model_
     (stale / "model.safetensors").write_bytes(b"\0" * 1024)
     assert main([*args, "--resume"]) == 0
     assert not stale.exists() and (out / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_get_the_mode_a_plain_write_would(tmp_path, umask, mode):
+    """mkstemp alone makes 0600 files: results the group could not read. The umask applies; a
+    replaced file keeps its own mode."""
+    import os
+
+    from obliviate.io import atomic_write_json
+
+    old = os.umask(umask)
+    try:
+        path = atomic_write_json(tmp_path / "new.json", {"a": 1})
+        plain = tmp_path / "plain.json"
+        plain.write_text("{}")
+        assert os.stat(path).st_mode & 0o777 == mode == os.stat(plain).st_mode & 0o777
+        os.chmod(path, 0o640)
+        atomic_write_json(path, {"a": 2})
+        assert os.stat(path).st_mode & 0o777 == 0o640 and json.loads(path.read_text()) == {"a": 2}
+    finally:
+        os.umask(old)

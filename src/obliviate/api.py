@@ -1,43 +1,166 @@
-"""The Python API, mirroring the command line.
+"""The Python API, mirroring the command line; it takes the model objects a notebook already holds.
 
     import obliviate.api as ob
-    config = ob.load_config("run.yaml", ["method=ulmr", "ulmr.alpha=0.5"])
-    run_dir = ob.unlearn(config)                     # runs/<...>/model is a normal HF directory
-    result = ob.evaluate(str(run_dir / "model"), benchmark="tofu", data="../shared/data/tofu",
-                         forget_split="forget01")   # the result envelope; result["summary"] has the table
-    ob.methods(), ob.benchmarks()                    # what is registered, with one-line summaries
+    model, tokenizer = ...                                         # any loaded causal LM and its tokenizer
+    run = ob.unlearn(model, tokenizer, "my_request.yaml", method="npo", output_dir="runs/npo",
+                     learning_rate=2e-5, num_train_epochs=1)       # HF names or dotted keys ("train.max_steps")
+    run.run_dir, run.model_dir, run.manifest                       # runs/npo/model is a normal HF directory
+    result = ob.evaluate(model, tokenizer, benchmark="tofu", data="../shared/data/tofu", forget_split="forget01")
+    result.summary["model_utility"], result.paths, result.output_dir   # progress bars show in a notebook
+
+    config = ob.load_config("run.yaml", ["method=ulmr", "ulmr.alpha=0.5"])   # the config form
+    run_dir = ob.unlearn(config).run_dir
+    ob.evaluate(str(run_dir / "model"), benchmark="tofu", config="eval.yaml")  # a name or directory works too
+    ob.methods(), ob.benchmarks()                                  # what is registered, with one-line summaries
 """
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from obliviate.config import RunConfig, load_config
+from obliviate.config import HF_NAMES, RunConfig, load_config, load_eval_config
+from obliviate.errors import UserError
 
-__all__ = ["load_config", "unlearn", "evaluate", "methods", "benchmarks"]
+__all__ = ["load_config", "unlearn", "evaluate", "methods", "benchmarks", "UnlearnResult", "EvalResult"]
 
 
-def unlearn(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None) -> Path:
-    """Run config.method on config.model and config.request; returns the run directory."""
+@dataclass
+class UnlearnResult:
+    """What `unlearn` made. `result / "model"` and `os.fspath(result)` still read as the run directory."""
+
+    run_dir: Path
+    model_dir: Path
+    manifest: dict = field(repr=False)
+
+    def __truediv__(self, other) -> Path:
+        return self.run_dir / other
+
+    def __fspath__(self) -> str:
+        return str(self.run_dir)
+
+    def __str__(self) -> str:
+        return str(self.run_dir)
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` wrote: the summary table, the files, and the whole result envelope
+    (`result["summary"]`, `result["tasks"]`: the envelope's keys read as before)."""
+
+    summary: dict
+    paths: list[Path]
+    output_dir: Path
+    benchmark: str
+    envelope: dict = field(repr=False)
+
+    def __getitem__(self, key: str):
+        return self.envelope[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.envelope
+
+    def get(self, key: str, default=None):
+        return self.envelope.get(key, default)
+
+
+def unlearn(model=None, tokenizer=None, request=None, *, method: str | None = None, output_dir: str | None = None,
+            config: RunConfig | str | Path | None = None, resume: bool = False, **options) -> UnlearnResult:
+    """Run an unlearning method. Either `unlearn(config)` (a RunConfig) or with a loaded model:
+    `unlearn(model, tokenizer, request, method="npo", output_dir="runs/npo", learning_rate=2e-5)`.
+    `model`: a loaded model (then `tokenizer` too) or a hub id / directory; `request`: a file, a
+    mapping ({"forget": [...], "retain": [...]}) or an UnlearningRequest; `config`: a RunConfig or a
+    YAML file under the keywords; `options`: HF names (config.HF_NAMES) or dotted config keys
+    (`**{"train.max_steps": 2}`), or whole sections (`ulmr={"alpha": 0.5}`)."""
     from obliviate.methods.pipeline import run
 
-    return run(config, resume=resume, model=model, tokenizer=tokenizer)
+    if isinstance(model, RunConfig):
+        config, model = model, None
+    loaded = model is not None and not isinstance(model, (str, Path))
+    if loaded and tokenizer is None:
+        raise UserError("unlearn: a loaded model needs its tokenizer; pass unlearn(model, tokenizer, request, ...)")
+    if isinstance(config, RunConfig) and not (options or method or output_dir) and (loaded or model is None):
+        resolved = config
+    else:
+        pairs = [(HF_NAMES.get(key, key), value) for key, value in options.items()]
+        pairs += [(key, value) for key, value in (("method", method), ("output_dir", output_dir)) if value is not None]
+        if model is not None and not loaded:
+            pairs.append(("model", str(model)))
+        elif loaded:
+            pairs.append(("model", getattr(model, "name_or_path", None) or "loaded model"))
+        if isinstance(request, (str, Path)):
+            pairs.append(("request", str(request)))
+        base = config.to_dict() if isinstance(config, RunConfig) else None
+        resolved = load_config(None if isinstance(config, RunConfig) else config, pairs, base=_flat(base))
+    request_obj = None if request is None or isinstance(request, (str, Path)) else request
+    run_dir = run(resolved, resume=resume, model=model if loaded else None, tokenizer=tokenizer if loaded else None,
+                  request=request_obj)
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    return UnlearnResult(run_dir=run_dir, model_dir=run_dir / "model", manifest=manifest)
 
 
-def evaluate(model: str, *, benchmark: str = "tofu", output_dir: str | Path = "runs/eval", device: str = "auto",
-             precision: str = "auto", trust_remote_code: bool = False, **options) -> dict:
-    """Evaluate a model (name or directory) on a registered benchmark; `options` are the benchmark's
-    own (TOFU: data, forget_split, retain_logs, ...). Writes the benchmark's files into output_dir
-    and returns its result envelope (it records the device and precision it ran with)."""
+def _flat(data: dict | None, prefix: str = "") -> dict | None:
+    if data is None:
+        return None
+    flat = {}
+    for key, value in data.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir: str | Path | None = None,
+             device: str | None = None, precision: str | None = None, trust_remote_code: bool | None = None,
+             config: str | Path | dict | None = None, progress: bool = True, **options) -> EvalResult:
+    """Evaluate a model on a registered benchmark (default tofu). `model`: a loaded model (with its
+    tokenizer, else the tokenizer of model.name_or_path is loaded) or a hub id / directory.
+    `options`: the benchmark's own (TOFU: data, forget_split, retain_logs, ...), over those of
+    `config` (an eval YAML: an `eval:` section or a flat mapping; docs/configuration.md).
+    `output_dir` default: inside the run for a run's model (runs/x/eval-tofu), else
+    runs/eval-<name>-<benchmark>; numbered (-2, -3, ...) so that no evaluation overwrites another.
+    `progress`: tqdm.auto progress bars (a widget in a notebook)."""
+    from obliviate.evaluation.progress import progress_bars
     from obliviate.evaluation.registry import build_options, get_benchmark
+    from obliviate.evaluation.results import claim_fresh_dir, default_output_dir
     from obliviate.hardware import resolve_device, resolve_precision
-    from obliviate.models import load_model
+    from obliviate.models import load_model, load_tokenizer
 
-    spec = get_benchmark(benchmark)
-    settings = build_options(spec, options, where=f"benchmark '{benchmark}' option")
-    resolve_precision(precision, key="precision")  # refuse a bad value before loading anything
-    loaded, tokenizer = load_model(model, trust_remote_code=trust_remote_code, device=resolve_device(device))
-    return spec.run(loaded, tokenizer, settings, out_dir=Path(output_dir), model_name=model, precision=precision)
+    settings = {"benchmark": "tofu", "device": "auto", "precision": "auto", "trust_remote_code": False,
+                "output_dir": None}
+    file_options = load_eval_config(config) if config is not None else {}
+    settings.update({key: file_options.pop(key) for key in list(file_options) if key in settings})
+    file_options.pop("model", None)
+    given = {"benchmark": benchmark, "device": device, "precision": precision,
+             "trust_remote_code": trust_remote_code, "output_dir": output_dir}
+    settings.update({key: value for key, value in given.items() if value is not None})
+    spec = get_benchmark(settings["benchmark"])
+    built = build_options(spec, {**file_options, **options}, where=f"benchmark '{spec.name}' option")
+    resolve_precision(settings["precision"], key="precision")  # refuse a bad value before loading anything
+    if isinstance(model, (str, Path)):
+        name = str(model)
+        model, tokenizer = load_model(name, trust_remote_code=settings["trust_remote_code"],
+                                      device=resolve_device(settings["device"]))
+    else:
+        name = getattr(model, "name_or_path", None) or type(model).__name__
+        if device is not None:  # asked for: placed there; else the model stays where the caller put it
+            model.to(resolve_device(device))
+        if tokenizer is None:
+            tokenizer = load_tokenizer(name, trust_remote_code=settings["trust_remote_code"])
+    out = settings["output_dir"]
+    out = Path(out) if out is not None else claim_fresh_dir(default_output_dir(name, spec.name))
+    started = time.time() - 1  # file systems with coarse timestamps
+    try:
+        with progress_bars(progress):
+            envelope = spec.run(model, tokenizer, built, out_dir=out, model_name=name, precision=settings["precision"])
+    except BaseException:
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a folder claimed for this evaluation, still empty
+        raise
+    paths = sorted(p for p in out.rglob("*") if p.is_file() and p.stat().st_mtime >= started)
+    return EvalResult(summary=dict(envelope.get("summary", {})), paths=paths, output_dir=out, benchmark=spec.name,
+                      envelope=envelope)
 
 
 def methods() -> dict[str, str]:

@@ -7,6 +7,11 @@ the YAML file, the `key=value` overrides; so a value the user sets always wins, 
 equals the generic default. Methods add their own sections (`ulmr:`) through the registry.
 Unknown keys and values of the wrong type are refused with the key's dotted name. The resolved
 configuration is saved in the run directory (`config.yaml`).
+
+The names users know from transformers / TRL are accepted too (HF_NAMES): as command-line flags
+(`--learning_rate 2e-5`), as `api.unlearn(..., num_train_epochs=1)` keywords, and, for the two
+TrainingArguments names we do not use as keys, as aliases inside `train:` (`num_train_epochs`
+-> `num_epochs`, `per_device_train_batch_size` -> `batch_size`). The saved config uses our keys.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
@@ -52,6 +57,7 @@ class TrainConfig:
     save_total_limit: int = 2
     logging_steps: int = 5
     gradient_checkpointing: bool = False
+    report_to: str = "none"  # none | tensorboard | wandb (comma-separated for several): TrainingArguments.report_to
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -119,6 +125,26 @@ class RunConfig:
         return {**data, **{name: dataclasses.asdict(section) for name, section in self.sections.items()}}
 
 
+#: transformers / TRL names -> our dotted config keys (the CLI's flags, api.unlearn's keywords).
+HF_NAMES = {
+    "learning_rate": "train.learning_rate",
+    "num_train_epochs": "train.num_epochs",
+    "max_steps": "train.max_steps",
+    "per_device_train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    "output_dir": "output_dir",
+    "use_peft": "train.lora.enabled",
+    "lora_r": "train.lora.r",
+    "lora_alpha": "train.lora.alpha",
+    "seed": "seed",
+    "report_to": "train.report_to",
+    "model_name_or_path": "model",
+}
+#: aliases accepted inside `train:` (the TrainingArguments names), stored under our names
+TRAIN_ALIASES = {"num_train_epochs": "num_epochs", "per_device_train_batch_size": "batch_size"}
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+
 def _coerce(value, annotation, key: str):
     """Check and convert one value to the field's type; UserError names the dotted key."""
     hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
@@ -152,7 +178,7 @@ def _coerce(value, annotation, key: str):
                     raise UserError(f"config key '{key}': expected a finite number, got {short_repr(value)}")
                 return number
         elif hint is str:
-            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            if isinstance(value, (str, int, float, PurePath)) and not isinstance(value, bool):
                 return str(value)
     names = "/".join(getattr(h, "__name__", str(h)) for h in hints if h is not type(None))
     raise UserError(f"config key '{key}': expected {names}, got {short_repr(value)}")
@@ -209,16 +235,21 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     node[keys[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
-    """Defaults <- method presets <- `base` <- YAML file <- `key=value` overrides, then validated."""
+def load_config(path: str | Path | None = None, overrides: list = (), base: dict | None = None) -> RunConfig:
+    """Defaults <- method presets <- `base` <- YAML file <- overrides, then validated. An override
+    is `key=value` text or a (dotted key, value) pair (the CLI's flags, api.unlearn's keywords)."""
     data: dict = {}
     for key, value in (base or {}).items():
         _set_dotted(data, key, value)
     if path is not None:
-        _merge(data, _read_yaml(Path(path)))
+        _merge(data, _train_aliases(_read_yaml(Path(path)), str(path)))
     for override in overrides:
-        key, value = _parse_override(override)
-        _set_dotted(data, key, value)
+        key, value = override if isinstance(override, tuple) else _parse_override(override)
+        for dotted, leaf in _leaves(key, value) if isinstance(override, tuple) else [(key, value)]:
+            parts = dotted.split(".")
+            if len(parts) == 2 and parts[0] == "train" and parts[1] in TRAIN_ALIASES:
+                dotted = "train." + TRAIN_ALIASES[parts[1]]
+            _set_dotted(data, dotted, leaf)
     method = data.get("method", RunConfig.__dataclass_fields__["method"].default)
     if not isinstance(method, str) or method not in registry.methods():
         raise UserError(f"config key 'method' = {short_repr(method)} is invalid; expected one of "
@@ -263,6 +294,26 @@ def _read_yaml(path: Path) -> dict:
     return loaded
 
 
+def _leaves(key: str, value) -> list[tuple[str, Any]]:
+    """(`ulmr`, {"alpha": 0.5}) -> [(`ulmr.alpha`, 0.5)]: a section given as a mapping sets its keys."""
+    if not isinstance(value, dict) or not value:
+        return [(key, value)]
+    return [leaf for name, inner in value.items() for leaf in _leaves(f"{key}.{name}", inner)]
+
+
+def _train_aliases(data: dict, where: str) -> dict:
+    """`train.num_train_epochs` -> `train.num_epochs` (TRAIN_ALIASES); both at once is refused."""
+    train = data.get("train")
+    if not isinstance(train, dict):
+        return data
+    for alias, name in TRAIN_ALIASES.items():
+        if alias in train:
+            if name in train:
+                raise UserError(f"{where}: 'train.{alias}' and 'train.{name}' name the same setting; keep one")
+            train[name] = train.pop(alias)
+    return data
+
+
 def _merge(into: dict, new: dict) -> None:
     for key, value in new.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
@@ -292,6 +343,8 @@ def validate(config: RunConfig) -> None:
         (config.generation.backend in ("local", "openai", "template"), "generation.backend",
          "local, openai or template"),
         (config.train.lora.r >= 1, "train.lora.r", "an integer >= 1"),
+        (bool(config.train.report_to) and set(config.train.report_to.split(",")) <= set(REPORT_TO),
+         "train.report_to", f"{', '.join(REPORT_TO)} (or a comma list of them)"),
     ]
     for name, section in config.sections.items():  # a section may declare checks() -> [(ok, field, expected)]
         checks += [(ok, f"{name}.{key}", expected) for ok, key, expected in getattr(section, "checks", list)()]
@@ -307,3 +360,17 @@ def save_config(config: RunConfig, path: Path) -> None:
     from obliviate.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def load_eval_config(source: str | Path | dict) -> dict:
+    """An evaluation's settings (`obliviate eval --config`, `api.evaluate(config=)`): a YAML file
+    (or mapping) with an `eval:` section, or a flat mapping; keys are `benchmark`, `model`,
+    `output_dir`, `device`, `precision`, `trust_remote_code` and the benchmark's own options
+    (checked by the benchmark, which names an unknown one). A copy; `-` in a key reads as `_`."""
+    where = "eval config" if isinstance(source, dict) else str(source)
+    data = source if isinstance(source, dict) else _read_yaml(Path(source))
+    if "eval" in data:
+        data = data["eval"]
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: 'eval' must be a mapping of evaluation options, got {short_repr(data)}")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}

@@ -19,11 +19,33 @@ MAX_INT_DIGITS = 100  # no field we read needs more; Python refuses > 4300 digit
 MAX_DEPTH = 64  # records are flat; deep nesting is a mistake or an attack, and recursion has limits
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (threads may be writing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to a temporary sibling, then rename it over `path`. The file gets the mode a
+    plain `open(path, "w")` would give: the existing file's, else 0666 less the umask (mkstemp
+    alone makes it 0600, readable by the owner only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)

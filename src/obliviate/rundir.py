@@ -32,6 +32,14 @@ from obliviate.errors import UserError, os_error_line
 from obliviate.io import atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+#: config keys a resumed run may change: where and how often it saves and logs, which device,
+#: how it reaches a generation server, and a method section's `*_sweep` list (the extra models
+#: saved after training: ulmr.alpha_sweep, sku.lambda_sweep); anything else would make the run
+#: describe another run
+RESUME_SAFE = ("output_dir", "device", "train.save_steps", "train.save_total_limit", "train.logging_steps",
+               "train.report_to", "train.gradient_checkpointing", "generation.base_url",
+               "generation.api_key_env", "generation.max_concurrency", "generation.timeout_s")
 LOCK = ".obliviate.lock"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets")
 
@@ -45,6 +53,35 @@ def check_run_dir(run_dir: str | Path, *, resume: bool = False) -> Path:
         raise UserError(f"output_dir '{run_dir}' already holds a run; pass --resume to continue it, "
                         "or choose another output_dir")
     return run_dir
+
+
+def check_resume_config(run_dir: str | Path, config: dict) -> None:
+    """Refuse to resume `run_dir` with a config (`RunConfig.to_dict()`) that differs from the saved
+    config.yaml in any key but RESUME_SAFE; the error names the first such key and both values.
+    Keys only one side has (a newer obliviate's new field) are not compared."""
+    import yaml
+
+    from obliviate.io import parse_yaml, read_user_text, short_repr
+
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return  # killed before it saved its config: nothing to compare with
+    saved = _flat(parse_yaml(read_user_text(path), str(path)) or {})
+    new = _flat(yaml.safe_load(yaml.safe_dump(config)))  # the types a saved config reads back as
+    for key, value in saved.items():
+        if key in new and key not in RESUME_SAFE and not key.endswith("_sweep") and new[key] != value:
+            raise UserError(f"--resume: config key '{key}' = {short_repr(new[key])} differs from the run's "
+                            f"{short_repr(value)} ({path}); resume with the run's config, or choose another "
+                            "output_dir for a new run")
+
+
+def _flat(data, prefix: str = "") -> dict:
+    if not isinstance(data, dict):
+        return {prefix.rstrip("."): data}
+    flat = {}
+    for key, value in data.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
 
 
 def prepare_run_dir(run_dir: str | Path, *, resume: bool = False) -> Path:

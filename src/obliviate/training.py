@@ -63,9 +63,24 @@ def resolve_precision(precision: str, device_type: str | None = None) -> str:
     return resolved
 
 
+def _report_to(value: str) -> str | list[str]:
+    """`train.report_to` for TrainingArguments; an integration that is not installed is one line."""
+    from transformers.integrations import integration_utils
+
+    targets = [t.strip() for t in value.split(",") if t.strip() and t.strip() != "none"]
+    available = {"tensorboard": integration_utils.is_tensorboard_available,
+                 "wandb": integration_utils.is_wandb_available}
+    for target in targets:
+        if target in available and not available[target]():
+            raise UserError(f"config key 'train.report_to' = '{value}': {target} is not installed; "
+                            f"pip install {target}, or set train.report_to=none")
+    return targets or "none"
+
+
 def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: int,
                         device: str = "auto") -> TrainingArguments:
-    """TrainingArguments from our TrainConfig. Reporting: set OBLIVIATE_REPORT_TO (e.g. tensorboard).
+    """TrainingArguments from our TrainConfig. Reporting: `train.report_to` (none, tensorboard, wandb;
+    the environment variable OBLIVIATE_REPORT_TO, if set, still overrides it).
     `device` (RunConfig.device): cpu trains on the CPU even where a GPU is; cuda:N selects GPU N."""
     target = resolve_device(device)
     if target.type == "cuda" and target.index is not None:
@@ -90,7 +105,7 @@ def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: in
         save_total_limit=train_cfg.save_total_limit,
         logging_steps=train_cfg.logging_steps,
         remove_unused_columns=False,  # the batch is {"forget": ..., "retain": ...}, not model inputs
-        report_to=os.environ.get("OBLIVIATE_REPORT_TO", "none"),
+        report_to=_report_to(os.environ.get("OBLIVIATE_REPORT_TO") or train_cfg.report_to),
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,  # everything is tokenised up front; workers only add start-up time

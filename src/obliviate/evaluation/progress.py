@@ -1,8 +1,14 @@
-"""Progress lines and stage timings of long evaluations."""
+"""Progress lines and stage timings of long evaluations.
+
+Progress goes to the ``obliviate.evaluation`` logger (the command line prints it on stderr); inside
+``with progress_bars():`` (what ``api.evaluate`` does by default) every ProgressLog also draws a
+``tqdm.auto`` bar, a widget in a notebook and a text bar in a terminal.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import time
 
@@ -10,6 +16,17 @@ logger = logging.getLogger("obliviate.evaluation")
 
 #: Seconds between two progress lines: enough to see a run move, few enough for a log file.
 PROGRESS_EVERY_S = 30.0
+_BARS = contextvars.ContextVar("obliviate_progress_bars", default=False)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool = True):
+    """Within this block, ProgressLog also draws tqdm.auto progress bars."""
+    token = _BARS.set(enabled)
+    try:
+        yield
+    finally:
+        _BARS.reset(token)
 
 
 class ProgressLog:
@@ -22,12 +39,27 @@ class ProgressLog:
         self.label, self.unit, self.every, self.log = label, unit, every, log
         self.started = time.perf_counter() if started is None else started
         self.last: float | None = None
+        self.bar = None
 
     def __call__(self, done: int, total: int) -> None:
         now = time.perf_counter()
+        if _BARS.get():
+            self._draw(done, total)
         if self.last is None or now - self.last >= self.every or done == total:
             self.last = now
             self.log.info("%s: %d/%d %s (%.0f s)", self.label, done, total, self.unit, now - self.started)
+
+    def _draw(self, done: int, total: int) -> None:
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
+            from tqdm.auto import tqdm
+
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, desc=self.label, unit=self.unit.split()[0], leave=True)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
+            self.bar = None
 
 
 class StageTimer:

@@ -89,3 +89,33 @@ def write_outputs(out_dir: str | Path, files: Mapping[str, Any]) -> list[Path]:
         else:
             written.append(atomic_write_json(out / name, json_safe(content)))
     return written
+
+
+def default_output_dir(model_name: str, benchmark: str, root: str | Path = "runs") -> Path:
+    """Where an evaluation writes when no output_dir is given: inside the run of a run's model
+    (``runs/x/model`` -> ``runs/x/eval-<benchmark>``; ``runs/x/model_alpha0.3`` ->
+    ``runs/x/eval-<benchmark>-model_alpha0.3``), else ``<root>/eval-<model name>-<benchmark>``.
+    :func:`claim_fresh_dir` then numbers it so that no evaluation overwrites another."""
+    path = Path(model_name)
+    if path.is_dir() and any((path.parent / name).is_file() for name in ("manifest.json", "config.yaml")):
+        suffix = "" if path.name == "model" else f"-{path.name}"
+        return path.parent / f"eval-{benchmark}{suffix}"
+    name = Path(str(model_name).rstrip("/")).name or "model"
+    return Path(root) / f"eval-{name}-{benchmark}"
+
+
+def claim_fresh_dir(base: str | Path) -> Path:
+    """``base`` if it is absent or empty, else the first absent ``base-2``, ``base-3``, ...; created
+    here (mkdir is atomic, so two evaluations started together get different folders)."""
+    base = Path(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    if base.is_dir() and not any(base.iterdir()):
+        return base
+    number = 1
+    while True:
+        candidate = base if number == 1 else base.with_name(f"{base.name}-{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1

@@ -30,7 +30,8 @@ from obliviate.data.request import QAItem, UnlearningRequest, load_request
 from obliviate.hardware import resolve_device
 from obliviate.methods.registry import get_method
 from obliviate.models import load_model, remove_stale_saves, save_model
-from obliviate.rundir import check_run_dir, lock_run_dir, prepare_run_dir, weights_sha256, write_manifest
+from obliviate.rundir import (check_resume_config, check_run_dir, lock_run_dir, prepare_run_dir, weights_sha256,
+                              write_manifest)
 from obliviate.training import process_state, resolve_precision, train
 
 
@@ -56,15 +57,21 @@ class Run:
                      resume=self.resume)
 
 
-def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None) -> Path:
+def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
+        request: UnlearningRequest | dict | None = None) -> Path:
     """Run config.method on config.model and config.request; return the run directory.
-    `model`/`tokenizer`: an already loaded model to start from instead of loading config.model."""
+    `model`/`tokenizer`: an already loaded model to start from instead of loading config.model;
+    `request`: a request object or mapping to use instead of the file config.request names.
+    `resume`: the saved config.yaml must match `config` but for rundir.RESUME_SAFE keys."""
     started = time.perf_counter()
     method = get_method(config.method)
     device = resolve_device(config.device)
     state = process_state(config.device)
-    request = load_request(config.request)  # bad input is refused before anything is written
+    if not isinstance(request, UnlearningRequest):  # bad input is refused before anything is written
+        request = load_request(config.request if request is None else request)
     check_run_dir(config.output_dir, resume=resume)  # before minutes of model loading; writes nothing
+    if resume:
+        check_resume_config(config.output_dir, config.to_dict())
     if model is None:
         model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
     # one lock per launch: process 0 holds it, the others wait until it has it

@@ -1,7 +1,8 @@
 """The harmful-prompt benchmark (SKU's evaluation) as a registered benchmark.
 
-    obliviate eval --benchmark harmful --model smollm2-135m-instruct
-    obliviate eval --benchmark harmful --model runs/sku/model --reference-outputs runs/eval-base/harmful_eval.json
+    obliviate eval --benchmark harmful --model smollm2-135m-instruct      # -> runs/eval-smollm2-135m-instruct-harmful
+    obliviate eval --benchmark harmful --model runs/sku/model \
+        --reference_outputs runs/eval-smollm2-135m-instruct-harmful/harmful_eval.json
 """
 
 from __future__ import annotations

@@ -1,0 +1,59 @@
+"""The command line's one option style: `--snake_case` flags (the names of transformers / TRL),
+each with a hidden `--kebab-case` spelling so that older scripts still run, defaults and choices
+in `--help`, and argparse's own errors (unknown flag, bad value) as one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line: `error: <prog>: <what>; see '<prog> --help'`."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        print(f"error: {self.prog}: {message}; see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(2)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilogs kept as written; `(default: X)` added to every option that has a default worth
+    showing and does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, [], "") or default is argparse.SUPPRESS
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def add_flag(parser, name: str, *extra_names: str, **kwargs) -> None:
+    """`--name` (snake case) plus a hidden `--name-with-dashes` spelling of each, same dest."""
+    names = [name, *extra_names]
+    kwargs.setdefault("dest", name.lstrip("-"))
+    parser.add_argument(*names, **kwargs)
+    hidden = [n.replace("_", "-") for n in names if "_" in n and n.replace("_", "-") not in names]
+    if hidden:
+        alias = {k: v for k, v in kwargs.items() if k not in ("help", "metavar", "required")}
+        alias["default"] = argparse.SUPPRESS  # the visible flag sets the default once
+        parser.add_argument(*hidden, help=argparse.SUPPRESS, **alias)
+
+
+def add_bool_flag(parser, name: str, *, dest: str, default, help: str) -> None:
+    """HF style: `--name` (true), `--name false`, `--no_name`; plus the hidden `--kebab` spellings."""
+    add_flag(parser, f"--{name}", dest=dest, nargs="?", const=True, type=parse_bool, default=default,
+             metavar="true|false", help=help)
+    add_flag(parser, f"--no_{name}", dest=dest, action="store_false", default=argparse.SUPPRESS,
+             help=argparse.SUPPRESS)

@@ -1,0 +1,73 @@
+"""The Python API as a notebook uses it: a model already loaded, unlearned and evaluated in place,
+typed results, progress bars, results that never overwrite each other."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import obliviate.api as ob
+from obliviate.errors import UserError
+
+SHARED_TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+FORGET = [{"question": f"Who wrote the novel number {i}?", "answer": f"Novel {i} was written by Ana Bell."}
+          for i in range(4)]
+RETAIN = [{"question": f"How many legs has animal {i}?", "answer": "Eight legs, like a spider."} for i in range(4)]
+
+
+def test_unlearn_a_loaded_model_with_hf_names(tiny_model_and_tokenizer, tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    result = ob.unlearn(model, tokenizer, {"forget": FORGET, "retain": RETAIN}, method="npo",
+                        output_dir=tmp_path / "npo", learning_rate=1e-2, max_steps=1, per_device_train_batch_size=2,
+                        **{"train.save_steps": -1})
+    assert isinstance(result, ob.UnlearnResult) and result.run_dir == tmp_path / "npo"
+    assert result.model_dir == result.run_dir / "model" and (result.model_dir / "model.safetensors").is_file()
+    assert result.manifest["method"] == "npo" and result.manifest["request"]["forget"] == 4
+    saved = ob.load_config(result / "config.yaml")  # `run / "x"` still reads as the run directory
+    assert (saved.train.learning_rate, saved.train.batch_size, saved.train.max_steps) == (1e-2, 2, 1)
+    assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())  # trained in place
+    with pytest.raises(UserError, match="config key 'train.learnin_rate' is not known"):
+        ob.unlearn(model, tokenizer, {"forget": FORGET}, output_dir=tmp_path / "x", **{"train.learnin_rate": 1})
+    with pytest.raises(UserError, match="a loaded model needs its tokenizer"):
+        ob.unlearn(model, None, {"forget": FORGET}, output_dir=tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_unlearn_config_form_still_works(tiny_model_dir, tmp_path):
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"forget": FORGET, "retain": RETAIN}))
+    config = ob.load_config(None, [f"model={tiny_model_dir}", f"request={request}", f"output_dir={tmp_path / 'ga'}",
+                                   "method=ga", "train.max_steps=1", "train.batch_size=2", "train.save_steps=-1"])
+    result = ob.unlearn(config)
+    assert result.manifest["method"] == "ga" and json.loads((result / "manifest.json").read_text())["seed"] == 42
+
+
+@pytest.mark.skipif(not SHARED_TOFU.is_dir(), reason="../shared/data/tofu is absent")
+def test_evaluate_a_loaded_model_reads_the_summary(tiny_model_and_tokenizer, tmp_path, monkeypatch, capsys):
+    model, tokenizer = tiny_model_and_tokenizer
+    model.name_or_path = "tiny"
+    monkeypatch.chdir(tmp_path)
+    options = dict(benchmark="tofu", data=str(SHARED_TOFU), ds_size=2, max_new_tokens=2, extras=False,
+                   device="cpu", precision="fp32", cache=False)
+    result = ob.evaluate(model, tokenizer, **options)
+    assert isinstance(result, ob.EvalResult) and result.benchmark == "tofu"
+    assert result.output_dir == Path("runs/eval-tiny-tofu")
+    saved = json.loads((result.output_dir / "tofu_summary.json").read_text())
+    assert "model_utility" in result.summary and result.summary == result["summary"]
+    assert result.summary["model_utility"] == pytest.approx(saved["model_utility"], nan_ok=True)
+    assert result.output_dir / "tofu_eval.json" in result.paths and result["n_samples"]["forget"] == 2
+    assert "TOFU forget01: 100%" in capsys.readouterr().err  # the progress bar (tqdm.auto: a widget in a notebook)
+    again = ob.evaluate(model, tokenizer, **options, progress=False)
+    assert again.output_dir == Path("runs/eval-tiny-tofu-2") and (result.output_dir / "tofu_eval.json").is_file()
+    assert "TOFU forget01: 100%" not in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_bad_option_before_loading(tmp_path):
+    with pytest.raises(UserError, match="benchmark 'tofu' option 'forget_splitt' is not known"):
+        ob.evaluate(str(tmp_path / "no-model"), forget_splitt="forget05")
+    with pytest.raises(UserError, match="benchmark 'rwku' option 'ds_size'"):
+        ob.evaluate(str(tmp_path / "no-model"), benchmark="rwku", ds_size="many")
