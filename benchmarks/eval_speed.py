@@ -1,8 +1,8 @@
 """Wall time and peak memory of a TOFU forget01 evaluation (forget + retain + real authors +
-world facts, with the holdout MIA extras) on the default model.
+world facts, with the holdout MIA extras) on the default model, and decoding speed.
 
     PYTHONPATH=src .venv/bin/python benchmarks/eval_speed.py
-    PYTHONPATH=src .venv/bin/python benchmarks/eval_speed.py --precision fp32 --batch-size 32
+    PYTHONPATH=src .venv/bin/python benchmarks/eval_speed.py --precision fp32 --threads 1 --ds-size 10
     PYTHONPATH=src .venv/bin/python benchmarks/eval_speed.py --out runs/eval_speed --json speed.json
     PYTHONPATH=src .venv/bin/python benchmarks/eval_speed.py --ds-size 20 --rerun --plain 8
 
@@ -15,11 +15,24 @@ the peak resident memory of the process. Wall-clock figures live here, not in th
 * ``--rerun``: the same evaluation again, served from the per-item result cache (seconds).
 * ``--plain N``: scoring the first N forget items' pairs (answer, paraphrase, perturbed) with
   the engine vs one plain forward per pair (the definition), seconds and speed-up.
+
+Beside the scoring and generation stages it prints the compute limit: 2 FLOPs per parameter
+per token, at the matmul throughput measured on this machine for the model's own weight
+shapes (``eval_speed_limits.py``), and the fraction of it reached. ``--generation`` measures
+greedy decoding alone (the engine with ``--decode`` vs HF ``generate``, both at
+``--batch-size``) instead of the suite; with ``--shape DIR`` (a config and tokenizer that
+``--save-shape DIR`` wrote: no weights) on random weights of that shape, which is how it runs
+on a GPU machine that no weights can reach::
+
+    PYTHONPATH=src .venv/bin/python benchmarks/eval_speed.py --save-shape runs/smollm2_shape
+    PYTHONPATH=src python benchmarks/eval_speed.py --generation --shape runs/smollm2_shape \
+        --device cuda --decode static --batch-size 64
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -30,6 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from obliviate.io import atomic_write_json  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tofu"
 
@@ -67,40 +82,190 @@ def plain_vs_engine(model, tokenizer, args) -> dict:
     return {"plain_pairs": len(pairs), "engine_s": engine_s, "plain_s": plain_s, "max_rel_nll_diff": worst}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="TOFU directory (default: ../shared/data/tofu)")
-    parser.add_argument("--forget-split", default="forget01")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    parser.add_argument("--retain-logs", default=None)
-    parser.add_argument("--cache", default=None, help="result-cache directory (default: no cache)")
-    parser.add_argument("--out", default=None, help="also write tofu_eval.json / summary / report here")
-    parser.add_argument("--json", default=None, help="write the timing table as JSON to this file")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--ds-size", type=int, default=None, help="only the first N items of each split")
-    parser.add_argument("--rerun", action="store_true", help="time a second run served from the result cache")
-    parser.add_argument("--plain", type=int, default=0, metavar="N",
-                        help="time engine vs one plain forward per pair on N forget items")
-    args = parser.parse_args(argv)
-
-    import logging
+def matmul_limit(model, precision: str, tokens: int = 256, repeats: int = 3) -> tuple[float, float]:
+    """(matmul GFLOP/s, tokens/s limit): every weight matrix of ``model`` (each distinct shape
+    timed once, counted as often as it occurs, the output layer included) multiplied by
+    ``tokens`` rows in the run's precision; the limit is 2 FLOPs per parameter per token."""
+    import collections
 
     import torch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("obliviate.evaluation").setLevel(logging.INFO)
+    device = next(model.parameters()).device
+    dtype = torch.bfloat16 if precision == "bf16" else next(model.parameters()).dtype
+    shapes = collections.Counter(tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear))
+    seconds, flops = 0.0, 0
+    for (out_features, in_features), count in shapes.items():
+        x = torch.randn(tokens, in_features, device=device, dtype=dtype)
+        w = torch.randn(out_features, in_features, device=device, dtype=dtype)
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first call warms up
+            sync(device)
+            tick = time.perf_counter()
+            x @ w.T
+            sync(device)
+            best = min(best, time.perf_counter() - tick)
+        seconds += best * count
+        flops += 2 * tokens * in_features * out_features * count
+    gflops = flops / seconds / 1e9
+    return gflops, gflops * 1e9 / (2 * sum(p.numel() for p in model.parameters()))
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_now() -> str:
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+def print_limits(stages: dict, counters: dict, limit: tuple[float, float], precision: str) -> dict:
+    """Tokens/s of the scoring and generation stages beside the compute limit."""
+    gflops, limit_tps = limit
+    print(f"\ncompute limit: {precision} matmul {gflops:.1f} GFLOP/s on the model's weight shapes -> "
+          f"{limit_tps:.0f} tokens/s at 2 FLOPs per parameter per token ({load_now()})")
+    print("| stage | seconds | tokens | tokens/s | limit tokens/s | fraction |")
+    print("|---|--:|--:|--:|--:|--:|")
+    rows = {"scoring": ("model: score", counters.get("prompt tokens", 0) + counters.get("answer tokens", 0)),
+            "generation": ("model: generate", counters.get("generated tokens", 0))}
+    figures = {}
+    for name, (stage, tokens) in rows.items():
+        seconds = stages.get(stage, 0.0)
+        if seconds <= 0 or not tokens:
+            continue
+        rate = tokens / seconds
+        figures[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": rate, "fraction": rate / limit_tps}
+        print(f"| {name} | {seconds:.1f} | {tokens} | {rate:.1f} | {limit_tps:.0f} | {rate / limit_tps:.0%} |")
+    print("(scoring runs the output layer only where a prediction is needed: its fraction counts FLOPs it skips)")
+    return {"limit_gflops": gflops, "limit_tokens_per_s": limit_tps, "stages": figures}
+
+
+def save_shape(model_name: str, target: str, data: str, questions: int) -> None:
+    """Config, tokenizer and TOFU questions (no weights) for --shape on a machine without them."""
+    from obliviate.evaluation import tofu
+    from obliviate.models import load_model
+
+    model, tokenizer = load_model(model_name)
+    out = Path(target)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    items = tofu.load_items(data, "forget10_perturbed", questions)
+    atomic_write_json(out / "questions.json", [i.question for i in items])
+    print(f"wrote {out}: config, tokenizer and {len(items)} questions (no weights)")
+
+
+def generation_model(args):
+    """(model, tokenizer, questions): --shape DIR gives random weights of that shape (seeded)."""
+    import torch
+
+    if args.shape:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.shape), dtype=torch.float32)
+        model.generation_config = GenerationConfig.from_pretrained(args.shape)
+        tokenizer = AutoTokenizer.from_pretrained(args.shape)
+        questions = json.loads((Path(args.shape) / "questions.json").read_text())
+    else:
+        from obliviate.evaluation import tofu
+        from obliviate.models import load_model
+
+        model, tokenizer = load_model(args.model)
+        questions = [i.question for i in tofu.load_items(args.data, "forget10_perturbed", None)]
+    questions = list(dict.fromkeys(questions))[: args.prompts]  # distinct: the engine runs a repeated prompt once
+    return model.to(args.device).eval(), tokenizer, questions
+
+
+def hf_generate(model, tokenizer, questions, args, precision: str) -> tuple[float, int]:
+    """Seconds and new tokens (up to and including the first stop token) of HF ``generate``,
+    greedy, ``--batch-size`` left-padded prompts at a time, in the engine's precision."""
+    import torch
+
+    from obliviate.evaluation.engine import stop_token_ids
+    from obliviate.evaluation.engine.settings import precision_context
+    from obliviate.prompts import format_prompt
+
+    tokenizer.padding_side = "left"
+    stops = set(stop_token_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    new_tokens, tick = 0, time.perf_counter()
+    for start in range(0, len(questions), args.batch_size):
+        texts = [format_prompt(tokenizer, q) for q in questions[start:start + args.batch_size]]
+        batch = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(args.device)
+        with torch.inference_mode(), precision_context(model, precision):
+            out = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad)
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            ends = [i for i, t in enumerate(row) if t in stops]
+            new_tokens += ends[0] + 1 if ends else len(row)
+    sync(model.device)
+    return time.perf_counter() - tick, new_tokens
+
+
+def generation_benchmark(args) -> dict:
+    """New tokens/s of the engine (--decode) and of HF generate on the same prompts."""
+    import torch
+
+    from obliviate.evaluation import engine
+
+    model, tokenizer, questions = generation_model(args)
+    precision = engine.resolve_precision(model, args.precision)
+    decode = engine.resolve_decode(model, args.decode)
+    limit = matmul_limit(model, precision)
+    options = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, precision=args.precision,
+                   decode=args.decode)
+    engine.greedy_generate(model, tokenizer, questions[:2], **{**options, "max_new_tokens": 4})  # warm-up
+    timings, counters = {}, {}
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.profile else None
+    tick, cpu = time.perf_counter(), time.process_time()
+    with profiler if profiler is not None else contextlib.nullcontext():
+        engine.score_and_generate(model, tokenizer, (), questions, timings=timings, counters=counters, **options)
+        sync(model.device)
+    cpu = time.process_time() - cpu
+    # decoding steps' tokens + each prompt's first token, which the prompt's own pass gives
+    engine_s, engine_tokens = time.perf_counter() - tick, counters["generated tokens"] + len(questions)
+    if profiler is not None:  # where the engine's time goes, by operator
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+    engine_load = load_now()
+    figures = {"device": str(model.device), "precision": precision, "decode": decode, "prompts": len(questions),
+               "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+               "engine_s": engine_s, "engine_cpu_s": cpu, "engine_new_tokens": engine_tokens,
+               "engine_tps": engine_tokens / engine_s,
+               "limit_gflops": limit[0], "limit_tps": limit[1]}
+    print(f"\n{len(questions)} prompts, batch {args.batch_size}, up to {args.max_new_tokens} new tokens, "
+          f"{precision} on {model.device}, decode {decode}")
+    print(f"compute limit: {limit[0]:.1f} GFLOP/s matmul -> {limit[1]:.0f} tokens/s ({load_now()})")
+    print(f"engine: {engine_tokens} new tokens in {engine_s:.1f} s = {engine_tokens / engine_s:.1f} tokens/s, "
+          f"{engine_tokens / engine_s / limit[1]:.0%} of the limit ({engine_load})")
+    if model.device.type == "cpu":  # per second of this process's CPU time: less moved by other processes
+        print(f"engine per CPU second ({cpu:.1f} s, {torch.get_num_threads()} threads): "
+              f"{engine_tokens / cpu * torch.get_num_threads():.1f} tokens/s, "
+              f"{engine_tokens / cpu * torch.get_num_threads() / limit[1]:.0%} of the limit")
+    if args.hf_prompts:
+        hf_s, hf_tokens = hf_generate(model, tokenizer, questions[: args.hf_prompts], args, precision)
+        ratio = (engine_tokens / engine_s) / (hf_tokens / hf_s)
+        target = 10.0 if model.device.type == "cuda" else None
+        verdict = "" if target is None else f" (target >= {target:.0f}x: {'met' if ratio >= target else 'NOT met'})"
+        print(f"HF generate: {hf_tokens} new tokens in {hf_s:.1f} s = {hf_tokens / hf_s:.1f} tokens/s "
+              f"({load_now()}); engine / HF = {ratio:.2f}x{verdict}")
+        figures.update(hf_s=hf_s, hf_new_tokens=hf_tokens, hf_tps=hf_tokens / hf_s, speedup=ratio, target=target)
+    return figures
+
+
+def suite_benchmark(args) -> None:
+    """The TOFU suite: per-stage seconds, tokens/s beside the compute limit, summary."""
+    import torch
 
     from obliviate.evaluation import report, tofu
     from obliviate.models import load_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     tick = time.perf_counter()
     model, tokenizer = load_model(args.model)
+    model.to(args.device)
     load_s = time.perf_counter() - tick
     rss_after_load = peak_rss_mb()
 
@@ -128,9 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model load (not counted): {load_s:.1f} s")
     print(f"wall {wall:.1f} s, process CPU {cpu:.1f} s, peak RSS {peak_rss_mb():.0f} MB "
           f"(after load {rss_after_load:.0f} MB)")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-min)\n")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-min)")
+    used = result["config"]["precision_used"]
+    figures = {"limits": print_limits(stages, result["model_tokens"], matmul_limit(model, used), used)}
+    print()
     print(report.render_table(result["summary"]))
-    figures = {}
     if args.rerun:
         tick = time.perf_counter()
         again = tofu.evaluate_tofu(model, tokenizer, **kwargs)
@@ -140,11 +307,58 @@ def main(argv: list[str] | None = None) -> int:
     if args.plain:
         figures.update(plain_vs_engine(model, tokenizer, args))
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        atomic_write_json(args.json, json.loads(json.dumps({
             "stages_s": stages, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(),
             "load_before": load_before, "load_after": load_after, "summary": result["summary"],
             "model_tokens": result["model_tokens"], "threads": torch.get_num_threads(),
-            "config": result["config"], "versions": result["versions"], **figures}, indent=2, default=str))
+            "config": result["config"], "versions": result["versions"], **figures}, default=str)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="TOFU directory (default: ../shared/data/tofu)")
+    parser.add_argument("--forget-split", default="forget01")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--retain-logs", default=None)
+    parser.add_argument("--cache", default=None, help="result-cache directory (default: no cache)")
+    parser.add_argument("--out", default=None, help="also write tofu_eval.json / summary / report here")
+    parser.add_argument("--json", default=None, help="write the timing table as JSON to this file")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--ds-size", type=int, default=None, help="only the first N items of each split")
+    parser.add_argument("--rerun", action="store_true", help="time a second run served from the result cache")
+    parser.add_argument("--plain", type=int, default=0, metavar="N",
+                        help="time engine vs one plain forward per pair on N forget items")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
+    parser.add_argument("--generation", action="store_true", help="decoding alone: engine vs HF generate")
+    parser.add_argument("--decode", default="auto", choices=["auto", "plain", "static"])
+    parser.add_argument("--prompts", type=int, default=256, help="--generation: prompts (TOFU questions)")
+    parser.add_argument("--hf-prompts", type=int, default=64, help="--generation: prompts for HF generate (0: skip)")
+    parser.add_argument("--shape", default=None, help="--generation: random weights of the shape in DIR")
+    parser.add_argument("--save-shape", default=None, metavar="DIR", help="write config, tokenizer, questions")
+    parser.add_argument("--profile", action="store_true", help="--generation: torch.profiler table of the engine")
+    args = parser.parse_args(argv)
+
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("obliviate.evaluation").setLevel(logging.INFO)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.save_shape:
+        save_shape(args.model, args.save_shape, args.data, args.prompts)
+        return 0
+    if args.generation:
+        figures = generation_benchmark(args)
+        if args.json:
+            atomic_write_json(args.json, {**figures, "threads": torch.get_num_threads()})
+        return 0
+    suite_benchmark(args)
     return 0
 
 

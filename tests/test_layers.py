@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "obliviate"
 
 # (layer, module prefixes), earliest first; the longest matching prefix decides.
 LAYERS = [
-    ("foundation", ("errors", "io", "hardware", "prompts", "models", "rundir", "config", "methods.registry",
+    ("foundation", ("errors", "io", "versions", "hardware", "prompts", "models", "rundir", "config", "methods.registry",
                     "__init__")),
     ("request", ("data",)),
     ("prepare", ("prepare",)),
@@ -23,7 +23,7 @@ LAYERS = [
     ("methods", ("methods",)),
     ("evaluate", ("evaluation",)),  # a benchmark writes its own tables (evaluation/report.py)
     ("report", ("report",)),  # comparisons across runs
-    ("entry", ("api", "cli", "cli_args", "cli_run", "cli_eval", "cli_tools", "demo", "__main__")),
+    ("entry", ("api", "cli", "cli_args", "cli_run", "cli_eval", "cli_tools", "demo", "__main__", "bench")),
 ]
 
 

@@ -3,9 +3,9 @@
 Examples:
   obliviate demo                                     # the built-in demo, offline, on the default model
   obliviate unlearn --config examples/graddiff.yaml --method npo --learning_rate 2e-5 --output_dir runs/npo
-  obliviate unlearn --method ulmr --request my_request.yaml --output_dir runs/ulmr ulmr.alpha=0.5
+  obliviate unlearn --method ulmr --request src/obliviate/data/demo/demo_request.json --output_dir runs/ulmr ulmr.alpha=0.5
   obliviate unlearn --config examples/graddiff.yaml --resume   # continue a killed run from its last checkpoint
-  obliviate finetune --model smollm2-135m-instruct --request facts.json --output_dir runs/taught
+  obliviate finetune --model smollm2-135m-instruct --request src/obliviate/data/demo/demo_request.json --output_dir runs/taught
   obliviate eval --model runs/ulmr/model --data ../shared/data/tofu --forget_split forget01  # -> runs/ulmr/eval-tofu
   obliviate eval --benchmark rwku --help             # that benchmark's own options
   obliviate model info smollm2-135m-instruct
@@ -27,6 +27,7 @@ from obliviate.errors import UserError, os_error_line, write_failure_line
 def _commands(benchmark: str) -> dict:
     """name -> (help, add_arguments(parser), run(args)); one entry per subcommand."""
     from obliviate import cli_eval, cli_run, cli_tools
+    from obliviate.bench import cli as cli_bench
 
     return {
         "demo": ("teach, unlearn (ULMR) and score the built-in request on the default model",
@@ -40,7 +41,8 @@ def _commands(benchmark: str) -> dict:
         "eval": ("evaluate a model on a benchmark", lambda p: cli_eval.add_arguments(p, benchmark), cli_eval.run),
         "probe": ("rank RWKU targets by how much a model knows them (before unlearning)",
                   cli_tools.add_probe, cli_tools.run_probe),
-        # one more: "bench": (help, obliviate.bench.cli.add_arguments, obliviate.bench.cli.run),
+        "bench": ("compare methods on TOFU: target, retraining oracle, every method, one table, plot and report",
+                  cli_bench.add_arguments, cli_bench.run),
     }
 
 

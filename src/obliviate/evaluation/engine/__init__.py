@@ -17,6 +17,12 @@ one ``generate`` per batch) repeats a lot of work; the engine does each piece of
   greedy, in wide continuously refilled batches. The answer tokens that the model would
   reproduce anyway (teacher-forced argmax == label) are read off the scoring pass; decoding
   starts where greedy output leaves the reference answer.
+* **Decoding paths** (:mod:`.slot_decoder`, :mod:`.static_decoder`): ``decode="plain"`` sizes
+  each step to the rows and cache width in use; ``"static"`` keeps every shape fixed so that on
+  CUDA one step is one CUDA-graph replay (no per-step Python or launch overhead); ``"auto"``
+  picks static on CUDA, plain elsewhere.
+* **Several processes** (:mod:`.sharding`): inside ``sharded(...)`` each process of a launch
+  computes whole scoring groups of its own and the results are gathered.
 * **Per-item result cache** (:mod:`.result_cache`): each scored pair and generation is stored
   on disk under a key of (model weights, tokenizer, prompt text, answer, settings), so a
   re-run, or a run resumed after an interruption, only computes what is missing.
@@ -48,28 +54,34 @@ from obliviate.evaluation.engine.formatters import (
     plain_formatter,
 )
 from obliviate.evaluation.engine.result_cache import ResultCache, open_result_cache, result_cache_for
-from obliviate.evaluation.engine.settings import ENGINE_VERSION, PRECISIONS, resolve_precision
+from obliviate.evaluation.engine.settings import DECODES, ENGINE_VERSION, PRECISIONS, resolve_decode, resolve_precision
+from obliviate.evaluation.engine.sharding import Shard, current_shard, sharded
 from obliviate.evaluation.engine.stats import AnswerStats
 from obliviate.evaluation.engine.stops import END_OF_TURN_TOKENS, stop_token_ids
 
 __all__ = [
+    "DECODES",
     "END_OF_TURN_TOKENS",
     "ENGINE_VERSION",
     "PRECISIONS",
     "AnswerStats",
     "PromptFormatter",
     "ResultCache",
+    "Shard",
     "answer_losses",
     "chat_formatter",
+    "current_shard",
     "few_shot_formatter",
     "greedy_generate",
     "model_fingerprint",
     "open_result_cache",
     "plain_formatter",
+    "resolve_decode",
     "resolve_precision",
     "result_cache_for",
     "score_and_generate",
     "score_answers",
+    "sharded",
     "stop_token_ids",
     "tokenizer_fingerprint",
 ]

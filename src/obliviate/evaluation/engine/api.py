@@ -9,6 +9,7 @@ from obliviate.evaluation.engine.formatters import PromptFormatter, chat_formatt
 from obliviate.evaluation.engine.result_cache import ResultCache
 from obliviate.evaluation.engine.runner import ModelRunner
 from obliviate.evaluation.engine.scheduler import Scheduler, ScoreKey
+from obliviate.evaluation.engine.sharding import current_shard
 from obliviate.evaluation.engine.stats import AnswerStats
 
 
@@ -36,7 +37,7 @@ def _formatter(tokenizer, formatter: PromptFormatter | None, system_prompt: str 
 
 
 def _pending_work(pair_keys: list[ScoreKey], gen_prompts: list[str], references: list[str | None], cache,
-          max_new_tokens: int, stops: tuple[str, ...], scoring: str = "answer"):
+          max_new_tokens: int, stops: tuple[str, ...], scoring: str = "answer", decode: str = "plain"):
     """Unique work, cache hits, and what remains: (scores found, texts found, scores to
     compute, generations to compute, reference key per pending generation)."""
     wanted = dict.fromkeys(pair_keys)
@@ -50,7 +51,7 @@ def _pending_work(pair_keys: list[ScoreKey], gen_prompts: list[str], references:
             if (hit := cache.get(cache.score_key(*key, scoring=scoring))) is not None:
                 scores[key] = AnswerStats.from_json(hit)
         for text in dict.fromkeys(gen_prompts):
-            if (hit := cache.get(cache.generation_key(text, max_new_tokens, stops))) is not None:
+            if (hit := cache.get(cache.generation_key(text, max_new_tokens, stops, decode))) is not None:
                 texts[text] = hit
     todo_scores = [k for k in wanted if k not in scores]
     todo_gens = [t for t in dict.fromkeys(gen_prompts) if t not in texts]
@@ -62,6 +63,22 @@ def _pending_work(pair_keys: list[ScoreKey], gen_prompts: list[str], references:
             if ref_of[text] not in todo_scores:
                 todo_scores.append(ref_of[text])
     return scores, texts, todo_scores, todo_gens, ref_of
+
+
+def _compute(runner, todo, max_new_tokens, cache, scores, texts, progress) -> None:
+    """Run the pending work into ``scores`` / ``texts``: all of it, or, inside ``sharded``,
+    this process's share, and then gather every process's results."""
+    shard = current_shard()
+    if shard is not None:  # process 0's list of missing work is everyone's (one may read the cache later)
+        todo = shard.broadcast(todo)
+    todo_scores, todo_gens, ref_of = todo
+    if todo_scores or todo_gens:
+        Scheduler(runner, todo_scores, todo_gens, ref_of, max_new_tokens, cache, scores, texts,
+                  shard=(shard.rank, shard.processes) if shard is not None else (0, 1)).run(progress)
+    if shard is not None:
+        for found_scores, found_texts in shard.all_gather((scores, texts)):
+            scores.update(found_scores)
+            texts.update(found_texts)
 
 
 def score_and_generate(
@@ -81,6 +98,7 @@ def score_and_generate(
     formatter: PromptFormatter | None = None,
     stop_strings: Sequence[str] = (),
     scoring: str = "answer",
+    decode: str = "auto",
     cache: ResultCache | None = None,
     progress: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
@@ -96,6 +114,9 @@ def score_and_generate(
     ``scoring`` (:data:`obliviate.prompts.SCORINGS`): which tokens are scored, ``"answer"``
     (answer + EOS, TOFU's definition) or ``"chat_turn"`` (the assistant turn as the chat
     template renders it, open-unlearning's); :func:`obliviate.prompts.split_qa`.
+    ``decode`` (:data:`~obliviate.evaluation.engine.settings.DECODES`): the decoding path,
+    ``"plain"``, ``"static"`` (fixed shapes, one CUDA graph on CUDA) or ``"auto"`` (static on
+    CUDA, plain elsewhere); greedy outputs agree up to floating-point rounding.
     ``references[i]``, when given, names an answer to ``questions[i]`` whose teacher-forced
     argmax tells the first tokens of the greedy output; it is scored too (results not
     returned). Identical pairs and questions are computed once. ``batch_size`` caps the rows
@@ -103,20 +124,22 @@ def score_and_generate(
     a scoring pass. ``cache``: a :class:`ResultCache`; hits skip the model entirely.
     ``timings`` receives the seconds per phase (tokenise, prefill, score, generate);
     ``counters`` the tokens run through the model (prompt, answer-trie and generated).
+    Inside :func:`~obliviate.evaluation.engine.sharding.sharded` (e.g.
+    :func:`obliviate.evaluation.distributed.data_parallel`), every process of a launch makes the
+    same call; each computes a share of the work and all return the whole result.
     """
     pairs, questions, flags, references = _check(pairs, questions, details, references, max_new_tokens)
     runner = ModelRunner(model, tokenizer, precision=precision,
                          formatter=_formatter(tokenizer, formatter, system_prompt), max_length=max_length,
                          batch_size=batch_size, max_tokens=max_tokens, stop_strings=stop_strings,
-                         scoring=scoring)
+                         scoring=scoring, decode=decode)
     prompt_of = {q: runner.formatter(q) for q in dict.fromkeys([q for q, _ in pairs] + questions)}
     pair_keys = [(prompt_of[q], a, d) for (q, a), d in zip(pairs, flags)]
     gen_prompts = [prompt_of[q] for q in questions]
     stops = runner.stop_strings.strings
     scores, texts, todo_scores, todo_gens, ref_of = _pending_work(pair_keys, gen_prompts, references, cache,
-                                                                  max_new_tokens, stops, scoring)
-    if todo_scores or todo_gens:
-        Scheduler(runner, todo_scores, todo_gens, ref_of, max_new_tokens, cache, scores, texts).run(progress)
+                                                                  max_new_tokens, stops, scoring, runner.decode_mode)
+    _compute(runner, (todo_scores, todo_gens, ref_of), max_new_tokens, cache, scores, texts, progress)
     if timings is not None:
         for phase, seconds in runner.timings.items():
             timings[phase] = timings.get(phase, 0.0) + seconds
@@ -178,12 +201,13 @@ def greedy_generate(
     system_prompt: str | None = None,
     formatter: PromptFormatter | None = None,
     stop_strings: Sequence[str] = (),
+    decode: str = "auto",
 ) -> list[str]:
     """Greedy answers to ``questions`` (prompt = ``formatter(question)``, default the chat
     template), at most ``max_new_tokens`` new tokens, stopped at EOS, the chat template's end
     of turn or a stop string, decoded without special tokens, cut before the first stop
-    string and stripped."""
+    string and stripped. ``decode``: the decoding path (:func:`score_and_generate`)."""
     _, texts = score_and_generate(model, tokenizer, (), questions, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, precision=precision, system_prompt=system_prompt,
-                                  formatter=formatter, stop_strings=stop_strings)
+                                  formatter=formatter, stop_strings=stop_strings, decode=decode)
     return texts

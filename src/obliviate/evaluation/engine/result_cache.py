@@ -50,9 +50,13 @@ class ResultCache:
             return self.key("score", prompt, answer, details)
         return self.key("score", prompt, answer, details, scoring)
 
-    def generation_key(self, prompt: str, max_new_tokens: int, stop_strings: tuple[str, ...]) -> str:
-        """Key of a greedy generation: prompt text, token budget and stop strings."""
-        return self.key("generate", prompt, max_new_tokens, list(stop_strings))
+    def generation_key(self, prompt: str, max_new_tokens: int, stop_strings: tuple[str, ...],
+                       decode: str = "plain") -> str:
+        """Key of a greedy generation: prompt text, token budget, stop strings and, unless it is
+        the plain path, the decoding path (its rounding may flip a near-tied argmax)."""
+        if decode == "plain":
+            return self.key("generate", prompt, max_new_tokens, list(stop_strings))
+        return self.key("generate", prompt, max_new_tokens, list(stop_strings), decode)
 
     def get(self, key: str) -> Any:
         value = self._data.get(key)

@@ -17,7 +17,7 @@ import torch
 
 from obliviate.errors import UserError
 from obliviate.evaluation.engine.formatters import PromptFormatter
-from obliviate.evaluation.engine.settings import precision_context, resolve_precision
+from obliviate.evaluation.engine.settings import precision_context, resolve_decode, resolve_precision
 from obliviate.evaluation.engine.stops import StopStrings, stop_token_ids
 from obliviate.evaluation.engine.trie import shared_prefix_length
 from obliviate.hardware import model_device
@@ -28,7 +28,8 @@ class ModelRunner:
     """One engine call's model, tokenizer and settings, with its phase timings and token counts."""
 
     def __init__(self, model, tokenizer, *, precision: str, formatter: PromptFormatter, max_length: int,
-                 batch_size: int, max_tokens: int, stop_strings: Sequence[str] = (), scoring: str = "answer"):
+                 batch_size: int, max_tokens: int, stop_strings: Sequence[str] = (), scoring: str = "answer",
+                 decode: str = "auto"):
         if batch_size < 1:
             raise UserError(f"evaluation batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer, self.formatter = model, tokenizer, formatter
@@ -36,6 +37,8 @@ class ModelRunner:
         self.max_length, self.batch_size, self.max_tokens = max_length, batch_size, max(max_tokens, 1)
         self.precision = resolve_precision(model, precision)
         self.device = model_device(model)
+        self.decode_mode = resolve_decode(model, decode)
+        self.autocast_cache = True  # off while a CUDA graph is captured (settings.precision_context)
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -93,9 +96,10 @@ class ModelRunner:
 
     def forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
         if attention_mask.dim() == 4 and self.eager:  # eager attention adds a float mask
-            attention_mask = torch.zeros(attention_mask.shape, dtype=self.model.dtype).masked_fill(
+            attention_mask = torch.zeros(attention_mask.shape, dtype=self.model.dtype,
+                                         device=attention_mask.device).masked_fill(
                 ~attention_mask, torch.finfo(self.model.dtype).min)
-        with precision_context(self.model, self.precision):
+        with precision_context(self.model, self.precision, self.autocast_cache):
             out = self.decoder(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention_mask.to(self.device),
@@ -106,7 +110,7 @@ class ModelRunner:
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        with precision_context(self.model, self.precision):
+        with precision_context(self.model, self.precision, self.autocast_cache):
             logits = self.head(hidden)
         logits = logits.float()
         if self.logit_scale is not None:

@@ -14,6 +14,7 @@ from typing import Any
 from obliviate.evaluation.engine.result_cache import ResultCache
 from obliviate.evaluation.engine.runner import ModelRunner, inference_mode
 from obliviate.evaluation.engine.slot_decoder import SlotDecoder
+from obliviate.evaluation.engine.static_decoder import StaticSlotDecoder
 from obliviate.evaluation.engine.stats import AnswerStats
 from obliviate.evaluation.engine.tree_pass import tree_pass
 from obliviate.evaluation.engine.trie import Prompt, Row
@@ -21,6 +22,8 @@ from obliviate.evaluation.engine.trie import Prompt, Row
 ScoreKey = tuple[str, str, bool]  # (prompt text, answer, details)
 #: Results written to the result cache at once (one write + fsync each).
 FLUSH_EVERY = 256
+#: The decoder of each decoding path (settings.DECODES, resolved).
+DECODERS = {"plain": SlotDecoder, "static": StaticSlotDecoder}
 
 
 class Scheduler:
@@ -28,8 +31,9 @@ class Scheduler:
 
     def __init__(self, runner: ModelRunner, todo_scores: list[ScoreKey], todo_gens: list[str],
                  references: dict[str, ScoreKey], max_new_tokens: int, cache: ResultCache | None,
-                 scores: dict[ScoreKey, AnswerStats], texts: dict[str, str]):
+                 scores: dict[ScoreKey, AnswerStats], texts: dict[str, str], shard: tuple[int, int] = (0, 1)):
         self.runner, self.max_new_tokens, self.cache = runner, max_new_tokens, cache
+        self.shard = shard  # (rank, processes): this process runs groups rank, rank + processes, ...
         self.scores, self.texts = scores, texts
         self.pending: dict[str, Any] = {}
         self.todo_scores = todo_scores
@@ -66,10 +70,13 @@ class Scheduler:
             prompt.build_trie()
         order = sorted(prompts, key=lambda p: (len(p.tokens), len(p.ids)))
         size = runner.batch_size
-        self.groups = [order[s:s + size] for s in range(0, len(order), size)]
+        rank, processes = self.shard
+        # Whole groups per process, so each score comes from the same batch as in one process.
+        self.groups = [order[s:s + size] for s in range(0, len(order), size)][rank::processes]
         longest = max((len(p.ids) for p in order if p.generate), default=0)
         self.capacity = longest + self.max_new_tokens
-        self.n_prompts = len(prompts)
+        self.decode_rows = min(size, sum(p.generate for group in self.groups for p in group)) or 1
+        self.n_prompts = sum(len(group) for group in self.groups)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -83,7 +90,8 @@ class Scheduler:
         self.texts[prompt.text] = text
         if self.cache is not None:
             stops = self.runner.stop_strings.strings
-            self.pending[self.cache.generation_key(prompt.text, self.max_new_tokens, stops)] = text
+            key = self.cache.generation_key(prompt.text, self.max_new_tokens, stops, self.runner.decode_mode)
+            self.pending[key] = text
 
     def _record_scores(self, group: list[Prompt]) -> None:
         for prompt in group:
@@ -150,8 +158,8 @@ class Scheduler:
                     if progress is not None:
                         progress(done, self.n_prompts)
                     if ready and decoder is None:
-                        decoder = SlotDecoder(runner, runner.batch_size, self.capacity, ready[0].kv,
-                                              self.max_new_tokens)
+                        decoder = DECODERS[runner.decode_mode](runner, self.decode_rows, self.capacity,
+                                                               ready[0].kv, self.max_new_tokens)
                     waiting.extend(ready)
                     continue
                 if decoder is None or not decoder.busy():

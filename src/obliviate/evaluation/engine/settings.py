@@ -6,12 +6,16 @@ import contextlib
 
 import torch
 
+from obliviate.errors import UserError
 from obliviate.hardware import model_device
 from obliviate.hardware import resolve_precision as _hardware_precision
 
 #: Bump when a change alters cached values or keys (tokenisation, stop rules, what is stored).
 ENGINE_VERSION = 3  # 3: prompt + answer tokenised as one text without a chat template
 PRECISIONS = ("auto", "bf16", "fp32")
+#: Decoding paths: ``plain`` (per-step shapes, :mod:`.slot_decoder`), ``static`` (fixed shapes,
+#: one CUDA graph per call on CUDA, :mod:`.static_decoder`), ``auto`` (static on CUDA, else plain).
+DECODES = ("auto", "plain", "static")
 
 
 def resolve_precision(model, precision: str = "auto") -> str:
@@ -28,8 +32,20 @@ def resolve_precision(model, precision: str = "auto") -> str:
     return resolved
 
 
-def precision_context(model, precision: str):
-    """bf16 autocast on the model's device for ``precision == "bf16"``, else nothing."""
+def resolve_decode(model, decode: str = "auto") -> str:
+    """The decoding path a run will use: ``"plain"`` or ``"static"`` (``auto``: static on CUDA,
+    where per-step overhead bounds decoding, plain elsewhere)."""
+    if decode not in DECODES:
+        raise UserError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+    if decode == "auto":
+        return "static" if model_device(model).type == "cuda" else "plain"
+    return decode
+
+
+def precision_context(model, precision: str, cache_enabled: bool = True):
+    """bf16 autocast on the model's device for ``precision == "bf16"``, else nothing.
+    ``cache_enabled=False`` for code captured in a CUDA graph (autocast's weight cache is
+    freed when the context exits, which a replayed graph would still read)."""
     if precision == "bf16":
-        return torch.autocast(model_device(model).type, dtype=torch.bfloat16)
+        return torch.autocast(model_device(model).type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return contextlib.nullcontext()

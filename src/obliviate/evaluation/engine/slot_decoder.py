@@ -105,10 +105,21 @@ class SlotDecoder:
         return finished
 
     def _keep(self, rows: list[int]) -> None:
-        index = torch.tensor(rows, dtype=torch.long)
+        """Keep only the busy ``rows``: busy rows past ``len(rows)`` move into the free rows in
+        front (one row's cache copied each) and the buffers become their first ``len(rows)``
+        rows, a view, so a shrink costs the rows moved, not a copy of the whole cache."""
+        n = len(rows)
+        holes = [b for b in range(n) if self.prompts[b] is None]
+        order = list(range(n))
+        for hole, source in zip(holes, [b for b in rows if b >= n]):
+            order[hole] = source
+            used = int(self.length[source])
+            for layer in self.layers:
+                layer.buffer_keys[hole, :, :used] = layer.buffer_keys[source, :, :used]
+                layer.buffer_values[hole, :, :used] = layer.buffer_values[source, :, :used]
         for layer in self.layers:
-            layer.buffer_keys = layer.buffer_keys.index_select(0, index.to(layer.buffer_keys.device))
-            layer.buffer_values = layer.buffer_values.index_select(0, index.to(layer.buffer_values.device))
-        self.prompts = [self.prompts[b] for b in rows]
-        self.outputs = [self.outputs[b] for b in rows]
+            layer.buffer_keys, layer.buffer_values = layer.buffer_keys[:n], layer.buffer_values[:n]
+        index = torch.tensor(order, dtype=torch.long)
+        self.prompts = [self.prompts[b] for b in order]
+        self.outputs = [self.outputs[b] for b in order]
         self.length, self.position, self.next_token = self.length[index], self.position[index], self.next_token[index]
