@@ -33,6 +33,9 @@ class TofuOptions:
     scoring: str = field(default="answer", metadata={
         "help": "answer: answer + EOS (TOFU's definition) | chat_turn: the assistant turn as the chat template "
                 "renders it (open-unlearning's)"})
+    decode: str = field(default="auto", metadata={
+        "help": "greedy decoding path: auto (static on CUDA, plain elsewhere) | plain | static (fixed shapes, "
+                "a CUDA graph on CUDA; same outputs)"})
     cache: bool = field(default=True, metadata={
         "help": "keep per-item results in $OBLIVIATE_CACHE/eval so a rerun or resume skips finished work"})
 
