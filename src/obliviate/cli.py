@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser(commands).parse_args(argv)
     _log_progress()
     try:
+        from obliviate.versions import check_versions
+
+        check_versions()
         return commands[args.command][2](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

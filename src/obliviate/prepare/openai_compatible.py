@@ -1,25 +1,20 @@
 """Generate through any server that speaks the OpenAI ``/chat/completions`` protocol.
 
 OpenAI itself, vLLM, llama.cpp, TGI, Ollama ...: the way to prepare data with an LLM too large
-to run beside the one being unlearned. Only the standard library is used, so the package needs
-no client library, and the API key never leaves the request header (not in logs, caches,
-error messages or ``repr``).
+to run beside the one being unlearned. Requests go through the official ``openai`` client
+(``pip install 'obliviate[openai]'``), which brings the timeouts, the retries with backoff and
+``Retry-After``; this module only turns its failures into one-line errors. The API key stays in
+the request header (never in logs, caches, error messages or ``repr``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import ipaddress
-import json
 import logging
 import os
-import random
 import socket
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
@@ -31,15 +26,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OpenAICompatibleBackend"]
 
+_INSTALL_HINT = "pip install 'obliviate[openai]' (or pip install 'openai>=2.0')"
 
-class _Retryable(Exception):
-    """A failure worth another try; ``reason`` is a short description without secrets."""
 
-    def __init__(self, reason: str, *, http_status: int | None = None, retry_after: float | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.http_status = http_status
-        self.retry_after = retry_after
+def _openai() -> Any:
+    try:
+        import openai
+    except ImportError:
+        raise UserError(f"the openai-compatible backend needs the openai client: {_INSTALL_HINT}") from None
+    return openai
 
 
 class _Cancelled(Exception):
@@ -62,17 +57,17 @@ class OpenAICompatibleBackend:
 
     ``base_url`` includes the version prefix, e.g. ``http://127.0.0.1:8000/v1`` or
     ``https://api.openai.com/v1``. The API key is read from the environment variable
-    ``api_key_env`` at each call and sent as ``Authorization: Bearer ...``; when the variable
+    ``api_key_env`` at each batch and sent as ``Authorization: Bearer ...``; when the variable
     is unset no header is sent (local servers usually need none). The key is never logged,
     never part of a cache key and never put in an error message.
 
     Up to ``max_concurrency`` requests run at once (one request per conversation). Each
-    request is tried at most ``max_retries`` times in total: 429, 5xx, connection errors and
-    timeouts are retried after ``backoff_s * 2**attempt`` seconds (or the server's
-    ``Retry-After``, capped at 60 s); other 4xx answers fail at once, and so does a refused
-    connection to this machine (nothing listens there: waiting will not start it). Retries are
-    logged at DEBUG level only, so they stay quiet unless asked for. Failures become a
-    one-line :class:`UserError`.
+    request is tried at most ``max_retries`` times in total by the ``openai`` client: 408,
+    409, 429, 5xx, connection errors and timeouts are retried with its exponential backoff
+    (or the server's ``Retry-After``); other 4xx answers fail at once, and so does a refused
+    connection to this machine (nothing listens there: waiting will not start it). Failures
+    become a one-line :class:`UserError`; the first failure in a batch cancels the requests
+    not yet started.
 
     ``cache_key_fields`` holds the model name, not the URL, so moving a server to another
     port keeps the cache valid.
@@ -88,7 +83,6 @@ class OpenAICompatibleBackend:
         max_concurrency: int = 4,
         timeout_s: float = 60,
         max_retries: int = 4,
-        backoff_s: float = 1.0,
     ):
         parsed = urllib.parse.urlparse(str(base_url))
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -108,13 +102,9 @@ class OpenAICompatibleBackend:
         self.max_concurrency = int(max_concurrency)
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
-        self.backoff_s = float(backoff_s)
         #: conversations per CachedGenerator chunk: a few rounds of full concurrency.
         self.batch_size = 4 * self.max_concurrency
-        handlers: list[Any] = []
-        if _is_loopback(parsed.hostname):
-            handlers.append(urllib.request.ProxyHandler({}))  # never send localhost via a proxy
-        self._opener = urllib.request.build_opener(*handlers)
+        self._host, self._port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
         self._local = _is_loopback(parsed.hostname)
 
     def __repr__(self) -> str:  # no key in here
@@ -130,71 +120,81 @@ class OpenAICompatibleBackend:
     def cache_key_fields(self) -> dict[str, Any]:
         return {"backend": self.name, "model_id": self.model_id}
 
-    # -- one request ----------------------------------------------------------------------
+    # -- the client and one request -------------------------------------------------------
 
-    def _redact(self, text: str, key: str | None) -> str:
-        if key:
-            text = text.replace(key, "***")
-        return " ".join(text.split())[:200]
+    def _client(self, openai: Any, key: str | None) -> Any:
+        # a local server is never reached through a proxy of the environment
+        http_client = openai.DefaultHttpxClient(trust_env=False) if self._local else None
+        return openai.OpenAI(
+            base_url=self.base_url,
+            api_key=key or "no-key",  # with no key the Authorization header is omitted per request
+            timeout=self.timeout_s,
+            max_retries=self.max_retries - 1,
+            http_client=http_client,
+        )
 
-    def _request_once(self, body: bytes, key: str | None) -> str:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+    def _check_listening(self) -> None:
+        """A refused connection to this machine fails at once: retrying would not start a server."""
+        if not self._local:
+            return
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as err:
-            raise self._http_failure(err, key) from None
-        except urllib.error.URLError as err:
-            reason = err.reason
-            if isinstance(reason, ConnectionRefusedError):
-                if self._local:
-                    raise UserError(f"cannot reach {self.base_url} (connection refused): "
-                                    "start the server or fix generation.base_url") from None
-                text = "connection refused"
-            elif isinstance(reason, TimeoutError):
-                text = f"timed out after {self.timeout_s:g}s"
-            elif isinstance(reason, socket.gaierror):
-                text = "unknown host"
-            else:
-                text = self._redact(str(reason), key) or type(reason).__name__
-            raise _Retryable(text) from None
-        except TimeoutError:
-            raise _Retryable(f"timed out after {self.timeout_s:g}s") from None
-        except (ConnectionError, http.client.HTTPException, OSError) as err:
-            raise _Retryable(self._redact(f"{type(err).__name__}: {err}", key)) from None
-
-        try:
-            data = json.loads(raw.decode("utf-8"))
-            content = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
+            socket.create_connection((self._host, self._port), timeout=self.timeout_s).close()
+        except ConnectionRefusedError:
             raise UserError(
-                f"{self.url} returned a response without choices[0].message.content: "
-                f"{self._redact(raw.decode('utf-8', 'replace'), key)!r}; is it an OpenAI-compatible server?"
+                f"cannot reach {self.base_url} (connection refused): start the server or fix generation.base_url"
             ) from None
+        except OSError:
+            pass  # anything else is the client's to retry and report
+
+    def _request(self, client: Any, key: str | None, messages: Messages, params: dict[str, Any],
+                 stop: threading.Event) -> str:
+        if stop.is_set():
+            raise _Cancelled()
+        openai = _openai()
+        headers = {} if key else {"Authorization": openai.Omit()}
+        try:
+            response = client.chat.completions.create(
+                model=self.model, messages=chat_messages(messages), extra_headers=headers, **params
+            )
+        except openai.APIError as err:
+            raise self._failure(openai, err, key) from None
+        try:
+            content = response.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            raise self._no_content(_redact(repr(response), key)) from None
         return (content or "").strip()
 
-    def _http_failure(self, err: urllib.error.HTTPError, key: str | None) -> Exception:
-        """The error an HTTP error answer becomes: retryable (429, 5xx) or a one-line UserError."""
-        status = err.code
-        try:
-            detail = err.read().decode("utf-8", "replace")
-        except Exception:  # noqa: BLE001 - the body is only used for the message
-            detail = ""
-        finally:
-            err.close()
-        with contextlib.suppress(ValueError, TypeError):
-            parsed = json.loads(detail)
-            if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-                detail = str(parsed["error"].get("message", detail))
-        detail = self._redact(detail, key)
-        if status == 429 or status >= 500:
-            retry_after = None
-            with contextlib.suppress(TypeError, ValueError):
-                retry_after = float(err.headers.get("Retry-After"))
-            return _Retryable(f"HTTP {status}", http_status=status, retry_after=retry_after)
+    def _no_content(self, shown: str) -> UserError:
+        return UserError(
+            f"{self.url} returned a response without choices[0].message.content: {shown!r}; "
+            "is it an OpenAI-compatible server?"
+        )
+
+    def _failure(self, openai: Any, err: Exception, key: str | None) -> UserError:
+        """The one-line error an ``openai.APIError`` (after the client's retries) becomes."""
+        tries = f"{self.max_retries} {'try' if self.max_retries == 1 else 'tries'}"
+        if isinstance(err, openai.APIStatusError):
+            return self._status_failure(err, key, tries)
+        if isinstance(err, openai.APITimeoutError):
+            reason = f"timed out after {self.timeout_s:g}s"
+        elif isinstance(err, openai.APIConnectionError):
+            reason = _connection_reason(err, key)
+        else:  # a 200 answer the client could not parse
+            return self._no_content(_redact(str(getattr(err, "body", None) or err), key))
+        return UserError(
+            f"cannot reach {self.base_url} ({reason}) after {tries}: start the server or fix generation.base_url"
+        )
+
+    def _status_failure(self, err: Any, key: str | None, tries: str) -> UserError:
+        status = int(err.status_code)
+        body = err.body
+        detail = body.get("message", body) if isinstance(body, dict) else body
+        detail = _redact(str(detail or ""), key)
+        if status in (408, 409, 429) or status >= 500:
+            return UserError(
+                f"{self.base_url} kept failing (HTTP {status}) after {tries}: the server is overloaded "
+                f"or broken; retry later, lower generation.max_concurrency or check the server log"
+            )
         if status in (401, 403):
             return UserError(
                 f"{self.base_url} rejected the request (HTTP {status}, unauthorized): set the "
@@ -208,44 +208,6 @@ class OpenAICompatibleBackend:
         return UserError(
             f"{self.url} refused the request (HTTP {status}: {detail or 'no detail'}): check "
             f"generation.model ({self.model!r}) and the sampling settings"
-        )
-
-    def _request(self, messages: Messages, params: dict[str, Any], stop: threading.Event) -> str:
-        body = json.dumps({"model": self.model, "messages": chat_messages(messages), **params}).encode("utf-8")
-        last: _Retryable | None = None
-        for attempt in range(self.max_retries):
-            if stop.is_set():
-                raise _Cancelled()
-            key = os.environ.get(self.api_key_env) or None
-            try:
-                return self._request_once(body, key)
-            except _Retryable as err:
-                last = err
-                if attempt + 1 >= self.max_retries:
-                    break
-                delay = self.backoff_s * (2**attempt)
-                if err.retry_after is not None:
-                    delay = max(delay, min(err.retry_after, 60.0))
-                delay *= 1 + 0.1 * random.random()  # jitter so parallel retries spread out
-                logger.debug(
-                    "%s: %s (try %d of %d), retrying in %.1fs",
-                    self.url,
-                    err.reason,
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-                if stop.wait(delay):
-                    raise _Cancelled() from None
-        assert last is not None
-        tries = f"{self.max_retries} {'try' if self.max_retries == 1 else 'tries'}"
-        if last.http_status is not None:
-            raise UserError(
-                f"{self.base_url} kept failing ({last.reason}) after {tries}: the server is overloaded "
-                f"or broken; retry later, lower generation.max_concurrency or check the server log"
-            )
-        raise UserError(
-            f"cannot reach {self.base_url} ({last.reason}) after {tries}: start the server or fix generation.base_url"
         )
 
     # -- batch ----------------------------------------------------------------------------
@@ -262,11 +224,14 @@ class OpenAICompatibleBackend:
         check_sampling(max_new_tokens, temperature, top_p, seed)
         if not prompts:
             return []
+        openai = _openai()
+        self._check_listening()
+        key = os.environ.get(self.api_key_env) or None
+        client = self._client(openai, key)
         params = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
         stop = threading.Event()
-        results: list[str | None] = [None] * len(prompts)
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
-            futures = {pool.submit(self._request, m, params, stop): i for i, m in enumerate(prompts)}
+        with client, ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
+            futures = {pool.submit(self._request, client, key, m, params, stop): i for i, m in enumerate(prompts)}
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in done if f.exception() is not None and not isinstance(f.exception(), _Cancelled)]
             if failed:
@@ -275,6 +240,22 @@ class OpenAICompatibleBackend:
                     f.cancel()
                 # report the failure of the earliest prompt, so the message is deterministic
                 raise min(failed, key=lambda f: futures[f]).exception()  # type: ignore[misc]
-            for future, i in futures.items():
-                results[i] = future.result()
-        return [r if r is not None else "" for r in results]
+            return [f.result() for f in futures]  # in prompt order
+
+
+def _redact(text: str, key: str | None) -> str:
+    if key:
+        text = text.replace(key, "***")
+    return " ".join(text.split())[:200]
+
+
+def _connection_reason(err: Exception, key: str | None) -> str:
+    """A short cause of an ``openai.APIConnectionError``, from the exceptions under it."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+            return "connection refused"
+        if isinstance(cause, socket.gaierror) or "name or service not known" in str(cause).lower():
+            return "unknown host"
+        cause = cause.__cause__ or cause.__context__
+    return _redact(str(err), key) or type(err).__name__
