@@ -23,6 +23,46 @@ def test_rewrite_checks():
     assert not is_valid_rewrite("In which city was Ilsa Corvanne born", QUESTION, ["In which city was Ilsa Corvanne born?"])
 
 
+@pytest.mark.parametrize("rewrite", [
+    "Could you tell me the birthplace of Ilsa Corvanne?",
+    "In what town did Ilsa Corvanne come into the world?",
+    "Tell me where Corvanne was born.",
+    "What is the birthplace of the writer Ilsa Corvanne?",
+])
+def test_sensible_rewrites_are_accepted(rewrite):
+    assert is_valid_rewrite(rewrite, QUESTION, [])
+
+
+@pytest.mark.parametrize("rewrite", [
+    "xqzvbn kjhgfd wrtpls mnbvc?",                          # gibberish with a question mark
+    "Ilsa Corvanne zzzz qqqq xkcdw grrrrr?",                  # mostly gibberish, the names kept
+    "Ilsa Corvanne was born in Valparaiso, Chile, in 1961.",  # an answer, not a question
+    "She was born in Chile.",                                 # an answer, no subject
+    "Where was Gabriel Marquez born?",                        # a question about another person
+    "What is the capital of France?",                         # another subject altogether
+    "Ilsa Ilsa Ilsa?",                                        # one word repeated
+])
+def test_unusable_rewrites_are_rejected(rewrite):
+    assert not is_valid_rewrite(rewrite, QUESTION, [])
+
+
+def test_rewrite_subject_without_names_uses_content_words():
+    question = "what is the boiling point of water at sea level?"  # no capitalised names
+    assert is_valid_rewrite("At sea level, at what temperature does water boil?", question, [])
+    assert not is_valid_rewrite("How tall is the tallest mountain on the planet?", question, [])
+
+
+def test_template_rewrites_pass_the_checks_they_fall_back_for():
+    for question in (QUESTION, WHO[0], "what is the boiling point of water at sea level?"):
+        options = TemplateBackend("rewrite").rewrite(question, n=10)
+        assert options and all(is_valid_rewrite(o, question, []) for o in options)
+
+
+def test_instructions_without_an_original_only_check_emptiness_and_repeats():
+    assert is_valid_rewrite("Tell me about Ilsa Corvanne's childhood", "", ["Where was Ilsa Corvanne born?"])
+    assert not is_valid_rewrite("Where was Ilsa Corvanne born", "", ["Where was Ilsa Corvanne born?"])
+
+
 def test_leak_and_refusal_checks():
     assert leaks_answer("She was born in Valparaiso, Chile in 1961.", QUESTION, ANSWER)
     assert not leaks_answer("I'm sorry, I don't know anything about Ilsa Corvanne.", QUESTION, ANSWER)

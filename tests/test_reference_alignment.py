@@ -160,6 +160,99 @@ def test_refusal_is_drawn_afresh_each_epoch_and_reproducibly(tiny_tokenizer):
     assert once[0] == once[1] == once[2]  # the old behaviour, as an option
 
 
+@pytest.mark.skipif(not (TOFU_DIR / "idontknow.jsonl").is_file(), reason="TOFU data not in ../shared")
+def test_a_tofu_request_brings_tofus_100_refusals():
+    from obliviate.data.refusals import load_refusals
+    from obliviate.data.request import load_request
+
+    request = load_request({"forget": str(TOFU_DIR / "forget01.json"), "retain": str(TOFU_DIR / "retain90.json")})
+    assert Path(request.refusals) == (TOFU_DIR / "idontknow.jsonl").resolve()
+    refusals = load_refusals(request.refusals)
+    assert len(refusals) == len(set(refusals)) == 100 and set(refusals) != set(REFUSALS)
+
+
+def test_tofu_refusals_are_found_beside_the_data_and_only_there(tmp_path):
+    from obliviate.data.refusals import load_refusals, refusals_source
+    from obliviate.data.request import load_request
+
+    tofu, other = tmp_path / "tofu", tmp_path / "other"
+    for folder in (tofu, other):
+        folder.mkdir()
+        (folder / "forget.json").write_text(json.dumps([{"question": "Who is X?", "answer": "X is Y."}]))
+    (tofu / "idontknow.jsonl").write_text("I have no idea.\nThat is unknown to me.\n")
+    found = load_request(str(tofu / "forget.json")).refusals
+    assert found == str((tofu / "idontknow.jsonl").resolve())
+    assert load_refusals(found) == ["I have no idea.", "That is unknown to me."]
+    assert load_request(str(other / "forget.json")).refusals is None  # no sibling: the built-in list
+    assert load_request({"forget": [{"question": "Who is X?", "answer": "X is Y."}]}).refusals is None
+    assert load_request({"forget": str(other / "forget.json"), "retain": str(tofu / "forget.json")}).refusals == found
+    assert refusals_source("mine.txt", found) == "mine.txt" and refusals_source(None, found) == found
+    assert refusals_source(None, None) is None
+
+
+# -- Chat templates that print a date (Llama 3.x) ---------------------------------------------
+
+LLAMA3_LIKE = (  # Llama 3.x's date logic around the tiny tokenizer's ChatML tokens
+    "{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = '26 Jul 2024' %}"
+    "{%- endif %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system = '' %}{%- endif %}"
+    "<|im_start|>system\nToday Date: {{ date_string }}\n\n{{ system }}<|im_end|>\n"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _on_day(monkeypatch, day: int):
+    import datetime as dt
+
+    from transformers.utils import chat_template_utils
+
+    class Clock(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime(2026, 3, day, 12, 0)
+
+    monkeypatch.setattr(chat_template_utils, "datetime", Clock)
+
+
+def _everything_dated(tokenizer):
+    from obliviate.evaluation.engine.fingerprints import tokenizer_fingerprint
+    from obliviate.evaluation.engine.formatters import chat_formatter
+    from obliviate.prompts import answer_suffix
+
+    return (format_prompt(tokenizer, "Who is X?"), chat_formatter(tokenizer)("Who is X?"),
+            encode_qa(tokenizer, "Who is X?", "X is Y.")["input_ids"],
+            encode_qa(tokenizer, "Who is X?", "X is Y.", scoring="chat_turn")["input_ids"],
+            answer_suffix(tokenizer, "chat_turn"), tokenizer_fingerprint(tokenizer))
+
+
+def test_a_template_that_prints_the_date_gives_the_same_prompt_every_day(tiny_tokenizer, monkeypatch):
+    from obliviate import prompts
+
+    tiny_tokenizer.chat_template = LLAMA3_LIKE
+    raw = []
+    for day in (1, 2):
+        _on_day(monkeypatch, day)
+        raw.append(tiny_tokenizer.apply_chat_template([{"role": "user", "content": "Q"}], tokenize=False))
+    assert raw[0] != raw[1]  # the clock really moved: unpinned, the prompt changes overnight
+    _on_day(monkeypatch, 1)
+    first = _everything_dated(tiny_tokenizer)
+    _on_day(monkeypatch, 2)
+    assert _everything_dated(tiny_tokenizer) == first
+    assert f"Today Date: {prompts.PINNED_DATE}" in first[0] and prompts.PINNED_SYSTEM_PROMPT in first[0]
+    assert "Be brief." in format_prompt(tiny_tokenizer, "Q", "Be brief.")  # a given system prompt wins
+    monkeypatch.setattr(prompts, "PINNED_DATE", "11 Apr 2025")  # the pin is part of the cache key
+    assert _everything_dated(tiny_tokenizer)[5] != first[5]
+
+
+def test_templates_without_a_date_are_rendered_as_they_are(tiny_tokenizer):
+    chat = [{"role": "user", "content": "Who is X?"}]
+    assert format_prompt(tiny_tokenizer, "Who is X?") == tiny_tokenizer.apply_chat_template(
+        chat, tokenize=False, add_generation_prompt=True)
+
+
 # -- 5. Tokenisation without a chat template -----------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -74,3 +74,46 @@ def test_ulmr_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
         assert torch.equal(alpha0.state_dict()[name], tensor)
         torch.testing.assert_close(averaged.state_dict()[name], 0.5 * tensor + 0.5 * alpha1.state_dict()[name])
     assert any(not torch.equal(alpha1.state_dict()[n], t) for n, t in base.state_dict().items())
+
+
+RETAIN = [QAItem("Who wrote 'The Salt Ledger'?", "Tomas Rehn wrote 'The Salt Ledger' in 1984.", subject="Tomas Rehn"),
+          QAItem("Where does Tomas Rehn live?", "Tomas Rehn lives in Bergen, Norway.", subject="Tomas Rehn")]
+
+
+@pytest.mark.parametrize("mix", [False, True])
+def test_retain_mix_puts_retain_answers_in_the_sft_set_only_when_on(tiny_model_and_tokenizer, tmp_path, mix):
+    import copy
+    from types import SimpleNamespace
+
+    model, tok = tiny_model_and_tokenizer
+    config = load_config(None, ["generation.backend=template", "ulmr.n_rewrites=1", f"ulmr.retain_mix={str(mix).lower()}"])
+    trained = {}
+
+    def train(*, forget, objective, retain=()):
+        trained.update(forget=forget, objective=objective, retain=list(retain))
+        return copy.deepcopy(model)
+
+    run = SimpleNamespace(config=config, model=model, tokenizer=tok, run_dir=tmp_path, stats={}, train=train,
+                          request=SimpleNamespace(forget=ITEMS, retain=RETAIN))
+    ulmr.recipe(run)
+    written = [json.loads(line) for line in (tmp_path / "ulmr_dataset.jsonl").read_text().splitlines()]
+    mixed = [r for r in written if r["kind"] == "retain"]
+    sft = {(i.question, i.answer) for i in trained["forget"]}
+    expected = {(i.question, i.answer) for i in RETAIN}
+    assert run.stats["ulmr"]["retain_mix_items"] == len(mixed) == (len(RETAIN) if mix else 0)
+    assert run.stats["ulmr"]["negative_items"] == len(ITEMS) * 2 == len(written) - len(mixed)
+    assert (expected <= sft) is mix and not (expected & sft if not mix else set())
+    assert {(r["question"], r["response"]) for r in mixed} == (expected if mix else set())
+    assert trained["objective"] == "finetune" and len(trained["forget"]) == len(written)
+    forget_rows = [r for r in written if r["kind"] != "retain"]
+    assert all(is_refusal(r["response"]) for r in forget_rows)  # the forget side is unchanged
+
+
+def test_retain_mix_without_a_retain_set_is_a_user_error(tiny_model_and_tokenizer, tmp_path):
+    from obliviate.errors import UserError
+
+    model, tok = tiny_model_and_tokenizer
+    config = load_config(None, ["generation.backend=template", "ulmr.retain_mix=true"])
+    with pytest.raises(UserError, match="ulmr.retain_mix"):
+        ulmr.prepare(ITEMS, config, model, tok, tmp_path, retain=[])
+    assert not (tmp_path / "ulmr_dataset.jsonl").exists()

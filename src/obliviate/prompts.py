@@ -13,6 +13,14 @@ Which tokens are scored (the labels), `split_qa`:
 * chat template, scoring "chat_turn" (open-unlearning's `preprocess_chat_instance`): the
   assistant turn as the template renders it, labels = every token after the generation prompt
   (for SmolLM2: answer + `<|im_end|>` + newline), + EOS when that does not end in EOS.
+
+Templates that print a date (Llama 3.x: "Today Date: {{ date_string }}", the current day through
+`strftime_now` when no `date_string` is given) would give a different prompt each day, so
+training and evaluation on two days would not see the same text. As open-unlearning pins them
+(configs/model/Llama-3.1-8B-Instruct.yaml, Llama-3.2-3B-Instruct.yaml: `date_string: 10 Apr
+2025`, `system_prompt: You are a helpful assistant.`), such templates get `PINNED_DATE` and,
+when no system prompt is given, `PINNED_SYSTEM_PROMPT` (`template_pins`). Other templates are
+rendered as they are (SmolLM2's prints its own default system prompt).
 """
 
 from __future__ import annotations
@@ -26,23 +34,47 @@ PLAIN_PROMPT = "Question: {question}\nAnswer: "
 #: Which tokens of a (question, answer) pair are scored: see the module docstring.
 SCORINGS = ("answer", "chat_turn")
 _SENTINEL = "OBLIVIATE-ANSWER-SENTINEL"
+#: open-unlearning's pins for templates that print a date (Llama 3.x), see the module docstring.
+PINNED_DATE = "10 Apr 2025"
+PINNED_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def prints_date(tokenizer) -> bool:
+    """Does the chat template print a date (`date_string` or `strftime_now`, Llama 3.x)?"""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and ("strftime_now" in template or "date_string" in template)
+
+
+def template_pins(tokenizer, system_prompt: str | None = None) -> tuple[dict, str | None]:
+    """(extra variables for `apply_chat_template`, the system prompt to use): the pinned date and,
+    when `system_prompt` is None, the pinned system prompt for a date-printing template; else
+    ``({}, system_prompt)``."""
+    if not prints_date(tokenizer):
+        return {}, system_prompt
+    return {"date_string": PINNED_DATE}, PINNED_SYSTEM_PROMPT if system_prompt is None else system_prompt
+
 
 def format_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
-    """The text the model sees before its answer: the chat template with a generation prompt,
-    or TOFU's plain `Question: ...\\nAnswer: ` when the tokenizer has no template."""
+    """The text the model sees before its answer: the chat template with a generation prompt
+    (date and system prompt pinned where the template prints a date, `template_pins`), or
+    TOFU's plain `Question: ...\\nAnswer: ` when the tokenizer has no template."""
     if tokenizer.chat_template is None:
         return PLAIN_PROMPT.format(question=question)
+    pins, system_prompt = template_pins(tokenizer, system_prompt)
     messages = [{"role": "user", "content": question}]
     if system_prompt is not None:
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **pins)
 
 
 def assistant_turn_end(tokenizer) -> str:
     """The text a chat template prints after the assistant's content (SmolLM2: `<|im_end|>\n`)."""
+    pins, system_prompt = template_pins(tokenizer)
     chat = [{"role": "user", "content": "Q"}]
-    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": _SENTINEL}], tokenize=False)
+    if system_prompt is not None:
+        chat.insert(0, {"role": "system", "content": system_prompt})
+    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, **pins)
+    full = tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": _SENTINEL}], tokenize=False, **pins)
     if not full.startswith(prompt + _SENTINEL):
         raise UserError("scoring 'chat_turn': this chat template does not render the assistant turn as "
                         "generation prompt + answer + end of turn; use the default scoring 'answer'")

@@ -10,6 +10,12 @@ Three parts, kept together so that what we train towards and what we accept cann
   generated negative response must decline, not assert other facts. Every string above matches
   them (tested), so a template fallback would pass the check it stands in for.
 
+TOFU's own refusals: a request whose data files sit beside TOFU's `idontknow.jsonl` (its 100
+refusals, as in the TOFU repository and locuslab/TOFU) records that file
+(`UnlearningRequest.refusals`, found by `tofu_refusals_file`), and IDK-DPO and RT draw from it
+by default, as open-unlearning does for TOFU; `objective.refusals` still wins
+(`refusals_source`), and any other request uses the built-in `REFUSALS`.
+
 A file is `.txt` (one refusal a line) or `.jsonl` (a JSON string or `{"text": ...}` a line;
 a line that is not JSON is taken as plain text, which reads TOFU's `idontknow.jsonl`).
 """
@@ -103,3 +109,22 @@ def load_refusals(path: str | Path | None = None) -> list[str]:
     if not refusals:
         raise UserError(f"{path}: no refusal strings found; add one a line")
     return refusals
+
+
+#: The refusal file of TOFU's data directory (100 lines, one refusal each).
+TOFU_REFUSALS = "idontknow.jsonl"
+
+
+def tofu_refusals_file(sources: list[str]) -> str | None:
+    """TOFU's `idontknow.jsonl` beside the first data file (of `sources`) that has one, else None."""
+    for source in sources:
+        candidate = Path(source).expanduser().parent / TOFU_REFUSALS
+        if Path(source).is_file() and candidate.is_file():
+            return str(candidate.resolve())
+    return None
+
+
+def refusals_source(configured: str | None, request_refusals: str | None) -> str | None:
+    """The refusal file a run uses: `objective.refusals` when set, else the request's own (TOFU's
+    `idontknow.jsonl`), else None (the built-in `REFUSALS`)."""
+    return configured or request_refusals

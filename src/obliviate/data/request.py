@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from obliviate.data.loaders import load_records
+from obliviate.data.refusals import tofu_refusals_file
 from obliviate.errors import UserError
 from obliviate.io import parse_json, parse_yaml, read_user_text, short_repr
 
@@ -56,6 +57,7 @@ class UnlearningRequest:
     name: str = "request"
     warnings: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # files read, for the run manifest
+    refusals: str | None = None  # TOFU's idontknow.jsonl beside the data files (data/refusals.py)
 
     def to_dict(self) -> dict:
         return {"name": self.name, **{s: [asdict(i) for i in getattr(self, s)] for s in SETS},
@@ -179,7 +181,7 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
     if not sets["forget"]:
         raise UserError(f"{where}: the forget set is empty; give at least one item under 'forget'")
     request = UnlearningRequest(**sets, passages=passages, name=str(spec.get("name", "request")),
-                                sources=sources)
+                                sources=sources, refusals=tofu_refusals_file(sources))
     overlap = {(i.question, i.answer) for i in request.forget} & {(i.question, i.answer) for i in request.retain}
     if overlap:
         request.warnings.append(f"{len(overlap)} forget item(s) also appear in the retain set")

@@ -13,6 +13,7 @@ train_log.jsonl, model/ and manifest.json.
 
 from __future__ import annotations
 
+from obliviate.data.refusals import refusals_source
 from obliviate.methods.registry import Method, register_method
 from obliviate.objectives import get_objective
 
@@ -20,8 +21,10 @@ from obliviate.objectives import get_objective
 def one_stage(run) -> dict:
     """theta = train(theta_0) on the request with the objective named like the method."""
     config = run.config
-    if "forget_refusal" in get_objective(config.method).slots and config.objective.refusals:
-        run.inputs.append(config.objective.refusals)
+    if "forget_refusal" in get_objective(config.method).slots:  # TOFU's idontknow.jsonl when the request has one
+        config.objective.refusals = refusals_source(config.objective.refusals, run.request.refusals)
+        if config.objective.refusals:
+            run.inputs.append(config.objective.refusals)
     return {"model": run.train(forget=run.request.forget, retain=run.request.retain)}
 
 

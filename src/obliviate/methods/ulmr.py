@@ -8,7 +8,8 @@ The algorithm (METHODS.md section A), as this file runs it:
     3. SFT from theta_0 on D' = {(instruction, r)}, answer-only NLL  ->  theta_ft
     4. theta = alpha * theta_ft + (1 - alpha) * theta_0 over every floating tensor
 
-There is no retain loss: the averaging is what keeps the model's utility. The generator is
+There is no retain loss: the averaging is what keeps the model's utility (beyond the paper,
+ulmr.retain_mix=true also puts the retain items in D': methods/ulmr_mix.py). The generator is
 the model being unlearned by default (as in the paper's algorithm), or an OpenAI-compatible
 endpoint, or the offline templates. Every generation is cached on disk, so a rerun of the same
 request makes no generation calls and an interrupted preparation resumes where it stopped.
@@ -30,6 +31,7 @@ from obliviate.config import GenerationConfig, RunConfig
 from obliviate.data.request import QAItem
 from obliviate.io import atomic_write_jsonl
 from obliviate.methods.registry import Method, register_method
+from obliviate.methods.ulmr_mix import retain_rows
 from obliviate.prepare.backend import user_turn
 from obliviate.prepare.checks import clean_rewrite, is_refusal, is_valid_rewrite, leaks_answer, safe_refusal
 from obliviate.prepare.factory import make_generator
@@ -53,12 +55,12 @@ class UlmrConfig:
     )
     max_attempts: int = 2  # generations per instruction before the refusal-template fallback
     require_refusal: bool = True  # negative responses must decline, not state other "facts"
+    retain_mix: bool = False  # beyond the paper: retain items (question, true answer) in the SFT set
 
     def checks(self) -> list[tuple[bool, str, str]]:
         return [(self.n_rewrites >= 0, "n_rewrites", "an integer >= 0"),
                 (0.0 <= self.alpha <= 1.0, "alpha", "a number in [0, 1]"),
                 (all(0.0 <= a <= 1.0 for a in self.alpha_sweep), "alpha_sweep", "numbers in [0, 1]")]
-
 
 
 def rewrite_questions(items: list[QAItem], cfg: UlmrConfig, gen: GenerationConfig, generator, seed: int,
@@ -77,7 +79,8 @@ def rewrite_questions(items: list[QAItem], cfg: UlmrConfig, gen: GenerationConfi
     def fallback(i: int) -> str:
         stats["rewrite_fallbacks"] += 1
         question = items[i].question
-        return [o for o in templates.rewrite(question, n=10) if is_valid_rewrite(o, question, rewrites[i])][0]
+        options = templates.rewrite(question, n=10)
+        return next((o for o in options if is_valid_rewrite(o, question, rewrites[i])), options[len(rewrites[i]) % len(options)])
 
     for k in range(cfg.n_rewrites):
         def prompt(i: int, k: int = k) -> list[dict]:
@@ -123,9 +126,11 @@ def negative_responses(rows: list[dict], cfg: UlmrConfig, gen: GenerationConfig,
         rows[i]["response_source"] = "refusal_template" if i in fell_back else source
 
 
-def prepare(items: list[QAItem], config: RunConfig, model, tokenizer, run_dir: Path) -> tuple[list[dict], dict]:
-    """Steps 1-2: the restructured set D' (1 + n instructions per forget item), also written
-    to run_dir/ulmr_dataset.jsonl for inspection."""
+def prepare(items: list[QAItem], config: RunConfig, model, tokenizer, run_dir: Path,
+            retain: list[QAItem] = ()) -> tuple[list[dict], dict]:
+    """Steps 1-2: the restructured set D' (1 + n instructions per forget item, then the retain
+    items when ulmr.retain_mix), also written to run_dir/ulmr_dataset.jsonl for inspection."""
+    mixed = retain_rows(list(retain), config.ulmr.retain_mix)  # checked before any generation
     cfg, gen = config.ulmr, config.generation
     cache = run_dir / "generation_cache"
     stats = {"rewrite_fallbacks": 0, "negative_fallbacks": 0}
@@ -141,6 +146,8 @@ def prepare(items: list[QAItem], config: RunConfig, model, tokenizer, run_dir: P
     negative_responses(rows, cfg, gen, negator, config.seed, stats)
     stats["generation_calls"] = rewriter.calls + (negator.calls if negator is not rewriter else 0)
     stats["generation_cache_hits"] = rewriter.hits + (negator.hits if negator is not rewriter else 0)
+    stats.update(negative_items=len(rows), retain_mix_items=len(mixed))
+    rows += mixed
     atomic_write_jsonl(run_dir / "ulmr_dataset.jsonl", rows)
     return rows, stats
 
@@ -150,7 +157,7 @@ def recipe(run) -> dict:
     cfg = run.config.ulmr
     base = copy.deepcopy(run.model).eval()  # theta_0, on the same device as the model
     base.requires_grad_(False)
-    rows, stats = prepare(run.request.forget, run.config, run.model, run.tokenizer, run.run_dir)
+    rows, stats = prepare(run.request.forget, run.config, run.model, run.tokenizer, run.run_dir, run.request.retain)
     sft_items = [QAItem(question=r["instruction"], answer=r["response"], subject=r["subject"]) for r in rows]
     finetuned = run.train(forget=sft_items, objective="finetune")
     models = {f"model_alpha{alpha:g}": interpolate_(copy.deepcopy(finetuned), base, alpha)

@@ -40,11 +40,69 @@ def clean_rewrite(text: str) -> str:
     return ""
 
 
+_QUESTION_START = frozenset(
+    "what who whom whose when where which why how is are was were am do does did can could should "
+    "would will shall may might must has have had in on at for from to with by of during according "
+    "describe explain tell name list give identify please".split())
+_COMMON_SHORT = frozenset("a i an at be by do go he in is it me my no of on or so to up us we".split())
+_PRONOUNCEABLE = re.compile(r"[aeiouy]")
+_CONSONANT_RUN = re.compile(r"[bcdfghjklmnpqrstvwxz]{5,}|(.)\1\1")
+
+
+def _key(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def _is_question(text: str) -> bool:
+    """Asked as a question: has a '?' or opens with an interrogative, auxiliary or request verb."""
+    words = _WORD.findall(text.lower())
+    return "?" in text or (bool(words) and words[0] in _QUESTION_START)
+
+
+def _looks_real(word: str, known: set[str]) -> bool:
+    if word in known or word.isdigit():
+        return True
+    if len(word) <= 2:
+        return word in _COMMON_SHORT
+    return len(word) <= 20 and bool(_PRONOUNCEABLE.search(word)) and not _CONSONANT_RUN.search(word)
+
+
+def _mostly_real_words(text: str, question: str, share: float = 0.8) -> bool:
+    """At least `share` of the words are the question's or look like words (a vowel, no run of five
+    consonants or of one letter thrice); at least three words, not all the same."""
+    words = _WORD.findall(text.lower())
+    known = _words(question) | _FUNCTION_WORDS | _QUESTION_START
+    if len(words) < 3 or len(set(words)) < 2:
+        return False
+    return sum(_looks_real(w, known) for w in words) >= share * len(words)
+
+
+def _stems(words: set[str]) -> set[str]:
+    return {w[:5] for w in words}
+
+
+def _same_subject(text: str, question: str) -> bool:
+    """Shares a name of the question (capitalised words after the first, "Ilsa Corvanne"), or,
+    when it has none, one of its content words (longer than 3 letters, compared on 5-letter stems)."""
+    names = _names(question)
+    if names:
+        return bool(names & _words(text))
+    content = {w for w in _words(question) - _FUNCTION_WORDS - _QUESTION_START if len(w) > 3}
+    return not content or bool(_stems(content) & _stems(_words(text)))
+
+
 def is_valid_rewrite(rewrite: str, question: str, earlier: list[str]) -> bool:
-    """Reject empty rewrites and ones equal (ignoring case, spaces, punctuation) to the
-    question or to an earlier rewrite."""
-    key = " ".join(_WORD.findall(rewrite.lower()))
-    return bool(key) and key not in {" ".join(_WORD.findall(t.lower())) for t in [question, *earlier]}
+    """A usable rewrite of `question`: not empty, not equal (ignoring case, spaces and punctuation)
+    to the question or to an earlier rewrite, and, when a question is given, still a question (a
+    '?' or an interrogative opening, so not an answer), about the same subject (shares its names or
+    content words) and made of mostly real words (not gibberish). With ``question=""`` (generated
+    instructions with no original, e.g. SNAP's) only emptiness and repeats are checked."""
+    key = _key(rewrite)
+    if not key or key in {_key(t) for t in [question, *earlier]}:
+        return False
+    if not question.strip():
+        return True
+    return _is_question(rewrite) and _same_subject(rewrite, question) and _mostly_real_words(rewrite, question)
 
 
 def _names(text: str) -> set[str]:

@@ -7,6 +7,8 @@ import json
 
 import torch
 
+from obliviate.prompts import template_pins
+
 
 def model_fingerprint(model) -> str:
     """sha256 over every parameter and buffer (name, dtype, shape, bytes): changes whenever
@@ -26,7 +28,8 @@ def model_fingerprint(model) -> str:
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of what decides tokenisation and prompts: the tokenizer definition (vocab,
-    merges, normaliser), special tokens and the chat template."""
+    merges, normaliser), special tokens, the chat template and what it is rendered with (the
+    date and system prompt pinned for date-printing templates, `obliviate.prompts.template_pins`)."""
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -36,6 +39,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     extra = {
         "class": type(tokenizer).__name__,
         "template": tokenizer.chat_template,
+        "template_pins": template_pins(tokenizer),  # the pinned date and system prompt (prompts.py)
         "eos": tokenizer.eos_token,
         "bos": tokenizer.bos_token,
         "pad": tokenizer.pad_token,

@@ -20,7 +20,9 @@ PromptFormatter = Callable[[str], str]
 def chat_formatter(tokenizer, system_prompt: str | None = None, suffix: str = "") -> PromptFormatter:
     """The default: :func:`obliviate.prompts.format_prompt` (the chat template with a
     generation prompt, or TOFU's plain format without a template), then ``suffix`` (RWKU
-    appends ``"Answer:"`` after the template)."""
+    appends ``"Answer:"`` after the template). A template that prints a date (Llama 3.x) is
+    rendered with open-unlearning's pinned date and system prompt, so the prompt, and with it
+    the cached result's key, does not change from one day to the next."""
 
     def format_chat(question: str) -> str:
         return format_prompt(tokenizer, question, system_prompt) + suffix
