@@ -370,3 +370,41 @@ def test_a_request_file_can_name_an_rwku_target(rwku_dir, tmp_path):
     bad.write_text("rwku:\n  targets: 1\n")
     with pytest.raises(UserError, match="'rwku' must be a mapping with data and targets"):
         load_request(bad)
+
+
+def test_hub_branch_reads_a_local_copy_of_the_hub_layout(rwku_dir, tmp_path, monkeypatch, tiny_model_and_tokenizer):
+    """The hub path (`data: jinzhuoran/RWKU`) past the download: `datasets.load_dataset` is sent to a
+    local directory laid out as a hub dataset (one config per set, all targets' records together,
+    configs declared in README.md); what it reads must equal the processed folders."""
+    import datasets
+
+    from obliviate.evaluation.rwku.suite import evaluate_rwku
+
+    hub, configs = tmp_path / "hub", []
+    for name, (config, split) in rwku_data.HUB_CONFIGS.items():
+        records = [r for folder in sorted((rwku_dir / "Target").iterdir()) if (folder / rwku_data.FILES[name]).is_file()
+                   for r in json.loads((folder / rwku_data.FILES[name]).read_text())]
+        (hub / config).mkdir(parents=True)
+        (hub / config / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        configs.append(f"- config_name: {config}\n  data_files:\n  - split: {split}\n    path: {config}/{split}.jsonl")
+    (hub / "README.md").write_text("---\nconfigs:\n" + "\n".join(configs) + "\n---\n")
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *args, **kw: real(
+        str(hub) if name == rwku_data.HUB_NAME else name, *args, cache_dir=str(tmp_path / "cache"), **kw))
+    rwku_data._hub_records.cache_clear()
+    try:
+        local, remote = rwku_data.list_targets(rwku_dir), rwku_data.list_targets(rwku_data.HUB_NAME)
+        assert [(t.id, t.name, t.folder, t.intro) for t in remote] == [(t.id, t.name, t.folder, t.intro) for t in local]
+        for name in rwku_data.FILES:
+            assert rwku_data.load_set(rwku_data.HUB_NAME, remote[0], name) == rwku_data.load_set(rwku_dir, local[0], name)
+        assert rwku_data.load_set(rwku_data.HUB_NAME, remote[1], "mmlu", required=False) is None
+        for targets, forget, corpus in (("1-2", "probes", None), ("1", "refusals", None), ("1", "passages", "positive")):
+            hub_request, local_request = (rwku_data.target_request(data, targets, forget=forget, passages=corpus)
+                                          for data in (rwku_data.HUB_NAME, rwku_dir))
+            assert hub_request.forget == local_request.forget and hub_request.neighbors == local_request.neighbors
+        model, tokenizer = tiny_model_and_tokenizer
+        result = evaluate_rwku(model, tokenizer, data=rwku_data.HUB_NAME, targets="Ada Example", ds_size=1,
+                               utility="mmlu", cache=False, precision="fp32")
+        assert result["n_samples"]["1_Ada_Example/forget_fb"] == 1 and "1_Ada_Example/mmlu" in result["tasks"]
+    finally:
+        rwku_data._hub_records.cache_clear()

@@ -4,7 +4,8 @@ Item i of an epoch is forget item i with every slot its objective declares (obje
 
     {"forget": enc, "retain": enc, "forget_refusal": enc, "forget_other_answers": [enc] * K}
 
-enc = prompts.encode_qa(...). "retain" pairs the item with one retain item (a seeded order that
+enc = prompts.encode_qa(...), or data/passages.encode_passage(...) for a raw passage (a
+PassageItem: every token labelled, no template; RWKU's GA / NPO on the forget corpus). "retain" pairs the item with one retain item (a seeded order that
 walks the whole retain set over the epochs), "forget_refusal" with the same question answered
 by a refusal (IDK-DPO, RT), "forget_other_answers" with K answers to other forget questions
 (SKU's random disassociation). A new slot is one `@register_slot` builder. Every draw depends
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from obliviate.data.passages import encode_passage, is_passage
 from obliviate.data.request import QAItem
 from obliviate.errors import UserError
 from obliviate.prompts import encode_qa, pad_batch
@@ -33,7 +35,13 @@ def encode_item(tokenizer, question: str, answer: str, *, max_length: int) -> di
 
 
 def encode_items(tokenizer, items: list[QAItem], *, max_length: int) -> list[dict[str, list[int]]]:
-    return [encode_item(tokenizer, item.question, item.answer, max_length=max_length) for item in items]
+    """QA items through the chat template (answer labelled); passage items as raw text (all labelled)."""
+    return [encode_passage(tokenizer, item.answer, max_length=max_length) if is_passage(item)
+            else encode_item(tokenizer, item.question, item.answer, max_length=max_length) for item in items]
+
+
+#: slots that read only a forget item's own encoding, so they take raw passages too
+PASSAGE_SLOTS = ("forget", "retain")
 
 
 SlotBuilder = Callable[["SlotDataset", int], "dict | list[dict]"]
@@ -64,6 +72,11 @@ class SlotDataset(torch.utils.data.Dataset):
             raise ValueError(f"batch slots {unknown} have no builder; known: {', '.join(SLOTS)}")
         if "retain" in slots and not retain:
             raise UserError("this objective needs retain items but the request has none; add a 'retain' set")
+        question_slots = [name for name in slots if name not in PASSAGE_SLOTS]
+        if question_slots and any(is_passage(item) for item in forget):
+            raise UserError(f"the forget set holds raw passages, but this objective's {question_slots[0]} slot needs "
+                            "questions; train passages with ga, npo, graddiff, simnpo or finetune, or use QA items "
+                            "(rwku.forget: probes or refusals)")
         if "forget_refusal" in slots and not refusals:
             raise UserError("this objective trains towards refusals but none were given; check objective.refusals")
         self.tokenizer, self.slots, self.max_length, self.seed = tokenizer, tuple(slots), max_length, seed

@@ -10,8 +10,10 @@ Settings: *single-target* = one target id; *batch-target* = several (``"1-10"``)
 concatenated, as RWKU's ``Batch/<1-N>/`` folders presumably are.
 
 The request of a target (:func:`target_request`) makes every method able to take an RWKU
-target: ``passages`` = the forget corpus, ``forget`` = the FB + QA probes (or the target
-questions with refusals of ``reject.json``), ``neighbors`` = the neighbor FB + QA probes.
+target: ``passages`` = the forget corpus, ``forget`` = the FB + QA probes, the target
+questions with refusals of ``reject.json``, or the forget corpus itself as raw-text items
+(``forget: passages``, what RWKU's GA / NPO train on: data/passages.py), ``neighbors`` = the
+neighbor FB + QA probes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from obliviate.data.loaders import load_records
+from obliviate.data.passages import passage_items
 from obliviate.data.request import QAItem, UnlearningRequest
 from obliviate.errors import UserError
 
@@ -40,8 +43,9 @@ FILES = {
     "passage": "passage.json", "positive": "positive.json", "reject": "reject.json",
 }
 
-#: set name -> (hub config, split) of jinzhuoran/RWKU (process/data_process.py of the RWKU repo;
-#: the MIA config names are not in that script and are the hub's own names).
+#: set name -> (hub config, split) of jinzhuoran/RWKU, as process/data_process.py of the RWKU repo
+#: loads them (it filters forget_target by `target`, every other config by `subject`). Only the
+#: code after the download is tested (tests/test_rwku.py, a local directory in the hub layout).
 HUB_CONFIGS = {
     "intro": ("forget_target", "train"),
     "forget_fb": ("forget_level1", "test"), "forget_qa": ("forget_level2", "test"),
@@ -196,18 +200,25 @@ def corpus_passages(data: str | Path, target: RwkuTarget, corpus: str = "positiv
     return [r["text"] for r in load_set(data, target, corpus) if str(r.get("text", "")).strip()]
 
 
+FORGET_KINDS = ("probes", "refusals", "passages")
+
+
 def target_request(data: str | Path, targets: str | int | Sequence[str | int], *, forget: str = "probes",
                    passages: str | Sequence[str] | None = "positive") -> UnlearningRequest:
     """An :class:`UnlearningRequest` for one target (single-target) or several (batch-target).
 
     ``forget="probes"``: the FB + QA probes as items (what RWKU evaluates; training on them is
     not RWKU's protocol, so the request warns); ``"refusals"``: the target questions with
-    refusals of ``reject.json``. ``neighbors`` = neighbor FB + QA probes. ``passages`` = the
-    shipped corpus by name (``"positive"``, ``"passage"``), a list of texts (e.g. a generated
-    corpus, :mod:`obliviate.prepare.corpus`) or None.
+    refusals of ``reject.json`` (RWKU's RT data); ``"passages"``: the forget corpus as raw-text
+    items, every token a label and no chat template (RWKU's GA / NPO; data/passages.py).
+    ``neighbors`` = neighbor FB + QA probes. ``passages`` = the shipped corpus by name
+    (``"positive"``, ``"passage"``), a list of texts (e.g. a generated corpus,
+    :mod:`obliviate.prepare.corpus`) or None.
     """
-    if forget not in ("probes", "refusals"):
-        raise UserError(f"RWKU request forget='{forget}' is not known; use probes or refusals")
+    if forget not in FORGET_KINDS:
+        raise UserError(f"RWKU request forget='{forget}' is not known; use {', '.join(FORGET_KINDS)}")
+    if forget == "passages" and passages is None:
+        raise UserError("RWKU request forget='passages' needs a corpus; set passages to positive or passage")
     chosen = resolve_targets(data, targets)
     request = UnlearningRequest(forget=[], name="rwku-" + "+".join(str(t.id) for t in chosen))
     for target in chosen:
@@ -215,14 +226,21 @@ def target_request(data: str | Path, targets: str | int | Sequence[str | int], *
         if forget == "probes":
             for name in ("forget_fb", "forget_qa"):
                 request.forget += probe_items(load_set(data, target, name), f"{where} {FILES[name]}")
-        else:
+        elif forget == "refusals":
             request.forget += refusal_items(data, target)
         for name in ("neighbor_fb", "neighbor_qa"):
             request.neighbors += probe_items(load_set(data, target, name), f"{where} {FILES[name]}")
         if isinstance(passages, str):
-            request.passages += corpus_passages(data, target, passages)
+            texts = corpus_passages(data, target, passages)
+            request.passages += texts
+            if forget == "passages":
+                request.forget += passage_items(texts, subject=target.name)
     if passages is not None and not isinstance(passages, str):
         request.passages = [str(p) for p in passages]
+        if forget == "passages":
+            request.forget = passage_items(request.passages, subject=chosen[0].name if len(chosen) == 1 else None)
+    if forget == "passages" and not request.forget:
+        raise UserError(f"RWKU request forget='passages': the corpus of {request.name} holds no text")
     if forget == "probes":
         request.warnings.append("forget items are RWKU's evaluation probes: RWKU's protocol trains on the "
                                 "passages (forget corpus) only")

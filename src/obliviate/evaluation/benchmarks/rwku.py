@@ -22,6 +22,8 @@ class RwkuOptions:
         "help": "score only the first N records of every set (probes, MIA, utility) per target"})
     utility: str = field(default="all", metadata={
         "help": "utility sets: all, none or a comma list of mmlu, bbh, truthfulqa, triviaqa, fluency"})
+    utility_size: int | None = field(default=None, metadata={
+        "help": "score only the first N records of each utility set (default: --ds_size)"})
     use_prompt: bool = field(default=False, metadata={
         "help": "prefix every prompt with RWKU's in-context-unlearning instruction (the ICU baseline)"})
     batch_size: int = field(default=32, metadata={"help": "rows of a forward pass and prompts decoded together"})

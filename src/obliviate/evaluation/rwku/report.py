@@ -33,6 +33,8 @@ def render_rwku(envelope: dict) -> str:
     """The Markdown report of an RWKU envelope: the averaged row, then one row per target."""
     summary, config = envelope["summary"], envelope["config"]
     sizes = "all records" if config.get("ds_size") is None else f"first {config['ds_size']} records of each set"
+    if config.get("utility_size"):
+        sizes += f", first {config['utility_size']} of each utility set"
     return (f"# RWKU: {summary['model']}\n\n"
             f"Targets: {', '.join(summary['targets'])} ({sizes}); precision {config.get('precision_used')}, "
             f"device {config.get('device')}; created {envelope.get('created')}.\n\n"

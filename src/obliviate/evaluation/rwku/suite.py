@@ -47,9 +47,11 @@ def _pooled(tasks: dict, names: Sequence[str]) -> float:
 
 
 def score_target(model, tokenizer, data, target, *, ds_size, utility, use_prompt, engine, mia_batch,
-                 max_length, timer) -> dict[str, dict]:
-    """The task records of one target, keyed by set name."""
+                 max_length, timer, utility_size=None) -> dict[str, dict]:
+    """The task records of one target, keyed by set name; utility sets are cut at
+    ``utility_size`` (default: ``ds_size``)."""
     cut = (lambda rows: rows[:ds_size]) if ds_size else (lambda rows: rows)
+    utility_cut = (lambda rows: rows[:utility_size]) if utility_size else cut
     with timer("probes"):
         probes = {name: cut(rwku_data.load_set(data, target, name)) for name in FORGET_SETS + NEIGHBOR_SETS}
         tasks = score_probe_sets(model, tokenizer, probes, use_prompt=use_prompt, **engine)
@@ -65,7 +67,7 @@ def score_target(model, tokenizer, data, target, *, ds_size, utility, use_prompt
             logger.info("RWKU %s: no %s set in %s; skipped", target.folder, name, data)
             continue
         with timer(f"utility {name}"):
-            tasks[name] = score_utility(model, tokenizer, name, cut(records), **engine)
+            tasks[name] = score_utility(model, tokenizer, name, utility_cut(records), **engine)
     return tasks
 
 
@@ -96,6 +98,7 @@ def evaluate_rwku(
     targets: str | Sequence[str | int] = "1",
     ds_size: int | None = None,
     utility: str | Sequence[str] | None = "all",
+    utility_size: int | None = None,
     use_prompt: bool = False,
     batch_size: int = 32,
     max_length: int = 2048,
@@ -108,14 +111,17 @@ def evaluate_rwku(
     the result envelope: ``rwku_eval.json``, ``rwku_summary.json``, ``rwku_report.md``.
 
     ``ds_size``: the first N records of every set (probes, MIA, utility) per target.
+    ``utility_size``: the first N records of each utility set instead (BBH and fluency decode
+    256 tokens per item, so a full probe set with a few utility items is the cheap setting).
     ``utility``: which of mmlu, bbh, truthfulqa, triviaqa, fluency ("all", "none" or a comma
     list); a set absent from ``data`` is skipped with a log line. ``use_prompt``: RWKU's ICU
     prefix before every probe.
     """
     from obliviate.evaluation.rwku.report import render_rwku
 
-    if ds_size is not None and ds_size < 1:
-        raise UserError(f"RWKU ds_size must be a positive integer or None, got {ds_size}")
+    for key, size in (("ds_size", ds_size), ("utility_size", utility_size)):
+        if size is not None and size < 1:
+            raise UserError(f"RWKU {key} must be a positive integer or None, got {size}")
     timer = StageTimer()
     with timer("load data"):
         chosen = rwku_data.resolve_targets(data, targets)
@@ -132,13 +138,14 @@ def evaluate_rwku(
         logger.info("RWKU target %d %s", target.id, target.name)
         target_tasks = score_target(model, tokenizer, data, target, ds_size=ds_size, utility=sets,
                                     use_prompt=use_prompt, engine=engine, mia_batch=min(batch_size, 8),
-                                    max_length=max_length, timer=timer)
+                                    max_length=max_length, timer=timer, utility_size=utility_size)
         rows[target.folder] = target_summary(target_tasks)
         tasks.update({f"{target.folder}/{name}": task for name, task in target_tasks.items()})
     name = model_name or getattr(getattr(model, "config", None), "_name_or_path", "model")
     summary = {"model": name, "targets": [t.name for t in chosen], **average_rows(rows), "per_target": rows}
     config = {"model": name, "model_fingerprint": fingerprint, "data": str(data),
               "targets": [t.folder for t in chosen], "ds_size": ds_size, "utility": sets,
+              "utility_size": utility_size,
               "use_prompt": use_prompt, "batch_size": batch_size, "max_length": max_length, "precision": precision,
               "cache": str(result_cache.path) if result_cache is not None else None,
               "decoding": "greedy, 30 new tokens, stop at EOS / end of turn / newline",

@@ -1,0 +1,114 @@
+"""Raw-text forget items (data/passages.py), as RWKU's GA / NPO baselines train on them: every
+token labelled, no chat template, cut at max_length; the request option that builds them
+(``rwku: {forget: passages}``); GA and NPO on passages raising the passage NLL on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from obliviate.config import RunConfig
+from obliviate.data import rwku as rwku_data
+from obliviate.data.collate import SlotCollator, SlotDataset, encode_items
+from obliviate.data.passages import PassageItem, encode_passage, passage_items
+from obliviate.data.request import QAItem, load_request
+from obliviate.errors import UserError
+from obliviate.objectives.common import answer_nll
+from obliviate.training import train
+
+TEXT = "The river begins in the hills and flows to the ocean. The city was founded by traders."
+PASSAGES = [TEXT, "She studied physics at the university and became a famous scientist.",
+            "He published his first book when he was twenty years old. Her parents were a teacher and a doctor.",
+            "The museum opens at nine in the morning and closes at five."]
+
+
+def _write_target(root, with_corpus: bool = True):
+    folder = root / "Target" / "1_Ada_Example"
+    folder.mkdir(parents=True)
+    probe = {"subject": "Ada Example", "query": "Where was Ada Example born?", "answer": "Paris"}
+    for name in ("forget_level1", "forget_level2", "neighbor_level1", "neighbor_level2"):
+        (folder / f"{name}.json").write_text(json.dumps([probe]), encoding="utf-8")
+    (folder / "intro.json").write_text(json.dumps([{"target": "Ada Example", "intro": "Please forget Ada."}]))
+    if with_corpus:
+        (folder / "positive.json").write_text(json.dumps([{"text": t, "subject": "Ada Example"} for t in PASSAGES]
+                                                         + [{"text": "  "}]))
+        (folder / "passage.json").write_text(json.dumps([{"text": "Ada Example (born 1950) is a writer."}]))
+    return root
+
+
+def test_a_passage_is_its_own_tokens_every_one_labelled(tiny_tokenizer):
+    enc = encode_passage(tiny_tokenizer, TEXT, max_length=512)
+    plain = tiny_tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    assert enc["input_ids"] == plain == enc["labels"] and enc["attention_mask"] == [1] * len(plain)
+    special = set(tiny_tokenizer.all_special_ids)
+    assert not special & set(enc["input_ids"])  # no template, no BOS / EOS
+    assert tiny_tokenizer.decode(enc["input_ids"]) == TEXT
+
+
+def test_a_long_passage_is_cut_at_max_length(tiny_tokenizer):
+    long = " ".join([TEXT] * 20)
+    full = tiny_tokenizer(long, add_special_tokens=False)["input_ids"]
+    enc = encode_passage(tiny_tokenizer, long, max_length=16)
+    assert len(full) > 16 and enc["input_ids"] == full[:16] == enc["labels"]
+    with pytest.raises(UserError, match="needs at least 2"):
+        encode_passage(tiny_tokenizer, "a", max_length=16)
+
+
+def test_the_collator_mixes_passages_and_qa_items_each_encoded_its_own_way(tiny_tokenizer):
+    qa = QAItem("Where does the river begin?", "In the hills.")
+    encs = encode_items(tiny_tokenizer, [PassageItem(answer=TEXT), qa], max_length=64)
+    assert encs[0] == encode_passage(tiny_tokenizer, TEXT, max_length=64)
+    assert -100 in encs[1]["labels"]  # the QA item's prompt is not labelled, through the chat template
+    assert tiny_tokenizer.convert_tokens_to_ids("<|im_start|>") in encs[1]["input_ids"]
+    dataset = SlotDataset(tiny_tokenizer, ("forget",), forget=passage_items(PASSAGES), max_length=64)
+    batch = SlotCollator(tiny_tokenizer.pad_token_id)([dataset[0], dataset[2]])["forget"]
+    labelled = (batch["labels"] != -100).sum(dim=1).tolist()
+    assert labelled == batch["attention_mask"].sum(dim=1).tolist()  # every real token, no padding
+
+
+def test_objectives_that_need_questions_refuse_passages(tiny_tokenizer):
+    with pytest.raises(UserError, match="forget_refusal slot needs questions"):
+        SlotDataset(tiny_tokenizer, ("forget_refusal",), forget=passage_items(PASSAGES), max_length=64,
+                    refusals=["I don't know."])
+
+
+def test_rwku_request_forget_passages(tmp_path):
+    root = _write_target(tmp_path / "rwku")
+    request = rwku_data.target_request(root, "1", forget="passages")
+    assert [item.answer for item in request.forget] == PASSAGES and request.passages[:4] == PASSAGES
+    assert all(isinstance(i, PassageItem) and i.question == "" and i.subject == "Ada Example" for i in request.forget)
+    assert not request.warnings and len(request.neighbors) == 2
+    wiki = rwku_data.target_request(root, "1", forget="passages", passages="passage")
+    assert [i.answer for i in wiki.forget] == ["Ada Example (born 1950) is a writer."]
+    generated = rwku_data.target_request(root, "1", forget="passages", passages=["Ada wrote twelve books."])
+    assert [i.answer for i in generated.forget] == ["Ada wrote twelve books."]
+    with pytest.raises(UserError, match="needs a corpus"):
+        rwku_data.target_request(root, "1", forget="passages", passages=None)
+    file = tmp_path / "request.yaml"
+    file.write_text("rwku: {data: rwku, targets: 1, forget: passages, passages: positive}\n")
+    assert [i.answer for i in load_request(file).forget] == PASSAGES
+
+
+def _passage_nll(model, tokenizer) -> float:
+    dataset = SlotDataset(tokenizer, ("forget",), forget=passage_items(PASSAGES), max_length=64)
+    batch = SlotCollator(tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])["forget"]
+    with torch.no_grad():
+        return float(answer_nll(model, batch))
+
+
+@pytest.mark.parametrize("method", ["ga", "npo"])
+def test_ga_and_npo_on_passages_raise_the_passage_nll(tiny_model_and_tokenizer, tmp_path, method):
+    model, tokenizer = tiny_model_and_tokenizer
+    before = _passage_nll(model, tokenizer)
+    config = RunConfig(method=method, seed=1)
+    config.train.batch_size, config.train.learning_rate, config.train.max_steps = 2, 3e-3, 6
+    config.train.max_length, config.train.save_steps, config.train.precision = 64, -1, "fp32"
+    config.objective.retain_loss = "none"
+    model = train(model, tokenizer, forget=passage_items(PASSAGES), retain=[], config=config, output_dir=tmp_path)
+    after = _passage_nll(model, tokenizer)
+    assert after > before + 0.5, (before, after)
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in PASSAGES)
+    assert sum(row["tokens"] for row in log) == 3 * tokens  # 6 steps of 2 = 3 epochs of the 4 passages
