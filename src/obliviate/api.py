@@ -2,7 +2,7 @@
 
     import obliviate.api as ob
     model, tokenizer = ...                                         # any loaded causal LM and its tokenizer
-    run = ob.unlearn(model, tokenizer, "my_request.yaml", method="npo", output_dir="runs/npo",
+    run = ob.unlearn(model, tokenizer, "src/obliviate/data/demo/demo_request.json", method="npo", output_dir="runs/npo",
                      learning_rate=2e-5, num_train_epochs=1)       # HF names or dotted keys ("train.max_steps")
     run.run_dir, run.model_dir, run.manifest                       # runs/npo/model is a normal HF directory
     result = ob.evaluate(model, tokenizer, benchmark="tofu", data="../shared/data/tofu", forget_split="forget01")
