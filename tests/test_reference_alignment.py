@@ -376,3 +376,20 @@ def test_chat_turn_scoring_reproduces_open_unlearning_per_item():
     default = tofu.evaluate_items(model, tokenizer, items[:3], task_kind="forget", generate=False,
                                   precision="fp32", system_prompt="You are a helpful assistant.")
     assert all(abs(row["avg_nll"] - prob[str(row["index"])]["avg_loss"]) > 1e-3 for row in default["items"])
+
+
+def test_generation_backends_render_the_pinned_date(tiny_model_and_tokenizer, monkeypatch):
+    """The local generator (ULMR rewrites, SNAP instructions, RWKU corpora) sees the same prompt
+    on every day, so its generation cache stays valid overnight."""
+    from obliviate import prompts
+    from obliviate.prepare.local import LocalHFBackend
+
+    model, tokenizer = tiny_model_and_tokenizer
+    tokenizer.chat_template = LLAMA3_LIKE
+    backend = LocalHFBackend(model, tokenizer, batch_size=2)
+    chats = [[{"role": "user", "content": "Rewrite: who is X?"}]]
+    _on_day(monkeypatch, 1)
+    first = backend._encode(chats)
+    _on_day(monkeypatch, 2)
+    assert backend._encode(chats) == first
+    assert prompts.PINNED_DATE in tokenizer.decode(first[0])

@@ -13,6 +13,7 @@ from typing import Any
 from obliviate.errors import UserError
 from obliviate.hardware import autocast_context, model_device
 from obliviate.prepare.backend import Messages, chat_messages, check_sampling
+from obliviate.prompts import template_pins
 
 __all__ = ["LocalHFBackend"]
 
@@ -78,7 +79,8 @@ class LocalHFBackend:
         encoded = []
         for messages in prompts:
             text = self.tokenizer.apply_chat_template(
-                chat_messages(messages), add_generation_prompt=True, tokenize=False
+                chat_messages(messages), add_generation_prompt=True, tokenize=False,
+                **template_pins(self.tokenizer)[0],  # a date-printing template renders the pinned date
             )
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             encoded.append(list(ids))
