@@ -23,6 +23,7 @@ from pathlib import Path
 
 from obliviate.config import HF_NAMES, RunConfig, load_config, load_eval_config
 from obliviate.errors import UserError
+from obliviate.io import flatten_keys
 
 __all__ = ["load_config", "unlearn", "evaluate", "methods", "benchmarks", "UnlearnResult", "EvalResult"]
 
@@ -93,22 +94,14 @@ def unlearn(model=None, tokenizer=None, request=None, *, method: str | None = No
         if isinstance(request, (str, Path)):
             pairs.append(("request", str(request)))
         base = config.to_dict() if isinstance(config, RunConfig) else None
-        resolved = load_config(None if isinstance(config, RunConfig) else config, pairs, base=_flat(base))
+        flat_base = None if base is None else flatten_keys(base)
+        resolved = load_config(None if isinstance(config, RunConfig) else config, pairs, base=flat_base)
     request_obj = None if request is None or isinstance(request, (str, Path)) else request
     run_dir = run(resolved, resume=resume, model=model if loaded else None, tokenizer=tokenizer if loaded else None,
                   request=request_obj)
     manifest_path = run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     return UnlearnResult(run_dir=run_dir, model_dir=run_dir / "model", manifest=manifest)
-
-
-def _flat(data: dict | None, prefix: str = "") -> dict | None:
-    if data is None:
-        return None
-    flat = {}
-    for key, value in data.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
 
 
 def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir: str | Path | None = None,

@@ -33,6 +33,17 @@ def _umask() -> int:
     return mask
 
 
+def flatten_keys(data, prefix: str = "") -> dict:
+    """A nested mapping as dotted keys: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (a value
+    that is not a mapping stands under ``prefix`` itself)."""
+    if not isinstance(data, dict):
+        return {prefix.rstrip("."): data}
+    flat = {}
+    for key, value in data.items():
+        flat.update(flatten_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to a temporary sibling, then rename it over `path`. The file gets the mode a
     plain `open(path, "w")` would give: the existing file's, else 0666 less the umask (mkstemp

@@ -61,27 +61,18 @@ def check_resume_config(run_dir: str | Path, config: dict) -> None:
     Keys only one side has (a newer obliviate's new field) are not compared."""
     import yaml
 
-    from obliviate.io import parse_yaml, read_user_text, short_repr
+    from obliviate.io import flatten_keys, parse_yaml, read_user_text, short_repr
 
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         return  # killed before it saved its config: nothing to compare with
-    saved = _flat(parse_yaml(read_user_text(path), str(path)) or {})
-    new = _flat(yaml.safe_load(yaml.safe_dump(config)))  # the types a saved config reads back as
+    saved = flatten_keys(parse_yaml(read_user_text(path), str(path)) or {})
+    new = flatten_keys(yaml.safe_load(yaml.safe_dump(config)))  # the types a saved config reads back as
     for key, value in saved.items():
         if key in new and key not in RESUME_SAFE and not key.endswith("_sweep") and new[key] != value:
             raise UserError(f"--resume: config key '{key}' = {short_repr(new[key])} differs from the run's "
                             f"{short_repr(value)} ({path}); resume with the run's config, or choose another "
                             "output_dir for a new run")
-
-
-def _flat(data, prefix: str = "") -> dict:
-    if not isinstance(data, dict):
-        return {prefix.rstrip("."): data}
-    flat = {}
-    for key, value in data.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
 
 
 def prepare_run_dir(run_dir: str | Path, *, resume: bool = False) -> Path:
