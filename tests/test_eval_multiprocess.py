@@ -88,3 +88,32 @@ def test_one_process_is_unchanged(tiny_model_and_tokenizer, tofu_dir):  # noqa: 
         assert state.num_processes == 1
         inside = tofu.evaluate_tofu(model, tokenizer, data=tofu_dir, **OPTIONS)
     assert _comparable(inside) == _comparable(plain)
+
+
+@pytest.mark.multiprocess
+def test_obliviate_eval_under_accelerate_launch(tmp_path, tiny_model_dir, tofu_dir):  # noqa: F811
+    """`accelerate launch -m obliviate eval` shares the work and writes what one process writes,
+    once, in the folder asked for; the report is printed once."""
+    import obliviate.api as ob
+
+    out = tmp_path / "launched"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(accelerate), "launch", "--config_file", str(ROOT / "examples" / "accelerate_multi_gpu.yaml"),
+         "--num_processes", "2", "--main_process_port", str(_free_port()), "-m", "obliviate", "eval",
+         "--model", str(tiny_model_dir), "--data", str(tofu_dir), "--forget_split", "forget01", "--no_cache",
+         "--precision", "fp32", "--max_new_tokens", "8", "--batch_size", "2", "--output_dir", str(out)],
+        env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("[obliviate] results:") == 1, done.stdout
+    single = ob.evaluate(str(tiny_model_dir), output_dir=tmp_path / "single", data=str(tofu_dir),
+                         forget_split="forget01", cache=False, precision="fp32", max_new_tokens=8, batch_size=2,
+                         progress=False)
+    written = json.loads((out / "tofu_eval.json").read_text())
+    assert _comparable(written) == _comparable(single.envelope)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
+    # the work was shared: process 0 ran fewer answer tokens than one process runs
+    assert 0 < written["model_tokens"]["answer tokens"] < single.envelope["model_tokens"]["answer tokens"]

@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,9 +118,7 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     `progress`: tqdm.auto progress bars (a widget in a notebook)."""
     from obliviate.evaluation.progress import progress_bars
     from obliviate.evaluation.registry import build_options, get_benchmark
-    from obliviate.evaluation.results import claim_fresh_dir, default_output_dir
-    from obliviate.hardware import resolve_device, resolve_precision
-    from obliviate.models import load_model, load_tokenizer
+    from obliviate.hardware import resolve_precision
 
     settings = {"benchmark": "tofu", "device": "auto", "precision": "auto", "trust_remote_code": False,
                 "output_dir": None}
@@ -131,29 +131,80 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     spec = get_benchmark(settings["benchmark"])
     built = build_options(spec, {**file_options, **options}, where=f"benchmark '{spec.name}' option")
     resolve_precision(settings["precision"], key="precision")  # refuse a bad value before loading anything
-    if isinstance(model, (str, Path)):
-        name = str(model)
-        model, tokenizer = load_model(name, trust_remote_code=settings["trust_remote_code"],
-                                      device=resolve_device(settings["device"]))
-    else:
-        name = getattr(model, "name_or_path", None) or type(model).__name__
-        if device is not None:  # asked for: placed there; else the model stays where the caller put it
-            model.to(resolve_device(device))
-        if tokenizer is None:
-            tokenizer = load_tokenizer(name, trust_remote_code=settings["trust_remote_code"])
-    out = settings["output_dir"]
-    out = Path(out) if out is not None else claim_fresh_dir(default_output_dir(name, spec.name))
-    started = time.time() - 1  # file systems with coarse timestamps
-    try:
-        with progress_bars(progress):
-            envelope = spec.run(model, tokenizer, built, out_dir=out, model_name=name, precision=settings["precision"])
-    except BaseException:
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a folder claimed for this evaluation, still empty
-        raise
-    paths = sorted(p for p in out.rglob("*") if p.is_file() and p.stat().st_mtime >= started)
+    with _processes(settings["device"]) as state:
+        model, tokenizer, name = _place(model, tokenizer, settings, device if state is None else _device_name(state.device))
+        with _output_dir(settings["output_dir"], name, spec.name, state) as out:
+            started = time.time() - 1  # file systems with coarse timestamps
+            try:
+                with progress_bars(progress and (state is None or state.is_main_process)):
+                    envelope = spec.run(model, tokenizer, built, out_dir=out, model_name=name,
+                                        precision=settings["precision"])
+            except BaseException:
+                if out.is_dir() and not any(out.iterdir()):
+                    out.rmdir()  # a folder claimed for this evaluation, still empty
+                raise
+            paths = sorted(p for p in out.rglob("*") if p.is_file() and p.stat().st_mtime >= started)
+            out = _main_process_value(state, out)
+            paths = paths if state is None or state.is_main_process else []
     return EvalResult(summary=dict(envelope.get("summary", {})), paths=paths, output_dir=out, benchmark=spec.name,
                       envelope=envelope)
+
+
+@contextlib.contextmanager
+def _processes(device: str):
+    """Under `accelerate launch` / torchrun (WORLD_SIZE > 1): every process runs the evaluation
+    inside `data_parallel` (each engine call shared, the numbers of one process); else None."""
+    from obliviate.evaluation.distributed import data_parallel, launched
+
+    if not launched():
+        yield None
+        return
+    with data_parallel(device=device) as state:
+        yield state
+
+
+def _device_name(device) -> str:
+    """A launch's torch.device as a `device` setting (accelerate's CPU device may be cpu:0)."""
+    return "cpu" if device.type == "cpu" else str(device)
+
+
+def _place(model, tokenizer, settings: dict, device: str | None):
+    """(model, tokenizer, name): a name or directory loaded onto `device` (else settings' device),
+    a loaded model moved there when a device is asked for or the launch gives one."""
+    from obliviate.hardware import resolve_device
+    from obliviate.models import load_model, load_tokenizer
+
+    trust = settings["trust_remote_code"]
+    if isinstance(model, (str, Path)):
+        name = str(model)
+        model, tokenizer = load_model(name, trust_remote_code=trust, device=resolve_device(device or settings["device"]))
+        return model, tokenizer, name
+    name = getattr(model, "name_or_path", None) or type(model).__name__
+    if device is not None:  # asked for: placed there; else the model stays where the caller put it
+        model.to(resolve_device(device))
+    return model, tokenizer if tokenizer is not None else load_tokenizer(name, trust_remote_code=trust), name
+
+
+@contextlib.contextmanager
+def _output_dir(given, name: str, benchmark: str, state):
+    """The folder the results go to: `given`, else a fresh default one (results.default_output_dir).
+    Under a launch only process 0 writes there; the others write into a scratch folder, removed after."""
+    from obliviate.evaluation.results import claim_fresh_dir, default_output_dir
+
+    if state is not None and not state.is_main_process:
+        with tempfile.TemporaryDirectory(prefix="obliviate-eval-") as scratch:
+            yield Path(scratch)
+        return
+    yield Path(given) if given is not None else claim_fresh_dir(default_output_dir(name, benchmark))
+
+
+def _main_process_value(state, value):
+    """`value` as process 0 holds it (every process of a launch returns the same result)."""
+    if state is None or state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 def methods() -> dict[str, str]:

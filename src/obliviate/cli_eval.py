@@ -4,7 +4,9 @@ options (each benchmark declares them; `--benchmark X --help` lists them).
 Precedence, lowest first: defaults, the `--config` file (an `eval:` section or a flat mapping),
 the command line. Without `--output_dir` the results go inside the run for a run's model
 (`runs/x/model` -> `runs/x/eval-tofu`), else to `runs/eval-<model>-<benchmark>`; a folder that
-already holds results is never reused: the next evaluation gets `-2`, `-3`, ... (api.evaluate)."""
+already holds results is never reused: the next evaluation gets `-2`, `-3`, ... (api.evaluate).
+Under `accelerate launch --num_processes N -m obliviate eval ...` the processes share the work
+(evaluation.distributed) and process 0 writes and prints the results."""
 
 from __future__ import annotations
 
@@ -83,6 +85,7 @@ def _option_value(argv: list[str], flag: str) -> str | None:
 def run(args) -> int:
     from obliviate.api import evaluate
     from obliviate.config import load_eval_config
+    from obliviate.evaluation.distributed import launched
     from obliviate.evaluation.registry import get_benchmark
 
     model = args.model or (load_eval_config(args.config).get("model") if args.config else None)
@@ -92,6 +95,8 @@ def run(args) -> int:
     result = evaluate(str(model), benchmark=args.benchmark, output_dir=args.output_dir, device=args.device,
                       precision=args.precision, trust_remote_code=args.trust_remote_code, config=args.config,
                       progress=False, **options)
+    if not result.paths and launched():
+        return 0  # under `accelerate launch`, process 0 writes and reports
     print(get_benchmark(result.benchmark).render(result.envelope))
     print(f"[obliviate] results: {result.output_dir}")
     return 0

@@ -12,6 +12,10 @@ and gathered, so every process holds the whole result and process 0 writes it::
 
     accelerate launch --num_processes 4 my_eval.py
 
+`obliviate eval` and ``obliviate.api.evaluate`` do this themselves under a launch::
+
+    accelerate launch --num_processes 4 -m obliviate eval --model runs/npo/model --data DIR
+
 Scores are bit-identical to one process (same batches); generations are too, up to the
 rounding that a different decoding batch can bring (the same as changing ``batch_size``).
 """
@@ -37,6 +41,11 @@ def _shard(state) -> Shard:
         return broadcast_object_list([value], from_process=0)[0]
 
     return Shard(state.process_index, state.num_processes, all_gather, broadcast)
+
+
+def launched() -> bool:
+    """True inside a launch of several processes (accelerate launch, torchrun: WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def process_state(device: str = "auto"):
