@@ -36,6 +36,13 @@ class Benchmark:
     render: Callable[[dict], str]  # the Markdown report of an envelope
 
 
+def decode_option():
+    """The `decode` option every generating benchmark declares (engine.settings.DECODES)."""
+    return dataclasses.field(default="auto", metadata={
+        "help": "greedy decoding path: auto (static on CUDA, plain elsewhere) | plain | static (fixed shapes, "
+                "a CUDA graph on CUDA; same outputs)"})
+
+
 _REGISTRY: dict[str, Benchmark] = {}
 _BUILTINS_LOADED = False
 

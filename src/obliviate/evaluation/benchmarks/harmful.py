@@ -12,7 +12,7 @@ from pathlib import Path
 
 from obliviate.evaluation.harmful.report import render_harmful
 from obliviate.evaluation.harmful.suite import evaluate_harmful
-from obliviate.evaluation.registry import Benchmark, register_benchmark
+from obliviate.evaluation.registry import Benchmark, decode_option, register_benchmark
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class HarmfulOptions:
     ds_size: int | None = field(default=100, metadata={"help": "evaluate only the first N normal prompts"})
     max_new_tokens: int = field(default=64, metadata={"help": "greedy generation budget per prompt"})
     batch_size: int = field(default=16, metadata={"help": "rows of a forward pass and prompts decoded together"})
+    decode: str = decode_option()
     system_prompt: str | None = field(default=None, metadata={
         "help": "system prompt of the chat template (default: the template's own)"})
     judge: str = field(default="heuristic", metadata={

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obliviate.evaluation.registry import Benchmark, register_benchmark
+from obliviate.evaluation.registry import Benchmark, decode_option, register_benchmark
 from obliviate.evaluation.report import render_report
 from obliviate.evaluation.results import json_safe
 from obliviate.evaluation.tofu import evaluate_tofu
@@ -33,9 +33,7 @@ class TofuOptions:
     scoring: str = field(default="answer", metadata={
         "help": "answer: answer + EOS (TOFU's definition) | chat_turn: the assistant turn as the chat template "
                 "renders it (open-unlearning's)"})
-    decode: str = field(default="auto", metadata={
-        "help": "greedy decoding path: auto (static on CUDA, plain elsewhere) | plain | static (fixed shapes, "
-                "a CUDA graph on CUDA; same outputs)"})
+    decode: str = decode_option()
     cache: bool = field(default=True, metadata={
         "help": "keep per-item results in $OBLIVIATE_CACHE/eval so a rerun or resume skips finished work"})
 

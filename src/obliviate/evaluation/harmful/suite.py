@@ -73,7 +73,7 @@ def _originals(options, model, tokenizer, questions, outputs, precision) -> tupl
         original, original_tok = load_model(options.reference_model)
         original.to(next(model.parameters()).device)
         texts = greedy_generate(original, original_tok, questions, options.max_new_tokens, options.batch_size,
-                                precision=precision, system_prompt=options.system_prompt)
+                                precision=precision, system_prompt=options.system_prompt, decode=options.decode)
         return texts, options.reference_model
     return list(outputs), "self"
 
@@ -108,7 +108,8 @@ def evaluate_harmful(model, tokenizer, options, *, out_dir: Path, model_name: st
     stats, texts = score_and_generate(
         model, tokenizer, [(i.question, i.answer) for i in sets.normal], questions,
         max_new_tokens=options.max_new_tokens, batch_size=options.batch_size, precision=precision,
-        system_prompt=options.system_prompt, progress=ProgressLog("harmful", "prompts"), timings=engine_times)
+        system_prompt=options.system_prompt, decode=options.decode, progress=ProgressLog("harmful", "prompts"),
+        timings=engine_times)
     timer.add(engine_times, prefix="model: ")
     cut = [len(sets.forget), len(sets.forget) + len(sets.heldout)]
     forget_out, heldout_out, normal_out = texts[:cut[0]], texts[cut[0]:cut[1]], texts[cut[1]:]
