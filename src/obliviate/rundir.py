@@ -105,7 +105,19 @@ def lock_run_dir(run_dir: str | Path, *, resume: bool = False) -> RunLock:
     """Create the run directory and take its lock; refuse (one line naming the holder) while
     another run holds it, then refuse a directory that holds a finished or started run."""
     run_dir = prepare_run_dir(run_dir, resume=resume)
-    path = run_dir / LOCK
+    lock = take_lock(run_dir / LOCK, busy=f"output_dir '{run_dir}' is in use by another run")
+    try:
+        check_run_dir(run_dir, resume=resume)  # again, now that no other run can be starting here
+    except UserError:
+        lock.release()
+        raise
+    return lock
+
+
+def take_lock(path: Path, *, busy: str) -> RunLock:
+    """An exclusive lock on the file `path` (created), recording this process as its holder;
+    while another process holds it: UserError "<busy> (<holder>); wait for it to end or choose
+    another output_dir". The OS releases it when the holder dies."""
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -116,21 +128,14 @@ def lock_run_dir(run_dir: str | Path, *, resume: bool = False) -> RunLock:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise UserError(f"output_dir '{run_dir}' is in use by another run ({holder}); wait for it to "
-                            "end or choose another output_dir") from None
+            raise UserError(f"{busy} ({holder}); wait for it to end or choose another output_dir") from None
         if _same_file(fd, path):
             break
         os.close(fd)  # the holder released and removed it between our open and our flock: again
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode())
-    lock = RunLock(path, fd)
-    try:
-        check_run_dir(run_dir, resume=resume)  # again, now that no other run can be starting here
-    except UserError:
-        lock.release()
-        raise
-    return lock
+    return RunLock(path, fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:

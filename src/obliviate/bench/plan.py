@@ -9,7 +9,6 @@ last the report. Every stage goes through StageBook (cached, resumable).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from obliviate.bench.rows import BenchSpec, Row, missing_requirements, row_confi
 from obliviate.bench.stages import NotDone, StageBook, fingerprint
 from obliviate.errors import UserError
 from obliviate.io import atomic_write_json, atomic_write_text
+from obliviate.rundir import take_lock
 
 
 def check_data(spec: BenchSpec) -> Path:
@@ -242,19 +242,11 @@ def _stages(spec, rows, root, data, requests, skipped, book) -> dict:
 @contextmanager
 def bench_lock(root: Path):
     """One bench per directory: a second one started there is refused while the first runs."""
-    fd = os.open(root / "bench.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = take_lock(root / "bench.lock", busy=f"--output_dir {root}: another bench is running there")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace")
-            raise UserError(f"--output_dir {root}: another bench is running there ({holder}); wait for it to end "
-                            "or choose another output_dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
         yield
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 def _write_manifest(root: Path, spec: BenchSpec, rows: list[Row], skipped: dict) -> None:
