@@ -112,3 +112,27 @@ def test_ga_and_npo_on_passages_raise_the_passage_nll(tiny_model_and_tokenizer, 
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in PASSAGES)
     assert sum(row["tokens"] for row in log) == 3 * tokens  # 6 steps of 2 = 3 epochs of the 4 passages
+
+
+def test_a_refused_run_leaves_no_run_directory(tmp_path, tiny_model_dir):
+    """RT needs questions: given passages it is refused after the model loads, and the run
+    directory it had started (config.yaml) is removed, so the same output_dir works next time."""
+    from obliviate.config import load_config
+    from obliviate.methods import pipeline
+
+    root = _write_target(tmp_path / "rwku")
+    out = tmp_path / "run"
+    config = load_config(None, [f"model={tiny_model_dir}", f"output_dir={out}", "method=rt", "train.max_steps=1",
+                                "train.batch_size=2", "train.precision=fp32", "train.save_steps=-1",
+                                "objective.retain_loss=none"])
+    request = {"rwku": {"data": str(root), "targets": "1", "forget": "passages"}}
+    with pytest.raises(UserError, match="slot needs questions"):
+        pipeline.run(config, request=request)
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")  # a directory the user filled is never removed
+    config.output_dir = str(kept)
+    with pytest.raises(UserError, match="slot needs questions"):
+        pipeline.run(config, request=request)
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "notes.txt"]

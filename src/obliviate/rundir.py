@@ -114,6 +114,18 @@ def lock_run_dir(run_dir: str | Path, *, resume: bool = False) -> RunLock:
     return lock
 
 
+def discard_unstarted_run(run_dir: str | Path) -> bool:
+    """Remove a run directory that holds nothing but its config.yaml (a run refused before it
+    trained or wrote anything else); True if removed. Anything else in it keeps it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {CONFIG}:
+        return False
+    with contextlib.suppress(OSError):
+        (run_dir / CONFIG).unlink(missing_ok=True)
+        run_dir.rmdir()
+    return not run_dir.exists()
+
+
 def take_lock(path: Path, *, busy: str) -> RunLock:
     """An exclusive lock on the file `path` (created), recording this process as its holder;
     while another process holds it: UserError "<busy> (<holder>); wait for it to end or choose

@@ -27,10 +27,12 @@ import torch
 
 from obliviate.config import RunConfig, save_config
 from obliviate.data.request import QAItem, UnlearningRequest, load_request
+from obliviate.errors import UserError
 from obliviate.hardware import resolve_device
 from obliviate.methods.registry import get_method
 from obliviate.models import load_model, remove_stale_saves, save_model
-from obliviate.rundir import (check_resume_config, check_run_dir, lock_run_dir, prepare_run_dir, weights_sha256,
+from obliviate.rundir import (check_resume_config, check_run_dir, discard_unstarted_run, lock_run_dir,
+                              prepare_run_dir, weights_sha256,
                               write_manifest)
 from obliviate.training import process_state, resolve_precision, train
 
@@ -74,15 +76,22 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
         check_resume_config(config.output_dir, config.to_dict())
     if model is None:
         model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    fresh = not resume and not (Path(config.output_dir).is_dir() and any(Path(config.output_dir).iterdir()))
     # one lock per launch: process 0 holds it, the others wait until it has it
     lock = lock_run_dir(config.output_dir, resume=resume) if state.is_main_process else None
+    refused = False
     try:
         state.wait_for_everyone()
         run_dir = prepare_run_dir(config.output_dir, resume=resume)
         return _locked_run(config, method, request, model, tokenizer, run_dir, device, state, resume, started)
+    except UserError:
+        refused = True
+        raise
     finally:
         if lock is not None:
             lock.release()
+            if refused and fresh:
+                discard_unstarted_run(config.output_dir)  # a refusal leaves no half-written run behind
 
 
 def _locked_run(config, method, request, model, tokenizer, run_dir, device, state, resume, started) -> Path:
