@@ -136,3 +136,40 @@ def test_a_refused_run_leaves_no_run_directory(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match="slot needs questions"):
         pipeline.run(config, request=request)
     assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "notes.txt"]
+
+
+def test_a_plain_request_trains_on_raw_text(tmp_path, tiny_model_dir):
+    """forget records holding only a 'text' are raw passages in any request: GA trains on the
+    text itself (its NLL rises), and a record with neither text nor question is refused in one line."""
+    from obliviate.config import load_config
+    from obliviate.methods import pipeline
+    from obliviate.models import load_model
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t, "subject": "Ada"}) + "\n" for t in PASSAGES), encoding="utf-8")
+    request = load_request({"forget": str(corpus), "retain": [{"question": "Q?", "answer": "A."}]})
+    assert [type(i).__name__ for i in request.forget] == ["PassageItem"] * len(PASSAGES)
+    assert [(i.answer, i.subject) for i in request.forget] == [(t, "Ada") for t in PASSAGES]
+    assert type(request.retain[0]).__name__ == "QAItem"
+    with pytest.raises(UserError, match=r"\[forget\]: record 1 has no 'question' field .*or only a 'text'"):
+        load_request({"forget": [{"body": "x"}]})
+    with pytest.raises(UserError, match=r"record 2 field 'text' is ''"):
+        load_request({"forget": [{"text": "a b c"}, {"text": ""}]})
+
+    out = tmp_path / "ga"
+    config = load_config(None, [f"model={tiny_model_dir}", f"output_dir={out}", "method=ga", "train.max_steps=4",
+                                "train.batch_size=2", "train.precision=fp32", "train.save_steps=-1",
+                                "train.learning_rate=1e-3", "objective.retain_loss=none"])
+    model, tokenizer = load_model(str(tiny_model_dir))
+    before = [answer_nll_of(model, tokenizer, t) for t in PASSAGES]
+    pipeline.run(config, request={"forget": str(corpus)})
+    after_model, _ = load_model(str(out / "model"))
+    after = [answer_nll_of(after_model, tokenizer, t) for t in PASSAGES]
+    assert sum(after) > sum(before)
+
+
+def answer_nll_of(model, tokenizer, text: str) -> float:
+    enc = encode_passage(tokenizer, text, max_length=64)
+    batch = {k: torch.tensor([v]) for k, v in enc.items()}
+    with torch.no_grad():
+        return float(answer_nll(model, batch).sum())

@@ -64,14 +64,18 @@ class UnlearningRequest:
                 "passages": self.passages}
 
 
-def items_from_records(records: list[dict], where: str) -> list[QAItem]:
+def items_from_records(records: list[dict], where: str, *, passages: bool = False) -> list[QAItem]:
     """Map records to QAItems; a missing or mistyped field raises UserError naming the record
-    (counted from 1, as a user counts them)."""
+    (counted from 1, as a user counts them). `passages`: a record with a 'text' and neither a
+    question nor an answer is a raw passage (data/passages.PassageItem: trained as plain text)."""
     items = []
     for index, record in enumerate(records, 1):
         if not isinstance(record, dict):
             raise UserError(f"{where}: record {index} is a {type(record).__name__}, expected an object "
                             "with a question and an answer")
+        if passages and _is_passage_record(record):
+            items.append(_passage_item(record, f"{where}: record {index}"))
+            continue
         values = {}
         for canonical, names in FIELDS.items():
             for name in names:
@@ -80,9 +84,10 @@ def items_from_records(records: list[dict], where: str) -> list[QAItem]:
                     break
         for required in ("question", "answer"):
             if required not in values:
+                hint = ", or only a 'text' for a raw passage" if passages else ""
                 raise UserError(
                     f"{where}: record {index} has no '{required}' field (accepted names: "
-                    f"{', '.join(FIELDS[required])}); add it"
+                    f"{', '.join(FIELDS[required])}{hint}); add it"
                 )
         for key, value in values.items():
             if key == "perturbed_answers":
@@ -99,6 +104,22 @@ def items_from_records(records: list[dict], where: str) -> list[QAItem]:
                 raise UserError(f"{where}: record {index} field '{key}' is empty; give text")
         items.append(QAItem(**values))
     return items
+
+
+def _is_passage_record(record: dict) -> bool:
+    names = FIELDS["question"] + FIELDS["answer"]
+    return "text" in record and not any(record.get(name) is not None for name in names)
+
+
+def _passage_item(record: dict, where: str) -> QAItem:
+    from obliviate.data.passages import PassageItem  # passages.py builds on this module
+
+    text, subject = record["text"], next((record[n] for n in FIELDS["subject"] if record.get(n) is not None), None)
+    if not isinstance(text, str) or not text.strip():
+        raise UserError(f"{where} field 'text' is {short_repr(text)}; a raw passage needs non-empty text")
+    if subject is not None and not isinstance(subject, str):
+        raise UserError(f"{where} field 'subject' is a {type(subject).__name__}, expected a string")
+    return PassageItem(answer=text, subject=subject)
 
 
 def _load_set(spec, base: Path, where: str, sources: list[str]) -> list[dict]:
@@ -174,7 +195,7 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
     sets = {}
     for name in SETS:
         records = _load_set(spec.get(name), base, f"{where} [{name}]", sources)
-        sets[name] = items_from_records(records, f"{where} [{name}]")
+        sets[name] = items_from_records(records, f"{where} [{name}]", passages=name in ("forget", "retain"))
         for item in sets[name]:
             item.subject = item.subject or spec.get("subject")
     passages = _passages(_load_set(spec.get("passages"), base, f"{where} [passages]", sources), f"{where} [passages]")
