@@ -173,3 +173,9 @@ def answer_nll_of(model, tokenizer, text: str) -> float:
     batch = {k: torch.tensor([v]) for k, v in enc.items()}
     with torch.no_grad():
         return float(answer_nll(model, batch).sum())
+
+
+def test_retain_records_must_be_questions():
+    """The retain slot encodes question + answer: a raw text there is refused, not trained with an empty question."""
+    with pytest.raises(UserError, match=r"\[retain\]: record 1 has no 'question' field"):
+        load_request({"forget": [{"text": "a b c"}], "retain": [{"text": "d e f"}]})

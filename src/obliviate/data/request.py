@@ -195,7 +195,7 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
     sets = {}
     for name in SETS:
         records = _load_set(spec.get(name), base, f"{where} [{name}]", sources)
-        sets[name] = items_from_records(records, f"{where} [{name}]", passages=name in ("forget", "retain"))
+        sets[name] = items_from_records(records, f"{where} [{name}]", passages=name == "forget")
         for item in sets[name]:
             item.subject = item.subject or spec.get("subject")
     passages = _passages(_load_set(spec.get("passages"), base, f"{where} [passages]", sources), f"{where} [passages]")
