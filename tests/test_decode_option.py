@@ -27,13 +27,38 @@ def _outputs(envelope: dict) -> list[str]:
 
 @pytest.mark.parametrize("benchmark", ["rwku", "harmful"])
 def test_decode_reaches_the_engine(tmp_path, tiny_model_and_tokenizer, rwku_dir, benchmark):  # noqa: F811
+    from obliviate.evaluation.registry import get_benchmark
+
     model, tokenizer = tiny_model_and_tokenizer
     options = _options(benchmark, rwku_dir)
+    spec = get_benchmark(benchmark)  # past the options check: the engine itself must see the value
     with pytest.raises(UserError, match="decode must be one of auto, plain, static, got 'warp'"):
-        ob.evaluate(model, tokenizer, benchmark=benchmark, output_dir=tmp_path / "bad", precision="fp32",
-                    progress=False, decode="warp", **options)
+        spec.run(model, tokenizer, spec.options(**options, decode="warp"), out_dir=tmp_path / "bad",
+                 model_name="tiny", precision="fp32")
     runs = {decode: ob.evaluate(model, tokenizer, benchmark=benchmark, output_dir=tmp_path / decode, precision="fp32",
                                 progress=False, decode=decode, **options).envelope for decode in ("plain", "static")}
     assert _outputs(runs["plain"]), "the benchmark generated nothing to compare"
     assert _outputs(runs["static"]) == _outputs(runs["plain"])
     assert runs["static"]["summary"] == runs["plain"]["summary"] | {"model": runs["static"]["summary"]["model"]}
+
+
+@pytest.mark.parametrize("benchmark, option, value", [("tofu", "decode", "warp"), ("tofu", "scoring", "chat"),
+                                                      ("rwku", "decode", "warp"), ("harmful", "judge", "gpt")])
+def test_a_value_outside_the_choices_is_refused_before_the_model_loads(benchmark, option, value, monkeypatch):
+    import obliviate.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(obliviate.models, "load_model", no_loading)
+    with pytest.raises(UserError, match=rf"benchmark '{benchmark}' option '{option}' = '{value}' is not known; use one of"):
+        ob.evaluate("some-model", benchmark=benchmark, progress=False, **{option: value})
+
+
+def test_help_lists_the_choices(capsys):
+    from obliviate.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--benchmark", "tofu", "--help"])
+    out = capsys.readouterr().out
+    assert "--decode {auto,plain,static}" in out and "--scoring {answer,chat_turn}" in out

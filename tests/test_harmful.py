@@ -119,7 +119,7 @@ def test_unknown_judge_and_missing_reference_outputs_are_one_line(tiny_model_and
     bench = get_benchmark("harmful")
     run = lambda **kw: bench.run(model, tokenizer, build_options(bench, {"normal": str(tmp_path),  # noqa: E731
                                  "max_new_tokens": 2, **kw}), out_dir=tmp_path / "o", model_name="t", precision="fp32")
-    with pytest.raises(UserError, match="option 'judge' is 'oracle'; use heuristic or llm"):
+    with pytest.raises(UserError, match="option 'judge' = 'oracle' is not known; use one of heuristic, llm"):
         run(judge="oracle")
     (tmp_path / "ref.json").write_text(json.dumps([{"question": "What colour is the sky?", "output": "blue"}]))
     with pytest.raises(UserError, match=r"ref.json: no output for 2 normal prompt\(s\)"):

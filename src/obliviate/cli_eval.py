@@ -52,8 +52,9 @@ def add_arguments(parser, benchmark: str) -> None:
         if option.type in (bool, "bool"):
             add_bool_flag(group, option.name, dest=f"option.{option.name}", default=argparse.SUPPRESS, help=helptext)
         else:
+            choices = option.metadata.get("choices")
             add_flag(group, f"--{option.name}", dest=f"option.{option.name}", default=argparse.SUPPRESS,
-                     metavar=option.name.upper(), help=helptext)
+                     metavar="{" + ",".join(choices) + "}" if choices else option.name.upper(), help=helptext)
 
 
 def benchmark_of(argv: list[str]) -> str:

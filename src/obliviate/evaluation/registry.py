@@ -38,7 +38,10 @@ class Benchmark:
 
 def decode_option():
     """The `decode` option every generating benchmark declares (engine.settings.DECODES)."""
+    from obliviate.evaluation.engine.settings import DECODES
+
     return dataclasses.field(default="auto", metadata={
+        "choices": DECODES,
         "help": "greedy decoding path: auto (static on CUDA, plain elsewhere) | plain | static (fixed shapes, "
                 "a CUDA graph on CUDA; same outputs)"})
 
@@ -137,4 +140,13 @@ def build_options(benchmark: Benchmark, values: Mapping[str, Any], where: str = 
             raise UserError(f"{where} '{key}' is not known; use one of {', '.join(types_of)}")
         kind, nullable = types_of[name]
         kwargs[name] = _coerce(value, kind, nullable, f"{where} '{key}'")
+        choices = option_choices(benchmark.options).get(name)
+        if choices and kwargs[name] not in choices and kwargs[name] is not None:
+            raise UserError(f"{where} '{key}' = {kwargs[name]!r} is not known; use one of {', '.join(choices)}")
     return benchmark.options(**kwargs)
+
+
+def option_choices(options: type) -> dict[str, tuple]:
+    """``{field: allowed values}`` for the options that declare ``metadata["choices"]``: checked
+    by :func:`build_options` before any model is loaded, and listed by ``--help``."""
+    return {f.name: tuple(f.metadata["choices"]) for f in dataclasses.fields(options) if "choices" in f.metadata}

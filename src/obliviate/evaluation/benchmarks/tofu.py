@@ -10,6 +10,7 @@ from obliviate.evaluation.registry import Benchmark, decode_option, register_ben
 from obliviate.evaluation.report import render_report
 from obliviate.evaluation.results import json_safe
 from obliviate.evaluation.tofu import evaluate_tofu
+from obliviate.prompts import SCORINGS
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class TofuOptions:
         "help": "system prompt of the chat template (default: the template's own)"})
     extras: bool = field(default=True, metadata={
         "help": "also extraction strength, exact memorisation and MIA AUCs on the forget set"})
-    scoring: str = field(default="answer", metadata={
+    scoring: str = field(default="answer", metadata={"choices": SCORINGS,
         "help": "answer: answer + EOS (TOFU's definition) | chat_turn: the assistant turn as the chat template "
                 "renders it (open-unlearning's)"})
     decode: str = decode_option()
