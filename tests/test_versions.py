@@ -89,3 +89,27 @@ def test_ci_lowest_pins_are_the_declared_floors():
             name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line).groups()
             pins[name.lower()] = Version(version)
     assert pins == _floors()
+
+
+OLD_TRANSFORMERS = """
+import importlib.metadata as m, sys
+real = m.version
+m.version = lambda name: "5.17.0" if name == "transformers" else real(name)
+import transformers.cache_utils as cache_utils
+del cache_utils.DynamicLayer  # what transformers 5.17 lacks: importing the engine would fail
+from obliviate.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [["unlearn", "--help"], ["data", "validate", "x.json"], ["eval", "--model", "m"]])
+def test_the_cli_reports_an_old_library_in_one_line_before_importing_it(argv):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", OLD_TRANSFORMERS, *argv], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+                          timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: transformers 5.17 is older than obliviate needs (>=5.23"), done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -4,6 +4,7 @@
     model, tokenizer = ...                                         # any loaded causal LM and its tokenizer
     run = ob.unlearn(model, tokenizer, "src/obliviate/data/demo/demo_request.json", method="npo", output_dir="runs/npo",
                      learning_rate=2e-5, num_train_epochs=1)       # HF names or dotted keys ("train.max_steps")
+                                                                   # model is trained in place (copy.deepcopy to keep it)
     run.run_dir, run.model_dir, run.manifest                       # runs/npo/model is a normal HF directory
     result = ob.evaluate(model, tokenizer, benchmark="tofu", data="../shared/data/tofu", forget_split="forget01")
     result.summary["model_utility"], result.paths, result.output_dir   # progress bars show in a notebook
@@ -76,7 +77,11 @@ def unlearn(model=None, tokenizer=None, request=None, *, method: str | None = No
     `model`: a loaded model (then `tokenizer` too) or a hub id / directory; `request`: a file, a
     mapping ({"forget": [...], "retain": [...]}) or an UnlearningRequest; `config`: a RunConfig or a
     YAML file under the keywords; `options`: HF names (config.HF_NAMES) or dotted config keys
-    (`**{"train.max_steps": 2}`), or whole sections (`ulmr={"alpha": 0.5}`)."""
+    (`**{"train.max_steps": 2}`), or whole sections (`ulmr={"alpha": 0.5}`).
+
+    A loaded `model` is trained **in place**: afterwards it holds the unlearned weights (the same
+    as run_dir/model). To keep the original, pass a copy: `unlearn(copy.deepcopy(model), ...)`."""
+    _check_versions()
     from obliviate.methods.pipeline import run
 
     if isinstance(model, RunConfig):
@@ -116,6 +121,7 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     `output_dir` default: inside the run for a run's model (runs/x/eval-tofu), else
     runs/eval-<name>-<benchmark>; numbered (-2, -3, ...) so that no evaluation overwrites another.
     `progress`: tqdm.auto progress bars (a widget in a notebook)."""
+    _check_versions()
     from obliviate.evaluation.progress import progress_bars
     from obliviate.evaluation.registry import build_options, get_benchmark
     from obliviate.hardware import resolve_precision
@@ -205,6 +211,19 @@ def _main_process_value(state, value):
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value], from_process=0)[0]
+
+
+def _check_versions() -> None:
+    """The CLI's start-up check (versions.check_versions), once per process, before the engine imports."""
+    global _VERSIONS_CHECKED
+    if not _VERSIONS_CHECKED:
+        from obliviate.versions import check_versions
+
+        check_versions()
+        _VERSIONS_CHECKED = True
+
+
+_VERSIONS_CHECKED = False
 
 
 def methods() -> dict[str, str]:

@@ -74,14 +74,23 @@ def _log_progress() -> None:
 def main(argv: list[str] | None = None) -> int:
     from obliviate.cli_eval import benchmark_of
 
+    from obliviate.versions import check_versions
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # without importing torch and transformers
+        from obliviate import __version__
+
+        print(f"obliviate {__version__}")
+        return 0
+    try:
+        check_versions()  # before the parser imports the benchmarks: an old library gets one line, not a traceback
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     commands = _commands(benchmark_of(argv))
     args = _parser(commands).parse_args(argv)
     _log_progress()
     try:
-        from obliviate.versions import check_versions
-
-        check_versions()
         return commands[args.command][2](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
