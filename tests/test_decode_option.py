@@ -62,3 +62,22 @@ def test_help_lists_the_choices(capsys):
         main(["eval", "--benchmark", "tofu", "--help"])
     out = capsys.readouterr().out
     assert "--decode {auto,plain,static}" in out and "--scoring {answer,chat_turn}" in out
+
+
+@pytest.mark.parametrize("benchmark, option, value", [("tofu", "ds_size", -3), ("tofu", "ds_size", 0),
+                                                      ("harmful", "ds_size", 0), ("rwku", "utility_size", 0),
+                                                      ("tofu", "batch_size", 0), ("tofu", "max_new_tokens", -1)])
+def test_sizes_below_one_are_refused_before_the_model_loads(benchmark, option, value, monkeypatch):
+    import obliviate.models
+
+    monkeypatch.setattr(obliviate.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(UserError, match=rf"option '{option}' = {value} must be a positive integer"):
+        ob.evaluate("some-model", benchmark=benchmark, progress=False, **{option: value})
+
+
+def test_an_unknown_tofu_split_is_refused_before_the_model_loads(monkeypatch):
+    import obliviate.models
+
+    monkeypatch.setattr(obliviate.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(UserError, match="'forget_split' = 'forget02' is not known; use one of forget01, forget05"):
+        ob.evaluate("some-model", progress=False, forget_split="forget02")

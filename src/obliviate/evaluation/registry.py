@@ -128,8 +128,9 @@ def _coerce(value: Any, kind: type, nullable: bool, label: str) -> Any:
 
 def build_options(benchmark: Benchmark, values: Mapping[str, Any], where: str = "option"):
     """An instance of ``benchmark.options`` from ``values`` (API keyword arguments or CLI
-    strings; ``-`` in a key reads as ``_``): each value is type-checked and coerced, an unknown
-    key is a one-line UserError naming it and the allowed keys. ``where`` names the keys in
+    strings; ``-`` in a key reads as ``_``): each value is type-checked and coerced (an int option
+    is a size or count: below 1 is refused; a field's ``metadata["choices"]`` lists its values), an
+    unknown key is a one-line UserError naming it and the allowed keys. ``where`` names the keys in
     messages ("benchmark 'tofu' option 'x' ..."; the benchmark's name is added unless given)."""
     types_of = option_types(benchmark.options)
     where = where if f"'{benchmark.name}'" in where else f"benchmark '{benchmark.name}' {where}"
@@ -140,6 +141,9 @@ def build_options(benchmark: Benchmark, values: Mapping[str, Any], where: str = 
             raise UserError(f"{where} '{key}' is not known; use one of {', '.join(types_of)}")
         kind, nullable = types_of[name]
         kwargs[name] = _coerce(value, kind, nullable, f"{where} '{key}'")
+        if kind is int and kwargs[name] is not None and kwargs[name] < 1:  # sizes and counts; 0 would mean nothing
+            raise UserError(f"{where} '{key}' = {kwargs[name]} must be a positive integer"
+                            + (" (or left out: all)" if nullable else ""))
         choices = option_choices(benchmark.options).get(name)
         if choices and kwargs[name] not in choices and kwargs[name] is not None:
             raise UserError(f"{where} '{key}' = {kwargs[name]!r} is not known; use one of {', '.join(choices)}")

@@ -17,7 +17,8 @@ from obliviate.prompts import SCORINGS
 class TofuOptions:
     data: str = field(default="locuslab/TOFU", metadata={
         "help": "TOFU data: a local directory of <split>.json files (e.g. ../shared/data/tofu) or a hub name"})
-    forget_split: str = field(default="forget01", metadata={"help": "forget set: forget01, forget05 or forget10"})
+    forget_split: str = field(default="forget01", metadata={"choices": ("forget01", "forget05", "forget10"),
+                                                            "help": "forget set: forget01, forget05 or forget10"})
     retain_logs: str | None = field(default=None, metadata={
         "help": "the retain model's eval log (TOFU, open-unlearning or obliviate format), for Forget Quality"})
     retain_model: str | None = field(default=None, metadata={
