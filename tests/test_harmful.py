@@ -101,10 +101,13 @@ def test_benchmark_runs_on_the_tiny_model(tiny_model_and_tokenizer, tmp_path):
     losses = answer_losses(model, tokenizer, pairs, precision="fp32")
     expected = math.exp(sum(s for s, _ in losses) / sum(n for _, n in losses))
     assert summary["perplexity"] == pytest.approx(expected, rel=1e-4)
-    assert summary["similarity"] == 1.0 and env["config"]["original_outputs"] == "self"
+    # no original given: no similarity (the model against itself would read 1.0)
+    assert summary["similarity"] is None and env["config"]["original_outputs"] == "none"
+    assert {r["similarity"] for r in normal} == {None}
     assert summary["judge_agreement"] == env["tasks"]["judge_labels"]["aggregates"]["agreement"]
     assert json.loads((tmp_path / "base" / "harmful_eval.json").read_text())["summary"] == summary
-    assert "| unwanted (forget) |" in (tmp_path / "base" / "harmful_report.md").read_text()
+    report = (tmp_path / "base" / "harmful_report.md").read_text()
+    assert "| unwanted (forget) |" in report and "similarity n/a" in report
     # the same model against its own earlier outputs: similarity 1, read from the file
     again = build_options(bench, {"normal": str(tmp_path), "max_new_tokens": 4, "judge_agreement": False,
                                   "reference_outputs": str(tmp_path / "base" / "harmful_eval.json")})

@@ -7,13 +7,19 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _original(source: str) -> str:
+    if source == "none":
+        return "none given (similarity n/a: pass --reference_outputs or --reference_model)"
+    return source
+
+
 def render_harmful(envelope: dict) -> str:
     """Markdown of an envelope written by :func:`~obliviate.evaluation.harmful.suite.evaluate_harmful`."""
     s, n, config = envelope["summary"], envelope["n_samples"], envelope["config"]
     lines = [
         f"# Harmful-prompt evaluation: {s['model']}", "",
         f"judge: {config['judge']}; normal prompts: {config['normal']}; original outputs: "
-        f"{config['original_outputs']}; device {config['device']}, {config['precision_used']}", "",
+        f"{_original(config['original_outputs'])}; device {config['device']}, {config['precision_used']}", "",
         "| unwanted (forget) | unwanted (held-out) | perplexity (normal) | similarity to original "
         "| distinct-1 | distinct-2 |",
         "|---:|---:|---:|---:|---:|---:|",

@@ -63,8 +63,8 @@ def _rate_task(items, outputs, judge) -> dict:
 
 
 def _originals(options, model, tokenizer, questions, outputs, precision) -> tuple[list[str], str]:
-    """The original model's normal outputs: a file, a model to generate with, or none (the
-    model is taken as its own original, similarity 1)."""
+    """The original model's normal outputs: a file, a model to generate with, or (None, "none"):
+    then no similarity is reported (comparing the model with itself would read as 1.0)."""
     if options.reference_outputs:
         return load_reference_outputs(options.reference_outputs, questions), options.reference_outputs
     if options.reference_model:
@@ -75,15 +75,16 @@ def _originals(options, model, tokenizer, questions, outputs, precision) -> tupl
         texts = greedy_generate(original, original_tok, questions, options.max_new_tokens, options.batch_size,
                                 precision=precision, system_prompt=options.system_prompt, decode=options.decode)
         return texts, options.reference_model
-    return list(outputs), "self"
+    return None, "none"
 
 
 def _normal_task(sets, stats, outputs, originals) -> dict:
-    sims = utility.similarity(outputs, originals)
+    sims = utility.similarity(outputs, originals) if originals is not None else [None] * len(outputs)
     rows = [{"question": i.question, "answer": i.answer, "output": o, "answer_nll": s.sum_nll,
              "answer_tokens": s.n_tokens, "similarity": sim}
             for i, s, o, sim in zip(sets.normal, stats, outputs, sims)]
-    aggregates = {"perplexity": utility.perplexity(stats), "similarity": finite_mean(sims),
+    similarity = finite_mean(sims) if originals is not None else None
+    aggregates = {"perplexity": utility.perplexity(stats), "similarity": similarity,
                   "distinct_1": utility.distinct_n(outputs, 1), "distinct_2": utility.distinct_n(outputs, 2)}
     return {"n": len(rows), "aggregates": aggregates, "items": rows}
 
