@@ -124,3 +124,16 @@ def test_bad_input_is_one_line_user_error(tmp_path, name, text, expected):
 def test_missing_file_is_user_error(tmp_path):
     with pytest.raises(UserError, match="no such request file"):
         load_request(tmp_path / "nope.json")
+
+
+def test_a_yaml_request_without_forget_names_what_it_found(tmp_path):
+    from obliviate.data.request import load_request
+
+    typo = tmp_path / "r.yaml"
+    typo.write_text("foget: data.json\nretain: r.json\n")
+    with pytest.raises(UserError, match=r"r.yaml: a request needs a 'forget:' key \(found: foget, retain\); add forget:"):
+        load_request(typo)
+    run_config = tmp_path / "run.yaml"
+    run_config.write_text("method: npo\ntrain:\n  learning_rate: 1.0e-5\n")
+    with pytest.raises(UserError, match="this looks like a run config: pass it as --config"):
+        load_request(run_config)

@@ -182,6 +182,11 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
     sources: list[str] = [] if isinstance(source, dict) else [str(source)]
     if isinstance(spec, dict) and "rwku" in spec:  # an RWKU target (or several): data/rwku.py builds it
         return _rwku_request(spec, base, where)
+    if isinstance(spec, dict) and "forget" not in spec and Path(str(source)).suffix.lower() in (".yaml", ".yml"):
+        found = ", ".join(short_repr(k) if not str(k).isidentifier() else str(k) for k in list(spec)[:8]) or "nothing"
+        hint = ("; this looks like a run config: pass it as --config" if {"method", "train", "model"} & set(spec)
+                else "; add forget: (a file or a list of items), see docs/request.md")
+        raise UserError(f"{where}: a request needs a 'forget:' key (found: {found}){hint}")
     if not isinstance(spec, dict) or "forget" not in spec:  # a plain data file: it is the forget set
         spec = {"forget": str(source), "retain": retain, "name": Path(str(source)).stem}
         sources = []
