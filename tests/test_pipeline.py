@@ -143,6 +143,9 @@ def test_resume_refuses_another_config_but_not_resume_safe_changes(tiny_model_di
         run(load_config(None, [*first, "train.learning_rate=2e-2"]), resume=True)
     saved = (out / "config.yaml").read_text()
     assert "method: npo" in saved  # the refusal wrote nothing
+    with pytest.raises(UserError, match=r"holds a finished run \(manifest.json is written last\): nothing to resume"):
+        run(load_config(None, first), resume=True)  # it would train past max_steps and rewrite the manifest
+    (out / "manifest.json").unlink()  # as if killed before it finished
     run(load_config(None, [*first, "train.logging_steps=1", "device=cpu", "train.report_to=none"]), resume=True)
     assert load_config(out / "config.yaml").train.logging_steps == 1
 

@@ -61,6 +61,7 @@ def run_demo(model: str | None = None, output_dir: str = "runs/demo", alphas: tu
     from obliviate.api import unlearn
     from obliviate.hardware import resolve_device
     from obliviate.models import load_model, save_model
+    from obliviate.rundir import config_agrees
     from obliviate.training import train
 
     started = time.time()
@@ -81,6 +82,7 @@ def run_demo(model: str | None = None, output_dir: str = "runs/demo", alphas: tu
         before = None
     else:
         shutil.rmtree(out / "taught", ignore_errors=True)  # taught with other settings, or interrupted
+        shutil.rmtree(out / "ulmr", ignore_errors=True)  # it unlearned the old taught model
         before = _score(base, tokenizer, request)
         _say(f"[1/4] the base model does not know these invented authors (forget ROUGE-L "
              f"{_rouge(before, 'forget'):.3f}, retain {_rouge(before, 'retain'):.3f}): teaching it all "
@@ -101,7 +103,13 @@ def run_demo(model: str | None = None, output_dir: str = "runs/demo", alphas: tu
          "since a 135M model cannot follow the rewrite/refusal prompts (see docs/methods.md)")
     ulmr_config = load_config(None, base={**ULMR, "model": str(taught_dir), "output_dir": str(out / "ulmr"),
                                           "ulmr.alpha_sweep": [a for a in alphas if a != ULMR["ulmr.alpha"]]})
-    run_dir = unlearn(ulmr_config, resume=(out / "ulmr" / "config.yaml").exists())
+    if not config_agrees(out / "ulmr", ulmr_config.to_dict()):
+        shutil.rmtree(out / "ulmr")  # an earlier demo's run with other settings
+    if (out / "ulmr" / "manifest.json").is_file():
+        run_dir = out / "ulmr"  # finished by an earlier demo on this taught model
+        _say(f"      reusing the finished ULMR run in {run_dir}")
+    else:
+        run_dir = unlearn(ulmr_config, resume=(out / "ulmr" / "config.yaml").exists()).run_dir
     unlearned, tokenizer = load_model(str(run_dir / "model"), device=device)
 
     _say("[4/4] scoring the unlearned model")

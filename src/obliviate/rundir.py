@@ -114,6 +114,16 @@ def lock_run_dir(run_dir: str | Path, *, resume: bool = False) -> RunLock:
     return lock
 
 
+def config_agrees(run_dir: str | Path, config: dict) -> bool:
+    """True if `run_dir`'s saved config.yaml (if any) agrees with `config` as check_resume_config
+    compares them: a finished run of this config can be reused, a resumed one continued."""
+    try:
+        check_resume_config(run_dir, config)
+    except UserError:
+        return False
+    return True
+
+
 def discard_unstarted_run(run_dir: str | Path) -> bool:
     """Remove a run directory that holds nothing but its config.yaml (a run refused before it
     trained or wrote anything else); True if removed. Anything else in it keeps it."""

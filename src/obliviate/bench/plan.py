@@ -70,16 +70,12 @@ def train_stage(book: StageBook, name: str, config, upstream: str = "") -> dict:
     marker is current while the run's saved config.yaml agrees with `config` on every key both
     have (rundir.check_resume_config: a field a newer obliviate adds does not redo finished runs)
     and it was trained from the same upstream model. The returned key is the weights' sha256."""
-    from obliviate.rundir import check_resume_config
+    from obliviate.rundir import config_agrees
 
     run_dir = Path(config.output_dir)
 
     def agrees() -> bool:
-        try:
-            check_resume_config(run_dir, config.to_dict())
-        except UserError:
-            return False
-        return True
+        return config_agrees(run_dir, config.to_dict())
 
     def current(record: dict) -> bool:
         same_upstream = record.get("result", {}).get("upstream", upstream) == upstream

@@ -31,7 +31,7 @@ from obliviate.errors import UserError
 from obliviate.hardware import resolve_device
 from obliviate.methods.registry import get_method
 from obliviate.models import load_model, remove_stale_saves, save_model
-from obliviate.rundir import (check_resume_config, check_run_dir, discard_unstarted_run, lock_run_dir,
+from obliviate.rundir import (MANIFEST, check_resume_config, check_run_dir, discard_unstarted_run, lock_run_dir,
                               prepare_run_dir, weights_sha256,
                               write_manifest)
 from obliviate.training import process_state, resolve_precision, train
@@ -74,6 +74,7 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
     check_run_dir(config.output_dir, resume=resume)  # before minutes of model loading; writes nothing
     if resume:
         check_resume_config(config.output_dir, config.to_dict())
+        _say_what_resumes(Path(config.output_dir))
     if model is None:
         model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
     fresh = not resume and not (Path(config.output_dir).is_dir() and any(Path(config.output_dir).iterdir()))
@@ -92,6 +93,16 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
             lock.release()
             if refused and fresh:
                 discard_unstarted_run(config.output_dir)  # a refusal leaves no half-written run behind
+
+
+def _say_what_resumes(run_dir: Path) -> None:
+    """--resume on a finished run is refused (it would train past max_steps and rewrite the
+    manifest); on a directory with no checkpoint yet it starts afresh, and says so."""
+    if (run_dir / MANIFEST).is_file():
+        raise UserError(f"output_dir '{run_dir}' holds a finished run ({MANIFEST} is written last): nothing to "
+                        "resume; use its model, or drop --resume and choose another output_dir")
+    if not (run_dir / "checkpoints").is_dir():
+        print(f"[obliviate] --resume: no checkpoint in {run_dir} yet; starting from the beginning", flush=True)
 
 
 def _locked_run(config, method, request, model, tokenizer, run_dir, device, state, resume, started) -> Path:
