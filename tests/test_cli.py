@@ -177,6 +177,7 @@ def test_hf_flags_set_the_config_keys(captured_config, tmp_path):
     (["unlearn", "--method", "forget-it"], "argument --method: invalid choice: 'forget-it'"),
     (["unlearn", "--lerning_rate", "1"], "unrecognized arguments: --lerning_rate"),
     (["finetune", "--method", "npo"], "unrecognized arguments: --method"),
+    (["finetune", "method=npo"], "'method=npo': finetune always trains plain fine-tuning"),
     (["eval", "--model", "m", "--forget_splitt", "forget05"], "unrecognized arguments: --forget_splitt"),
     (["eval", "--model", "m", "--benchmark", "snap"], "argument --benchmark: invalid choice: 'snap'"),
     (["unlearn", "--learning_rate", "-1"], "config key 'train.learning_rate' = -1.0 is invalid"),

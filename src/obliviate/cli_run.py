@@ -90,7 +90,10 @@ def run(args, command: str) -> int:
     given = {key: value for key, value in flags}
     for override in args.overrides:
         key = _parse_override(override)[0]
-        if key in given and not (command == "finetune" and key == "method"):
+        if command == "finetune" and key == "method":
+            raise UserError(f"'{override}': finetune always trains plain fine-tuning; drop it, or run "
+                            "`obliviate unlearn` for another method")
+        if key in given:
             raise UserError(f"'{override}' and the flag for '{key}' (= {given[key]!r}) set the same config key; "
                             "keep one")
     config = load_config(args.config, [*flags, *args.overrides])
