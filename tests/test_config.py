@@ -98,3 +98,24 @@ def test_pairs_set_keys_and_sections_merge_into_the_file(tmp_path):
     path.write_text("method: ulmr\nulmr:\n  n_rewrites: 3\n")
     config = load_config(path, [("ulmr", {"alpha": 0.25}), ("train.num_train_epochs", 2)])
     assert config.ulmr.alpha == 0.25 and config.ulmr.n_rewrites == 3 and config.train.num_epochs == 2.0
+
+
+def test_the_documented_config_block_holds_every_key_with_its_default():
+    """docs/configuration.md's YAML block is the reference users read: every RunConfig key (each
+    registered method's section too) with the default the code has; prompts are abridged there."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from obliviate.config import RunConfig
+    from obliviate.io import flatten_keys
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("model:"))
+    documented = flatten_keys(yaml.safe_load(block))
+    actual = flatten_keys(yaml.safe_load(yaml.safe_dump(RunConfig().to_dict())))
+    assert sorted(documented) == sorted(actual)
+    for key, value in actual.items():
+        if not key.endswith("_prompt"):
+            assert documented[key] == value, key
