@@ -254,3 +254,16 @@ def test_an_evaluation_run_twice_keeps_both_results(tiny_model_dir, tmp_path, ca
     assert f"results: {second}" in capsys.readouterr().out
     assert json.loads((first / "tofu_eval.json").read_text())["config"]["batch_size"] == 32
     assert json.loads((second / "tofu_eval.json").read_text())["config"]["batch_size"] == 1
+
+
+def test_unlearn_help_lists_each_methods_presets(capsys):
+    from obliviate.methods.registry import methods
+
+    with pytest.raises(SystemExit):
+        main(["unlearn", "--help"])
+    out = capsys.readouterr().out
+    presets = out.split("presets (", 1)[1].split("examples:", 1)[0]
+    for name, method in methods().items():
+        for key in method.presets:
+            assert any(line.split()[:1] == [name] and f"{key}=" in line for line in presets.splitlines()), (name, key)
+    assert "train.learning_rate=0.0002" in presets and "objective.beta=4.5" in presets

@@ -74,7 +74,20 @@ def add_arguments(parser, command: str) -> None:
     listing = ""
     if command == "unlearn":
         listing = "methods:\n" + "\n".join(f"  {name:<10} {m.summary}" for name, m in methods().items()) + "\n\n"
+        listing += _presets_listing(methods())
     parser.epilog = f"{listing}examples:\n{EXAMPLES[command]}"
+
+
+def _presets_listing(registered: dict) -> str:
+    """What each method changes from the defaults shown above (a value you set wins)."""
+    lines = [f"  {name:<10} " + ", ".join(f"{key}={_short(value)}" for key, value in m.presets.items())
+             for name, m in registered.items() if m.presets]
+    return ("presets (a method's own defaults, under your values; the defaults above are the generic ones):\n"
+            + "\n".join(lines) + "\n\n") if lines else ""
+
+
+def _short(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def run(args, command: str) -> int:
