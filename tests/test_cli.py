@@ -175,7 +175,8 @@ def test_hf_flags_set_the_config_keys(captured_config, tmp_path):
     (["unlearn", "--use_peft", "maybe"], "argument --use_peft: expected true or false, got 'maybe'"),
     (["unlearn", "--report_to", "mlflow"], "argument --report_to: invalid choice: 'mlflow'"),
     (["unlearn", "--method", "forget-it"], "argument --method: invalid choice: 'forget-it'"),
-    (["unlearn", "--lerning_rate", "1"], "unrecognized arguments: --lerning_rate"),
+    (["unlearn", "--lerning_rate", "1"], "obliviate unlearn: unrecognized arguments: --lerning_rate (did you mean "
+                                         "--learning_rate?); see 'obliviate unlearn --help'"),
     (["finetune", "--method", "npo"], "unrecognized arguments: --method"),
     (["finetune", "method=npo"], "'method=npo': finetune always trains plain fine-tuning"),
     (["eval", "--model", "m", "--forget_splitt", "forget05"], "unrecognized arguments: --forget_splitt"),

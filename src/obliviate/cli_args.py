@@ -5,16 +5,35 @@ in `--help`, and argparse's own errors (unknown flag, bad value) as one line on 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse with its usage errors as one line: `error: <prog>: <what>; see '<prog> --help'`."""
 
-    def error(self, message: str):
+    def error(self, message: str, prog: str | None = None):
         message = " ".join(message.split())
-        print(f"error: {self.prog}: {message}; see '{self.prog} --help'", file=sys.stderr)
+        prog = prog or self.prog
+        print(f"error: {prog}: {message}; see '{prog} --help'", file=sys.stderr)
         sys.exit(2)
+
+    def parse_args(self, args=None, namespace=None):
+        """Unknown options are named with the closest known ones of the subcommand given."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._subcommand(getattr(parsed, "command", None))
+            known = [o for a in command._actions for o in a.option_strings if a.help != argparse.SUPPRESS]
+            hints = [f"{extra} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
+                extra.split("=", 1)[0], known, n=1, cutoff=0.75)) else extra for extra in extras]
+            self.error(f"unrecognized arguments: {' '.join(hints)}", prog=command.prog)
+        return parsed
+
+    def _subcommand(self, name):
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+                return action.choices[name]
+        return self
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
