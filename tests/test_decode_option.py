@@ -81,3 +81,19 @@ def test_an_unknown_tofu_split_is_refused_before_the_model_loads(monkeypatch):
     monkeypatch.setattr(obliviate.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(UserError, match="'forget_split' = 'forget02' is not known; use one of forget01, forget05"):
         ob.evaluate("some-model", progress=False, forget_split="forget02")
+
+
+def test_the_shipped_eval_config_loads_and_a_run_config_is_pointed_to_eval(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import obliviate.models
+    from obliviate.evaluation.registry import build_options, get_benchmark
+    from obliviate.config import load_eval_config
+
+    root = Path(__file__).resolve().parents[1]
+    settings = load_eval_config(root / "examples" / "eval_tofu.yaml")
+    spec = get_benchmark(settings.pop("benchmark"))
+    assert build_options(spec, settings).forget_split == "forget01"
+    monkeypatch.setattr(obliviate.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(UserError, match="graddiff.yaml: a run config without an 'eval:' section"):
+        ob.evaluate("m", config=root / "examples" / "graddiff.yaml", progress=False)

@@ -129,6 +129,9 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     settings = {"benchmark": "tofu", "device": "auto", "precision": "auto", "trust_remote_code": False,
                 "output_dir": None}
     file_options = load_eval_config(config) if config is not None else {}
+    if {"method", "train", "objective", "request"} & set(file_options):
+        raise UserError(f"{config}: a run config without an 'eval:' section; add eval: with the evaluation's "
+                        "options (docs/configuration.md, Evaluation config), or pass an eval YAML")
     settings.update({key: file_options.pop(key) for key in list(file_options) if key in settings})
     file_options.pop("model", None)
     given = {"benchmark": benchmark, "device": device, "precision": precision,

@@ -18,7 +18,7 @@ from obliviate.errors import UserError
 
 EXAMPLES = """examples:
   obliviate eval --benchmark tofu --model runs/npo/model --data ../shared/data/tofu --forget_split forget01
-  obliviate eval --config eval.yaml --model smollm2-135m-instruct --ds_size 20
+  obliviate eval --config examples/eval_tofu.yaml --model smollm2-135m-instruct --ds_size 20
   obliviate eval --benchmark rwku --help     # that benchmark's own options"""
 
 
