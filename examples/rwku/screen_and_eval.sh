@@ -4,5 +4,5 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data/rwku}
 obliviate eval --benchmark rwku --model smollm2-135m-instruct --data "$DATA" \
-  --targets 1,2,3 --ds-size 4 --utility mmlu,truthfulqa,triviaqa --output-dir runs/rwku-smollm2
-# Full sets, all utility columns (slow on CPU): drop --ds-size and --utility.
+  --targets 1,2,3 --ds_size 4 --utility mmlu,truthfulqa,triviaqa --output_dir runs/rwku-smollm2
+# Full sets, all utility columns (slow on CPU): drop --ds_size and --utility.

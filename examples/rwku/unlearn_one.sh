@@ -20,7 +20,7 @@ DATA=${DATA:-../shared/data/rwku}
 HERE=examples/rwku
 STAGE=${STAGE:-all}
 TARGET=8
-EVAL_ARGS=(--benchmark rwku --data "$DATA" --targets $TARGET --utility-size 8 --batch-size 16)
+EVAL_ARGS=(--benchmark rwku --data "$DATA" --targets $TARGET --utility_size 8 --batch_size 16)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 mkdir -p "$OUT"
 
@@ -60,11 +60,11 @@ fi
 [[ $STAGE == train ]] && exit 0
 # 5. Evaluate: the default model, the taught target model, and each unlearned model.
 step eval-base "$OUT/eval-base/rwku_summary.json" $OB eval "${EVAL_ARGS[@]}" --model smollm2-135m-instruct \
-  --output-dir $OUT/eval-base
+  --output_dir $OUT/eval-base
 for model in target ga npo rt ulmr; do
   [[ -e $OUT/$model/model ]] || { echo "[rwku] eval-$model: $OUT/$model/model not trained yet"; continue; }
   step eval-$model "$OUT/eval-$model/rwku_summary.json" $OB eval "${EVAL_ARGS[@]}" --model $OUT/$model/model \
-    --output-dir $OUT/eval-$model
+    --output_dir $OUT/eval-$model
 done
 # 6. One table, before / after per method.
 $PY $HERE/table.py "$OUT" base target ga npo rt ulmr > "$OUT/table.md"

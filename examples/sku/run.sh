@@ -9,7 +9,7 @@ set -euo pipefail
 OB=${OB:-.venv/bin/obliviate}
 OUT=${1:-runs/sku-exp}
 REQ=src/obliviate/data/demo/sku_request.json
-EVAL=(--ds-size "${DS_SIZE:-40}" --max-new-tokens 48)
+EVAL=(--ds_size "${DS_SIZE:-40}" --max_new_tokens 48)
 STEPS=${SKU_STEPS:-100}
 
 if [ ! -f "$OUT/taught/model/config.json" ]; then
@@ -17,7 +17,7 @@ if [ ! -f "$OUT/taught/model/config.json" ]; then
     train.num_epochs=10 train.batch_size=8 train.weight_decay=0.0 train.save_steps=-1
 fi
 [ -f "$OUT/eval-taught/harmful_eval.json" ] || \
-  $OB eval --benchmark harmful --model $OUT/taught/model "${EVAL[@]}" --output-dir $OUT/eval-taught
+  $OB eval --benchmark harmful --model $OUT/taught/model "${EVAL[@]}" --output_dir $OUT/eval-taught
 if [ ! -f "$OUT/sku/model/config.json" ]; then
   $OB unlearn --method sku model=$OUT/taught/model request=$REQ output_dir=$OUT/sku \
     train.max_steps=$STEPS train.save_steps=-1 sku.lambda_sweep=[0.5]
@@ -25,5 +25,5 @@ fi
 for M in model model_lambda0.5; do
   [ -f "$OUT/eval-sku-$M/harmful_eval.json" ] || \
     $OB eval --benchmark harmful --model $OUT/sku/$M "${EVAL[@]}" \
-      --reference-outputs $OUT/eval-taught/harmful_eval.json --output-dir $OUT/eval-sku-$M
+      --reference_outputs $OUT/eval-taught/harmful_eval.json --output_dir $OUT/eval-sku-$M
 done

@@ -36,6 +36,6 @@ step ulmr_named "$OUT/ulmr_named/model" \
 
 for model in ulmr target ulmr_named; do
   if [[ -e $OUT/eval-$model/tofu_summary.json ]]; then echo "[tofu_small] eval-$model: done already"; continue; fi
-  $OB eval --benchmark tofu --model $OUT/$model/model --data $TOFU --forget-split forget01 \
-    --retain-model $OUT/retain/model --output-dir $OUT/eval-$model
+  $OB eval --benchmark tofu --model $OUT/$model/model --data $TOFU --forget_split forget01 \
+    --retain_model $OUT/retain/model --output_dir $OUT/eval-$model
 done

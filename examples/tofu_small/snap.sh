@@ -14,6 +14,6 @@ step snap "$OUT/snap/model" \
   $OB unlearn --config $HERE/snap.yaml model=$OUT/target/model request=$OUT/snap_request.json output_dir=$OUT/snap
 for model in target snap; do
   if [[ -e $OUT/eval-$model/tofu_summary.json ]]; then echo "[tofu_small] eval-$model: done already"; continue; fi
-  $OB eval --benchmark tofu --model $OUT/$model/model --data $TOFU --forget-split forget01 \
-    --retain-model $OUT/retain/model --output-dir $OUT/eval-$model
+  $OB eval --benchmark tofu --model $OUT/$model/model --data $TOFU --forget_split forget01 \
+    --retain_model $OUT/retain/model --output_dir $OUT/eval-$model
 done
