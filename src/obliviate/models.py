@@ -253,10 +253,17 @@ def remove_stale_saves(run_dir: str | Path) -> list[Path]:
 
 
 def model_info(name: str) -> dict:
+    source = resolve_model(name)
     model, tokenizer = load_model(name)
     n_params = sum(p.numel() for p in model.parameters())
+    origin = {"source": source.path}
+    if source.gguf_file:  # say exactly what the weights are: a quantised GGUF dequantised once
+        origin = {"source": str(Path(source.path) / source.gguf_file),
+                  "weights": f"{source.gguf_file} dequantised to fp32 (not the hub checkpoint's values)",
+                  "converted_copy": str(_converted_gguf_dir(source))}
     return {
         "model": name,
+        **origin,
         "architecture": ",".join(model.config.architectures or [type(model).__name__]),
         "model_type": model.config.model_type,
         "parameters": n_params,
