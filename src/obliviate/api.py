@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -204,6 +205,9 @@ def _output_dir(given, name: str, benchmark: str, state):
         with tempfile.TemporaryDirectory(prefix="obliviate-eval-") as scratch:
             yield Path(scratch)
         return
+    if given is not None and Path(given).is_dir() and any(Path(given).iterdir()):
+        logging.getLogger("obliviate").info("output_dir %s holds earlier results: files of the same name are "
+                                            "replaced (leave output_dir out for a fresh folder)", given)
     yield Path(given) if given is not None else claim_fresh_dir(default_output_dir(name, benchmark))
 
 
