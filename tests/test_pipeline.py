@@ -150,6 +150,31 @@ def test_resume_refuses_another_config_but_not_resume_safe_changes(tiny_model_di
     assert load_config(out / "config.yaml").train.logging_steps == 1
 
 
+def test_resume_refuses_a_changed_base_model_or_request(tiny_model_dir, request_file, tmp_path):
+    """Same config, same paths, other contents: a retrained base model or an edited request file
+    under the same name would mix two runs in one directory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from obliviate.methods.pipeline import run
+
+    out = tmp_path / "run"
+    first = overrides(tiny_model_dir, request_file, out, "method=npo", "train.max_steps=1")
+    run(load_config(None, first))
+    (out / "manifest.json").unlink()  # as if killed before it finished
+    request_file.write_text(request_file.read_text().replace("?", " ?", 1))
+    with pytest.raises(UserError, match=r"--resume: .*request.json changed since the run in"):
+        run(load_config(None, first), resume=True)
+    original = request_file.read_text().replace(" ?", "?", 1)
+    request_file.write_text(original)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(tiny_model_dir)  # retrained under the same path
+    with pytest.raises(UserError, match="--resume: the base model's weights differ"):
+        run(load_config(None, first), resume=True)
+
+
 def test_rt_on_a_tofu_folder_trains_on_tofus_own_refusals(tiny_model_dir, tmp_path, monkeypatch):
     """A request read from a folder holding TOFU's idontknow.jsonl: RT's refusals come from it
     (the reference's default), unless objective.refusals names another file."""

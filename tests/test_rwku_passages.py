@@ -135,7 +135,7 @@ def test_a_refused_run_leaves_no_run_directory(tmp_path, tiny_model_dir):
     config.output_dir = str(kept)
     with pytest.raises(UserError, match="slot needs questions"):
         pipeline.run(config, request=request)
-    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "notes.txt"]
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "notes.txt", "started_from.json"]
 
 
 def test_a_plain_request_trains_on_raw_text(tmp_path, tiny_model_dir):

@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 from obliviate.errors import UserError, os_error_line
-from obliviate.io import atomic_write_json, sha256_file
+from obliviate.io import atomic_write_json, parse_json, read_user_text, sha256_file
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
+STARTED_FROM = "started_from.json"  # base weights and inputs a run started from (check_started_from)
 #: config keys a resumed run may change: where and how often it saves and logs, which device,
 #: how it reaches a generation server, and a method section's `*_sweep` list (the extra models
 #: saved after training: ulmr.alpha_sweep, sku.lambda_sweep); anything else would make the run
@@ -125,13 +126,14 @@ def config_agrees(run_dir: str | Path, config: dict) -> bool:
 
 
 def discard_unstarted_run(run_dir: str | Path) -> bool:
-    """Remove a run directory that holds nothing but its config.yaml (a run refused before it
+    """Remove a run directory that holds nothing but its config.yaml and started_from.json (a run refused before it
     trained or wrote anything else); True if removed. Anything else in it keeps it."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {CONFIG}:
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {CONFIG, STARTED_FROM}:
         return False
     with contextlib.suppress(OSError):
         (run_dir / CONFIG).unlink(missing_ok=True)
+        (run_dir / STARTED_FROM).unlink(missing_ok=True)
         run_dir.rmdir()
     return not run_dir.exists()
 
@@ -211,6 +213,30 @@ def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | No
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def check_started_from(run_dir: str | Path, facts: dict, resume: bool) -> None:
+    """Record what a run starts from ({"base_model_sha256", "inputs": {path: sha256}}) in
+    run_dir/started_from.json; on resume, refuse a run whose base weights or input files changed
+    since (a retrained model or an edited request under the same path), naming the first."""
+    path = Path(run_dir) / STARTED_FROM
+    if resume and path.is_file():
+        saved = parse_json(read_user_text(path), str(path))
+        if saved.get("base_model_sha256") != facts["base_model_sha256"]:
+            raise UserError(f"--resume: the base model's weights differ from those the run in '{run_dir}' started "
+                            "from (it was retrained or replaced); choose another output_dir")
+        for name, digest in saved.get("inputs", {}).items():
+            if facts["inputs"].get(name) not in (None, digest):
+                raise UserError(f"--resume: {name} changed since the run in '{run_dir}' started; restore it or "
+                                "choose another output_dir")
+        return
+    atomic_write_json(path, facts)
+
+
+def started_from(base_sha: str, inputs) -> dict:
+    """The facts check_started_from keeps: base weights' sha256 and each input file's."""
+    files = sorted({str(p) for p in inputs if Path(p).is_file()})
+    return {"base_model_sha256": base_sha, "inputs": {p: sha256_file(p) for p in files}}
 
 
 def write_manifest(run_dir: str | Path, facts: dict) -> Path:

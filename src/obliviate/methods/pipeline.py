@@ -31,9 +31,8 @@ from obliviate.errors import UserError
 from obliviate.hardware import resolve_device
 from obliviate.methods.registry import get_method
 from obliviate.models import load_model, remove_stale_saves, save_model
-from obliviate.rundir import (MANIFEST, check_resume_config, check_run_dir, discard_unstarted_run, lock_run_dir,
-                              prepare_run_dir, weights_sha256,
-                              write_manifest)
+from obliviate.rundir import (MANIFEST, check_resume_config, check_run_dir, check_started_from, discard_unstarted_run,
+                              lock_run_dir, prepare_run_dir, started_from, weights_sha256, write_manifest)
 from obliviate.training import process_state, resolve_precision, train
 
 
@@ -114,6 +113,8 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
         save_config(config, run_dir / "config.yaml")
     model.to(device)
     base_weights = weights_sha256(model)  # before training changes the weights in place
+    if state.is_main_process:
+        check_started_from(run_dir, started_from(base_weights, request.sources), resume)
     context = Run(config, request, model, tokenizer, run_dir, device, resume)
     models = method.recipe(context)
     if "model" not in models:
