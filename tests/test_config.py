@@ -119,3 +119,10 @@ def test_the_documented_config_block_holds_every_key_with_its_default():
     for key, value in actual.items():
         if not key.endswith("_prompt"):
             assert documented[key] == value, key
+
+
+def test_an_unknown_key_with_control_characters_stays_one_line():
+    """Found by the reader fuzz: a YAML key holding a newline broke the one-line error."""
+    with pytest.raises(UserError) as error:
+        load_config(None, base={"tra\nin": 1})
+    assert "\n" not in str(error.value) and "config key 'tra\\nin' is not known" in str(error.value)

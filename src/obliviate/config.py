@@ -209,7 +209,7 @@ def _build(cls, data: dict, prefix: str = "", extra: dict[str, type] | None = No
     for key in data:
         if key not in known:
             raise UserError(
-                f"config key '{prefix}{str(key)[:80]}' is not known; allowed under "
+                f"config key '{prefix}{_printable(key)}' is not known; allowed under "
                 f"'{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(known))}"
             )
     values, sections = {}, {}
@@ -360,6 +360,12 @@ def save_config(config: RunConfig, path: Path) -> None:
     from obliviate.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _printable(key) -> str:
+    """A key as one short line: control characters escaped, at most 80 characters."""
+    text = str(key)
+    return (text if text.isprintable() else repr(text)[1:-1])[:80]
 
 
 def load_eval_config(source: str | Path | dict) -> dict:
