@@ -85,14 +85,15 @@ def run_model(args) -> int:
 
 
 def add_probe(parser) -> None:
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="hub id, local directory or .gguf file")
     parser.add_argument("--data", default="jinzhuoran/RWKU", help="RWKU: hub name or local directory")
     parser.add_argument("--targets", default="1-200", help="ids, ranges or names, e.g. 1-10 or 'Stephen King'")
     add_flag(parser, "--ds_size", type=int, default=None, help="first N probes of each set per target")
     parser.add_argument("--top", type=int, default=20, help="rows to print")
     parser.add_argument("--output", default=None, help="also write the ranking as JSON here")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="auto: bf16 autocast where fast, else fp32")
     parser.epilog = ("examples:\n"
                      "  obliviate probe --model smollm2-135m-instruct --data ../shared/data/rwku --targets 1-10\n"
                      "  obliviate probe --model runs/npo/model --data ../shared/data/rwku --targets 'Stephen King'")

@@ -37,7 +37,8 @@ def add_arguments(parser) -> None:
              help="only these rows (row names or method names, comma-separated)")
     add_flag(parser, "--model", default=None, help="base model of the target and the oracle")
     add_flag(parser, "--data", default=None, metavar="DIR", help="TOFU data folder (<split>.json files)")
-    add_flag(parser, "--forget_split", default=None, help="forget split: forget01, forget05 or forget10")
+    add_flag(parser, "--forget_split", default=None, help="forget split: forget01, forget05 or forget10 "
+             "(default: the config's protocol, forget01 in the packaged rows)")
     add_flag(parser, "--retain_split", default=None,
              help="retain facts the target learns and the methods keep (retain_perturbed at CPU scale; "
                   "retain99/95/90 at full scale)")
@@ -47,8 +48,10 @@ def add_arguments(parser) -> None:
              help="an already trained retain-only model (skips training it)")
     add_flag(parser, "--ds_size", type=int, default=None,
              help="evaluate the first N items of retain, real authors and world facts (0: all); "
-                  "the forget split and its holdout are always evaluated whole")
-    add_flag(parser, "--max_new_tokens", type=int, default=None, help="greedy generation budget per question")
+                  "the forget split and its holdout are always evaluated whole (default: the config's "
+                  "protocol, 20 in the packaged rows)")
+    add_flag(parser, "--max_new_tokens", type=int, default=None,
+             help="greedy generation budget per question (default: the config's protocol, 64 in the packaged rows)")
     add_flag(parser, "--report_only", action="store_true",
              help="rewrite the table, plot and report from the stages already done; run nothing")
 
