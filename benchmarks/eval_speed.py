@@ -20,9 +20,9 @@ Beside the scoring and generation stages it prints the compute limit: 2 FLOPs pe
 per token, at the matmul throughput measured on this machine for the model's own weight
 shapes (``eval_speed_limits.py``), and the fraction of it reached. ``--generation`` measures
 greedy decoding alone (the engine with ``--decode`` vs HF ``generate``, both at
-``--batch-size``) instead of the suite; with ``--shape DIR`` (a config and tokenizer that
-``--save-shape DIR`` wrote: no weights) on random weights of that shape, which is how it runs
-on a GPU machine that no weights can reach::
+``--batch-size``; ``--decode-batch-size`` decodes that many prompts together) instead of the
+suite; with ``--shape DIR`` (a config and tokenizer that ``--save-shape DIR`` wrote: no weights)
+on random weights of that shape, which is how it runs on a GPU machine that no weights can reach::
 
     PYTHONPATH=src .venv/bin/python benchmarks/eval_speed.py --save-shape runs/smollm2_shape
     PYTHONPATH=src python benchmarks/eval_speed.py --generation --shape runs/smollm2_shape \
@@ -82,7 +82,7 @@ def plain_vs_engine(model, tokenizer, args) -> dict:
     return {"plain_pairs": len(pairs), "engine_s": engine_s, "plain_s": plain_s, "max_rel_nll_diff": worst}
 
 
-def matmul_limit(model, precision: str, tokens: int = 256, repeats: int = 3) -> tuple[float, float]:
+def matmul_limit(model, precision: str, tokens: int = 256, repeats: int = 10) -> tuple[float, float]:
     """(matmul GFLOP/s, tokens/s limit): every weight matrix of ``model`` (each distinct shape
     timed once, counted as often as it occurs, the output layer included) multiplied by
     ``tokens`` rows in the run's precision; the limit is 2 FLOPs per parameter per token."""
@@ -121,11 +121,16 @@ def load_now() -> str:
     return f"load {os.getloadavg()[0]:.2f}"
 
 
-def print_limits(stages: dict, counters: dict, limit: tuple[float, float], precision: str) -> dict:
-    """Tokens/s of the scoring and generation stages beside the compute limit."""
+def print_limits(stages: dict, counters: dict, limit: tuple[float, float], precision: str,
+                 rows_limit: tuple[int, float, float] | None = None) -> dict:
+    """Tokens/s of the scoring and generation stages beside the compute limit (and, with
+    ``rows_limit`` = (rows, GFLOP/s, tokens/s), the same limit at the decoding batch's rows)."""
     gflops, limit_tps = limit
     print(f"\ncompute limit: {precision} matmul {gflops:.1f} GFLOP/s on the model's weight shapes -> "
           f"{limit_tps:.0f} tokens/s at 2 FLOPs per parameter per token ({load_now()})")
+    if rows_limit is not None:
+        print(f"  at {rows_limit[0]} rows (the generation batch): {rows_limit[1]:.1f} GFLOP/s -> {rows_limit[2]:.0f} "
+              f"tokens/s, {rows_limit[2] / limit_tps:.0%} of the limit (a decoding step of that many rows, all matmul)")
     print("| stage | seconds | tokens | tokens/s | limit tokens/s | fraction |")
     print("|---|--:|--:|--:|--:|--:|")
     rows = {"scoring": ("model: score", counters.get("prompt tokens", 0) + counters.get("answer tokens", 0)),
@@ -139,7 +144,8 @@ def print_limits(stages: dict, counters: dict, limit: tuple[float, float], preci
         figures[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": rate, "fraction": rate / limit_tps}
         print(f"| {name} | {seconds:.1f} | {tokens} | {rate:.1f} | {limit_tps:.0f} | {rate / limit_tps:.0%} |")
     print("(scoring runs the output layer only where a prediction is needed: its fraction counts FLOPs it skips)")
-    return {"limit_gflops": gflops, "limit_tokens_per_s": limit_tps, "stages": figures}
+    extra = {} if rows_limit is None else {"batch_rows_limit_tokens_per_s": rows_limit[2]}
+    return {"limit_gflops": gflops, "limit_tokens_per_s": limit_tps, "stages": figures, **extra}
 
 
 def save_shape(model_name: str, target: str, data: str, questions: int) -> None:
@@ -215,8 +221,10 @@ def generation_benchmark(args) -> dict:
     precision = engine.resolve_precision(model, args.precision)
     decode = engine.resolve_decode(model, args.decode)
     limit = matmul_limit(model, precision)
+    rows = args.decode_batch_size or args.batch_size  # prompts decoded together
+    rows_limit = matmul_limit(model, precision, tokens=rows)
     options = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, precision=args.precision,
-                   decode=args.decode)
+                   decode=args.decode, decode_batch_size=args.decode_batch_size)
     engine.greedy_generate(model, tokenizer, questions[:2], **{**options, "max_new_tokens": 4})  # warm-up
     timings, counters = {}, {}
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.profile else None
@@ -231,13 +239,17 @@ def generation_benchmark(args) -> dict:
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
     engine_load = load_now()
     figures = {"device": str(model.device), "precision": precision, "decode": decode, "prompts": len(questions),
-               "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+               "batch_size": args.batch_size, "decode_rows": rows, "max_new_tokens": args.max_new_tokens,
                "engine_s": engine_s, "engine_cpu_s": cpu, "engine_new_tokens": engine_tokens,
                "engine_tps": engine_tokens / engine_s,
-               "limit_gflops": limit[0], "limit_tps": limit[1]}
-    print(f"\n{len(questions)} prompts, batch {args.batch_size}, up to {args.max_new_tokens} new tokens, "
-          f"{precision} on {model.device}, decode {decode}")
+               "limit_gflops": limit[0], "limit_tps": limit[1],
+               "batch_rows_limit_gflops": rows_limit[0], "batch_rows_limit_tps": rows_limit[1]}
+    print(f"\n{len(questions)} prompts, batch {args.batch_size} (decoding {rows} rows), up to {args.max_new_tokens} "
+          f"new tokens, {precision} on {model.device}, decode {decode}")
     print(f"compute limit: {limit[0]:.1f} GFLOP/s matmul -> {limit[1]:.0f} tokens/s ({load_now()})")
+    print(f"  at {rows} rows (the decoding batch): {rows_limit[0]:.1f} GFLOP/s matmul -> "
+          f"{rows_limit[1]:.0f} tokens/s, {rows_limit[1] / limit[1]:.0%} of the limit: the most a step of "
+          f"{rows} rows reaches if it were all matmul")
     print(f"engine: {engine_tokens} new tokens in {engine_s:.1f} s = {engine_tokens / engine_s:.1f} tokens/s, "
           f"{engine_tokens / engine_s / limit[1]:.0%} of the limit ({engine_load})")
     if model.device.type == "cpu":  # per second of this process's CPU time: less moved by other processes
@@ -295,7 +307,8 @@ def suite_benchmark(args) -> None:
           f"(after load {rss_after_load:.0f} MB)")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-min)")
     used = result["config"]["precision_used"]
-    figures = {"limits": print_limits(stages, result["model_tokens"], matmul_limit(model, used), used)}
+    rows_limit = (args.batch_size, *matmul_limit(model, used, tokens=args.batch_size))
+    figures = {"limits": print_limits(stages, result["model_tokens"], matmul_limit(model, used), used, rows_limit)}
     print()
     print(report.render_table(result["summary"]))
     if args.rerun:
@@ -334,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
     parser.add_argument("--generation", action="store_true", help="decoding alone: engine vs HF generate")
     parser.add_argument("--decode", default="auto", choices=["auto", "plain", "static"])
+    parser.add_argument("--decode-batch-size", type=int, default=None,
+                        help="--generation: prompts decoded together (default: --batch-size)")
     parser.add_argument("--prompts", type=int, default=256, help="--generation: prompts (TOFU questions)")
     parser.add_argument("--hf-prompts", type=int, default=64, help="--generation: prompts for HF generate (0: skip)")
     parser.add_argument("--shape", default=None, help="--generation: random weights of the shape in DIR")

@@ -29,12 +29,15 @@ class ModelRunner:
 
     def __init__(self, model, tokenizer, *, precision: str, formatter: PromptFormatter, max_length: int,
                  batch_size: int, max_tokens: int, stop_strings: Sequence[str] = (), scoring: str = "answer",
-                 decode: str = "auto"):
+                 decode: str = "auto", decode_batch_size: int | None = None):
         if batch_size < 1:
             raise UserError(f"evaluation batch_size must be >= 1, got {batch_size}")
+        if decode_batch_size is not None and (not isinstance(decode_batch_size, int) or decode_batch_size < 1):
+            raise UserError(f"decode_batch_size must be a positive integer or None, got {decode_batch_size!r}")
         self.model, self.tokenizer, self.formatter = model, tokenizer, formatter
         self.scoring, self.suffix = scoring, answer_suffix(tokenizer, scoring)
         self.max_length, self.batch_size, self.max_tokens = max_length, batch_size, max(max_tokens, 1)
+        self.decode_batch_size = decode_batch_size or batch_size  # rows decoded together
         self.precision = resolve_precision(model, precision)
         self.device = model_device(model)
         self.decode_mode = resolve_decode(model, decode)

@@ -75,7 +75,7 @@ class Scheduler:
         self.groups = [order[s:s + size] for s in range(0, len(order), size)][rank::processes]
         longest = max((len(p.ids) for p in order if p.generate), default=0)
         self.capacity = longest + self.max_new_tokens
-        self.decode_rows = min(size, sum(p.generate for group in self.groups for p in group)) or 1
+        self.decode_rows = min(runner.decode_batch_size, sum(p.generate for group in self.groups for p in group)) or 1
         self.n_prompts = sum(len(group) for group in self.groups)
 
     # -- results -------------------------------------------------------------------------------

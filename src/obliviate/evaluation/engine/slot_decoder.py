@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from obliviate.evaluation.engine.rows import DecodingRows
 from obliviate.evaluation.engine.runner import ModelRunner
 from obliviate.evaluation.engine.trie import Prompt
 
@@ -40,12 +41,13 @@ class SlotLayer(DynamicLayer):
         return self.keys, self.values
 
 
-class SlotDecoder:
+class SlotDecoder(DecodingRows):
     """Greedy decoding of up to ``rows`` prompts at a time (see the module docstring)."""
 
     def __init__(self, runner: ModelRunner, rows: int, capacity: int,
                  template: list[tuple[torch.Tensor, torch.Tensor]], max_new_tokens: int):
-        self.runner, self.max_new_tokens, self.capacity = runner, max_new_tokens, capacity
+        super().__init__(rows, capacity, max_new_tokens)
+        self.runner = runner
         self.state: dict[str, Any] = {"rows": None, "slots": None, "width": 0}
         self.layers = [
             SlotLayer(k.new_zeros((rows, k.shape[0], capacity, k.shape[-1])),
@@ -53,27 +55,16 @@ class SlotDecoder:
             for k, v in template
         ]
         self.cache = Cache(layers=self.layers)
-        self.prompts: list[Prompt | None] = [None] * rows
-        self.outputs: list[list[int]] = [[] for _ in range(rows)]
         self.length = torch.zeros(rows, dtype=torch.long)  # used slots per row
         self.position = torch.zeros(rows, dtype=torch.long)  # position id of the next input token
         self.next_token = torch.zeros(rows, dtype=torch.long)
         self.stop = torch.tensor(sorted(set(runner.stop_ids)) or [-1])
 
-    def free_rows(self) -> list[int]:
-        return [b for b, p in enumerate(self.prompts) if p is None]
-
-    def busy(self) -> bool:
-        return any(p is not None for p in self.prompts)
-
     def admit(self, b: int, prompt: Prompt) -> None:
-        n = prompt.kv[0][0].shape[1]
-        if n + self.max_new_tokens - len(prompt.forced) > self.capacity:
-            raise RuntimeError(f"{n} cached tokens do not fit the decoding capacity {self.capacity}")
+        n = self.take_row(b, prompt)
         for layer, (keys, values) in zip(self.layers, prompt.kv):
             layer.buffer_keys[b, :, :n] = keys
             layer.buffer_values[b, :, :n] = values
-        self.prompts[b], self.outputs[b] = prompt, list(prompt.forced)
         self.length[b] = n
         self.position[b] = len(prompt.ids) + prompt.feed
         self.next_token[b] = prompt.forced[prompt.feed]
@@ -97,11 +88,8 @@ class SlotDecoder:
         self.next_token = tokens
         finished = []
         for b, (token, stop) in enumerate(zip(tokens.tolist(), torch.isin(tokens, self.stop).tolist())):
-            output = self.outputs[b]
-            output.append(token)
-            if stop or len(output) >= self.max_new_tokens or self.runner.stop_strings.found_in(output):
-                finished.append((self.prompts[b], self.outputs[b]))
-                self.prompts[b], self.outputs[b] = None, []
+            if (done := self.append(b, token, stop, self.runner.stop_strings)) is not None:
+                finished.append(done)
         return finished
 
     def _keep(self, rows: list[int]) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from obliviate.evaluation.engine.rows import DecodingRows
 from obliviate.evaluation.engine.runner import ModelRunner
 from obliviate.evaluation.engine.trie import Prompt
 
@@ -51,13 +52,14 @@ class StaticSlotLayer(DynamicLayer):
         return self.keys, self.values
 
 
-class StaticSlotDecoder:
+class StaticSlotDecoder(DecodingRows):
     """Greedy decoding of up to ``rows`` prompts at a time with one fixed-shape step; same
     interface as :class:`~obliviate.evaluation.engine.slot_decoder.SlotDecoder`."""
 
     def __init__(self, runner: ModelRunner, rows: int, capacity: int,
                  template: list[tuple[torch.Tensor, torch.Tensor]], max_new_tokens: int):
-        self.runner, self.max_new_tokens, self.capacity = runner, max_new_tokens, capacity
+        super().__init__(rows, capacity, max_new_tokens)
+        self.runner = runner
         device = runner.device
         self.slots = torch.zeros(rows, dtype=torch.long, device=device)  # used slots = next write
         self.state: dict[str, Any] = {"rows": torch.arange(rows, device=device), "slots": self.slots}
@@ -72,8 +74,6 @@ class StaticSlotDecoder:
         self.position = torch.zeros((rows, 1), dtype=torch.long, device=device)
         self.active = torch.zeros(rows, dtype=torch.long, device=device)
         self.out = torch.zeros(rows, dtype=torch.long, device=device)
-        self.prompts: list[Prompt | None] = [None] * rows
-        self.outputs: list[list[int]] = [[] for _ in range(rows)]
         self.stop = set(runner.stop_ids)
         self.run_step = self._step_tensors
         if device.type == "cuda":
@@ -116,20 +116,11 @@ class StaticSlotDecoder:
 
     # -- rows -----------------------------------------------------------------------------------
 
-    def free_rows(self) -> list[int]:
-        return [b for b, p in enumerate(self.prompts) if p is None]
-
-    def busy(self) -> bool:
-        return any(p is not None for p in self.prompts)
-
     def admit(self, b: int, prompt: Prompt) -> None:
-        n = prompt.kv[0][0].shape[1]
-        if n + self.max_new_tokens - len(prompt.forced) > self.capacity:
-            raise RuntimeError(f"{n} cached tokens do not fit the decoding capacity {self.capacity}")
+        n = self.take_row(b, prompt)
         for layer, (keys, values) in zip(self.layers, prompt.kv):
             layer.keys[b, :, :n] = keys
             layer.values[b, :, :n] = values
-        self.prompts[b], self.outputs[b] = prompt, list(prompt.forced)
         self.slots[b] = n
         self.position[b, 0] = len(prompt.ids) + prompt.feed
         self.next_token[b, 0] = prompt.forced[prompt.feed]
@@ -146,11 +137,7 @@ class StaticSlotDecoder:
         for b, prompt in enumerate(self.prompts):
             if prompt is None:
                 continue
-            output = self.outputs[b]
-            output.append(tokens[b])
-            if (tokens[b] in self.stop or len(output) >= self.max_new_tokens
-                    or self.runner.stop_strings.found_in(output)):
-                finished.append((prompt, output))
-                self.prompts[b], self.outputs[b] = None, []
+            if (done := self.append(b, tokens[b], tokens[b] in self.stop, self.runner.stop_strings)) is not None:
+                finished.append(done)
                 self.active[b] = 0
         return finished
