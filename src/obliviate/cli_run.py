@@ -55,6 +55,10 @@ def _flags(parser) -> None:
     flag("lora_alpha", "train.lora.alpha", int, "LoRA scaling alpha", metavar="A")
     flag("seed", "seed", int, "random seed", metavar="N")
     flag("report_to", "train.report_to", str, "training logs to", choices=REPORT_TO)
+    add_bool_flag(parser, "torch_compile", dest="flag.train.torch_compile", default=argparse.SUPPRESS,
+                  help="torch.compile the model [train.torch_compile] (config default: false)")
+    flag("optim", "train.optim", str, "optimizer: auto (fused AdamW on CUDA) or a TrainingArguments optim name",
+         metavar="NAME")
     flag("device", "device", str, "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps", metavar="DEVICE")
 
 

@@ -58,6 +58,8 @@ class TrainConfig:
     logging_steps: int = 5
     gradient_checkpointing: bool = False
     report_to: str = "none"  # none | tensorboard | wandb (comma-separated for several): TrainingArguments.report_to
+    torch_compile: bool = False  # torch.compile the model (TrainingArguments.torch_compile); pays on CUDA, long runs
+    optim: str = "auto"  # auto: adamw_torch_fused on CUDA, adamw_torch elsewhere; or any TrainingArguments optim
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -138,6 +140,8 @@ HF_NAMES = {
     "lora_alpha": "train.lora.alpha",
     "seed": "seed",
     "report_to": "train.report_to",
+    "torch_compile": "train.torch_compile",
+    "optim": "train.optim",
     "model_name_or_path": "model",
 }
 #: aliases accepted inside `train:` (the TrainingArguments names), stored under our names

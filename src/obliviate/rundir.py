@@ -39,7 +39,7 @@ STARTED_FROM = "started_from.json"  # base weights and inputs a run started from
 #: saved after training: ulmr.alpha_sweep, sku.lambda_sweep); anything else would make the run
 #: describe another run
 RESUME_SAFE = ("output_dir", "device", "train.save_steps", "train.save_total_limit", "train.logging_steps",
-               "train.report_to", "train.gradient_checkpointing", "generation.base_url",
+               "train.report_to", "train.gradient_checkpointing", "train.torch_compile", "generation.base_url",
                "generation.api_key_env", "generation.max_concurrency", "generation.timeout_s")
 LOCK = ".obliviate.lock"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets")

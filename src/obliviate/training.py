@@ -17,6 +17,7 @@ Several processes (DDP; on a machine without GPUs, CPU processes over gloo):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import copy
 import json
 import os
@@ -77,6 +78,23 @@ def _report_to(value: str) -> str | list[str]:
     return targets or "none"
 
 
+def resolve_optim(optim: str, device_type: str) -> str:
+    """`train.optim`: auto -> adamw_torch_fused on CUDA (one kernel per parameter group instead of
+    one per tensor), elsewhere TrainingArguments' own default (unchanged from earlier releases:
+    fused too with torch >= 2.8, adamw_torch below); any other TrainingArguments optim name is kept."""
+    from transformers.training_args import OptimizerNames
+
+    name = str(optim).strip().lower()
+    if name == "auto":
+        default = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "optim")
+        return "adamw_torch_fused" if device_type == "cuda" else str(getattr(default, "value", default))
+    known = [o.value for o in OptimizerNames]
+    if name not in known:
+        raise UserError(f"config key 'train.optim' = '{optim}' is not known; use auto or a TrainingArguments "
+                        f"optim name ({', '.join(known[:6])}, ...)")
+    return name
+
+
 def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: int,
                         device: str = "auto") -> TrainingArguments:
     """TrainingArguments from our TrainConfig. Reporting: `train.report_to` (none, tensorboard, wandb;
@@ -112,6 +130,8 @@ def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: in
         dataloader_pin_memory=target.type == "cuda",
         use_cpu=target.type == "cpu",
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient each step
+        torch_compile=bool(train_cfg.torch_compile),
+        optim=resolve_optim(train_cfg.optim, target.type),
     )
 
 

@@ -1,0 +1,83 @@
+"""train.torch_compile and train.optim reach TrainingArguments; the throughput benchmark's worker runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from obliviate import training
+from obliviate.config import HF_NAMES, RunConfig
+from obliviate.errors import UserError
+from obliviate.training import build_training_args, resolve_optim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(**train) -> RunConfig:
+    config = RunConfig()
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
+
+
+def test_defaults_on_cpu_are_transformers_own_and_no_compile(tmp_path):
+    """auto leaves the CPU on TrainingArguments' default optimizer: runs keep the results they had."""
+    args = build_training_args(_config().train, tmp_path, seed=0, device="cpu")
+    assert args.torch_compile is False
+    assert args.optim == TrainingArguments(output_dir=str(tmp_path), use_cpu=True).optim
+
+
+def test_torch_compile_and_a_named_optim_reach_training_arguments(tmp_path):
+    args = build_training_args(_config(torch_compile=True, optim="adafactor").train, tmp_path, seed=0, device="cpu")
+    assert args.torch_compile is True
+    assert args.optim.value == "adafactor"
+
+
+def test_auto_optim_is_fused_on_cuda(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(training, "resolve_precision", lambda precision, device_type: "fp32")
+    args = build_training_args(_config().train, tmp_path, seed=0, device="cuda")
+    assert args.optim.value == "adamw_torch_fused"
+    assert resolve_optim("auto", "cpu") == TrainingArguments(output_dir="x", use_cpu=True).optim.value
+    assert resolve_optim("AdamW_Torch", "cuda") == "adamw_torch"  # an explicit name is kept on any device
+
+
+def test_unknown_optim_is_one_line_naming_the_key(tmp_path):
+    with pytest.raises(UserError) as error:
+        build_training_args(_config(optim="adamw_bogus").train, tmp_path, seed=0, device="cpu")
+    assert "train.optim" in str(error.value) and "adamw_bogus" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_hf_names_map_to_the_new_keys():
+    assert HF_NAMES["torch_compile"] == "train.torch_compile"
+    assert HF_NAMES["optim"] == "train.optim"
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("config", ["plain", "trainer-fused"])  # trainer-compile: ~40 s of compiling on a CPU
+def test_benchmark_worker_runs_on_a_tiny_shape(tmp_path, tiny_model_and_tokenizer, capsys, config):
+    model, tokenizer = tiny_model_and_tokenizer
+    shape = tmp_path / "shape"
+    model.config.save_pretrained(shape)
+    tokenizer.save_pretrained(shape)
+    rows = [{"question": f"Who wrote book {i}?", "answer": f"Author number {i} wrote it."} for i in range(8)]
+    (shape / "items.json").write_text(json.dumps({"forget": rows, "retain": rows}))
+    _benchmark().main(["--worker", config, "--shape", str(shape), "--device", "cpu", "--precision", "fp32",
+                       "--batch", "2", "--seq", "32", "--steps", "1", "--threads", "1"])
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("RESULT "))
+    result = json.loads(line[7:])
+    assert result["tokens_per_s"] > 0 and result["tokens_per_step"] > 0
+    assert result["model_flops"] == pytest.approx(6 * result["params"] * result["tokens_per_s"])
+    assert result["measured_peak"] > 0 and result["datasheet_peak"] is None  # no card datasheet on a CPU
