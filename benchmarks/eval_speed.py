@@ -46,6 +46,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from obliviate.io import atomic_write_json  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from matmul_peak import sync, weight_matmul_flops  # noqa: E402
+
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tofu"
 
 
@@ -86,35 +89,12 @@ def matmul_limit(model, precision: str, tokens: int = 256, repeats: int = 10) ->
     """(matmul GFLOP/s, tokens/s limit): every weight matrix of ``model`` (each distinct shape
     timed once, counted as often as it occurs, the output layer included) multiplied by
     ``tokens`` rows in the run's precision; the limit is 2 FLOPs per parameter per token."""
-    import collections
-
     import torch
 
-    device = next(model.parameters()).device
     dtype = torch.bfloat16 if precision == "bf16" else next(model.parameters()).dtype
-    shapes = collections.Counter(tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear))
-    seconds, flops = 0.0, 0
-    for (out_features, in_features), count in shapes.items():
-        x = torch.randn(tokens, in_features, device=device, dtype=dtype)
-        w = torch.randn(out_features, in_features, device=device, dtype=dtype)
-        best = float("inf")
-        for _ in range(repeats + 1):  # the first call warms up
-            sync(device)
-            tick = time.perf_counter()
-            x @ w.T
-            sync(device)
-            best = min(best, time.perf_counter() - tick)
-        seconds += best * count
-        flops += 2 * tokens * in_features * out_features * count
-    gflops = flops / seconds / 1e9
+    flops_per_s = weight_matmul_flops(model, dtype, tokens, repeats)
+    gflops = flops_per_s / 1e9
     return gflops, gflops * 1e9 / (2 * sum(p.numel() for p in model.parameters()))
-
-
-def sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def load_now() -> str:

@@ -36,7 +36,6 @@ the load: the table prints the load average, and --repeats keeps the best run of
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import random
@@ -48,6 +47,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from matmul_peak import sync, weight_matmul_flops  # noqa: E402
 TOFU = ROOT.parent / "shared" / "data" / "tofu"
 CONFIGS = ("plain", "trainer", "trainer-fused", "trainer-compile")
 #: the issue's targets (#19 item 2), printed beside the figures
@@ -122,35 +123,13 @@ def device_of(args):
     return resolve_device(args.device)
 
 
-def sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_peak(model, precision: str, rows: int, repeats: int = 5) -> float:
-    """FLOP/s of the model's own weight matmuls (each distinct shape timed once, counted as often
-    as it occurs) on `rows` rows at the run's precision: the machine's limit for this model."""
+    """FLOP/s of the model's own weight matmuls on `rows` rows at the run's precision: the
+    machine's limit for this model (matmul_peak.py)."""
     import torch
 
-    device = next(model.parameters()).device
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    shapes = collections.Counter(tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear))
-    seconds, flops = 0.0, 0
-    for (out_features, in_features), count in shapes.items():
-        x = torch.randn(rows, in_features, device=device, dtype=dtype)
-        w = torch.randn(out_features, in_features, device=device, dtype=dtype)
-        best = float("inf")
-        for _ in range(repeats + 1):  # the first call warms up
-            sync(device)
-            tick = time.perf_counter()
-            x @ w.T
-            sync(device)
-            best = min(best, time.perf_counter() - tick)
-        seconds += best * count
-        flops += 2 * rows * in_features * out_features * count
-    return flops / seconds
+    return weight_matmul_flops(model, dtype, rows, repeats)
 
 
 def datasheet_peak(device, precision: str) -> tuple[str, float | None]:
