@@ -73,7 +73,6 @@ def _log_progress() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from obliviate.cli_eval import benchmark_of
-
     from obliviate.versions import check_versions
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -84,13 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         check_versions()  # before the parser imports the benchmarks: an old library gets one line, not a traceback
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    commands = _commands(benchmark_of(argv))
-    args = _parser(commands).parse_args(argv)
-    _log_progress()
-    try:
+        commands = _commands(benchmark_of(argv))
+        args = _parser(commands).parse_args(argv)  # usage errors exit 2 themselves (SystemExit passes below)
+        _log_progress()
         return commands[args.command][2](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -235,19 +235,22 @@ def check_started_from(run_dir: str | Path, facts: dict, resume: bool) -> None:
 
 def started_from(base_sha: str, inputs) -> dict:
     """The facts check_started_from keeps: base weights' sha256 and each input file's."""
-    files = sorted({str(p) for p in inputs if Path(p).is_file()})
-    return {"base_model_sha256": base_sha, "inputs": {p: sha256_file(p) for p in files}}
+    return {"base_model_sha256": base_sha, "inputs": input_hashes(inputs)}
+
+
+def input_hashes(paths) -> dict[str, str]:
+    """{path: sha256} of the files among `paths` (each once, in name order; absent ones left out)."""
+    return {str(Path(p)): sha256_file(p) for p in sorted({str(p) for p in paths}) if Path(p).is_file()}
 
 
 def write_manifest(run_dir: str | Path, facts: dict) -> Path:
     """Write run_dir/manifest.json (atomically) and return its path: the run's `facts` (method,
     seed, device, base model, request, models, wall time, method stats; methods/pipeline.py) with
     `inputs` turned into {path: sha256}, plus the creation time, package versions and peak memory."""
-    inputs = facts.get("inputs", [])
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **facts,
-        "inputs": {str(Path(p)): sha256_file(p) for p in sorted({str(p) for p in inputs}) if Path(p).is_file()},
+        "inputs": input_hashes(facts.get("inputs", [])),
         "versions": package_versions(),
         "peak_memory_mb": round(measure_peak_memory_mb(), 1),
     }
