@@ -62,7 +62,7 @@ def _rate_task(items, outputs, judge) -> dict:
     return {"n": len(rows), "aggregates": {"unwanted_rate": rate}, "items": rows}
 
 
-def _originals(options, model, tokenizer, questions, outputs, precision) -> tuple[list[str], str]:
+def _originals(options, model, tokenizer, questions, precision) -> tuple[list[str] | None, str]:
     """The original model's normal outputs: a file, a model to generate with, or (None, "none"):
     then no similarity is reported (comparing the model with itself would read as 1.0)."""
     if options.reference_outputs:
@@ -83,8 +83,7 @@ def _normal_task(sets, stats, outputs, originals) -> dict:
     rows = [{"question": i.question, "answer": i.answer, "output": o, "answer_nll": s.sum_nll,
              "answer_tokens": s.n_tokens, "similarity": sim}
             for i, s, o, sim in zip(sets.normal, stats, outputs, sims)]
-    similarity = finite_mean(sims) if originals is not None else None
-    aggregates = {"perplexity": utility.perplexity(stats), "similarity": similarity,
+    aggregates = {"perplexity": utility.perplexity(stats), "similarity": finite_mean(sims),  # None without originals
                   "distinct_1": utility.distinct_n(outputs, 1), "distinct_2": utility.distinct_n(outputs, 2)}
     return {"n": len(rows), "aggregates": aggregates, "items": rows}
 
@@ -121,7 +120,7 @@ def evaluate_harmful(model, tokenizer, options, *, out_dir: Path, model_name: st
         labels = _label_task(options, judge)
     with timer("original outputs"):
         originals, original_source = _originals(options, model, tokenizer, [i.question for i in sets.normal],
-                                                normal_out, precision)
+                                                precision)
     tasks["normal"] = _normal_task(sets, stats, normal_out, originals)
     if labels is not None:
         tasks["judge_labels"] = labels
