@@ -268,3 +268,4 @@ def test_unlearn_help_lists_each_methods_presets(capsys):
         for key in method.presets:
             assert any(line.split()[:1] == [name] and f"{key}=" in line for line in presets.splitlines()), (name, key)
     assert "train.learning_rate=0.0002" in presets and "objective.beta=4.5" in presets
+    assert "train.lora.enabled=true" in presets and "True" not in out  # as one types it (YAML, key=value)

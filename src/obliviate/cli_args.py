@@ -46,7 +46,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if ("default" in text or default in (None, False, [], "") or default is argparse.SUPPRESS
                 or not action.option_strings):
             return text
-        return f"{text} (default: %(default)s)"
+        return f"{text} (default: {shown(default).replace('%', '%%')})"  # argparse %-formats help
+
+
+def shown(value) -> str:
+    """A value as one types it on the command line or in YAML: true/false, none, 1e-05, a,b."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(shown, value))
+    return str(value)
 
 
 def parse_bool(text: str) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from obliviate.cli_args import add_bool_flag, add_flag
+from obliviate.cli_args import add_bool_flag, add_flag, shown
 from obliviate.errors import UserError
 
 EXAMPLES = """examples:
@@ -48,7 +48,7 @@ def add_arguments(parser, benchmark: str) -> None:
     for option in dataclasses.fields(known[benchmark].options):
         helptext = option.metadata.get("help", "")
         if "default" not in helptext:
-            helptext += f" (default: {option.default})"
+            helptext += f" (default: {shown(option.default)})"
         if option.type in (bool, "bool"):
             add_bool_flag(group, option.name, dest=f"option.{option.name}", default=argparse.SUPPRESS, help=helptext)
         else:

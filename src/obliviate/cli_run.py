@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from obliviate.cli_args import add_bool_flag, add_flag
+from obliviate.cli_args import add_bool_flag, add_flag, shown
 from obliviate.config import REPORT_TO, RunConfig
 from obliviate.errors import UserError
 
@@ -35,7 +35,7 @@ def _flags(parser) -> None:
 
     def flag(name, key, kind, helptext, **kwargs):
         add_flag(parser, f"--{name}", dest=f"flag.{key}", type=kind, default=argparse.SUPPRESS,
-                 help=f"{helptext} [{key}] (config default: {_default(key)})", **kwargs)
+                 help=f"{helptext} [{key}] (config default: {shown(_default(key))})", **kwargs)
 
     flag("model", "model", str, "hub id, local directory or .gguf file", metavar="MODEL")
     add_flag(parser, "--model_name_or_path", dest="flag.model", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -84,14 +84,10 @@ def add_arguments(parser, command: str) -> None:
 
 def _presets_listing(registered: dict) -> str:
     """What each method changes from the defaults shown above (a value you set wins)."""
-    lines = [f"  {name:<10} " + ", ".join(f"{key}={_short(value)}" for key, value in m.presets.items())
+    lines = [f"  {name:<10} " + ", ".join(f"{key}={shown(value)}" for key, value in m.presets.items())
              for name, m in registered.items() if m.presets]
     return ("presets (a method's own defaults, under your values; the defaults above are the generic ones):\n"
             + "\n".join(lines) + "\n\n") if lines else ""
-
-
-def _short(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def run(args, command: str) -> int:
