@@ -20,7 +20,8 @@ Beside the scoring and generation stages it prints the compute limit: 2 FLOPs pe
 per token, at the matmul throughput measured on this machine for the model's own weight
 shapes (``eval_speed_limits.py``), and the fraction of it reached. ``--generation`` measures
 greedy decoding alone (the engine with ``--decode`` vs HF ``generate``, both at
-``--batch-size``; ``--decode-batch-size`` decodes that many prompts together) instead of the
+``--batch-size``; ``--decode-batch-size`` decodes that many prompts together, default the
+engine's choice) instead of the
 suite; with ``--shape DIR`` (a config and tokenizer that ``--save-shape DIR`` wrote: no weights)
 on random weights of that shape, which is how it runs on a GPU machine that no weights can reach::
 
@@ -47,6 +48,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from obliviate.io import atomic_write_json  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_bound import attended, print_bound  # noqa: E402
 from matmul_peak import sync, weight_matmul_flops  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tofu"
@@ -201,15 +203,13 @@ def generation_benchmark(args) -> dict:
     precision = engine.resolve_precision(model, args.precision)
     decode = engine.resolve_decode(model, args.decode)
     limit = matmul_limit(model, precision)
-    rows = args.decode_batch_size or args.batch_size  # prompts decoded together
-    rows_limit = matmul_limit(model, precision, tokens=rows)
     options = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, precision=args.precision,
                    decode=args.decode, decode_batch_size=args.decode_batch_size)
     engine.greedy_generate(model, tokenizer, questions[:2], **{**options, "max_new_tokens": 4})  # warm-up
     timings, counters = {}, {}
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.profile else None
     tick, cpu = time.perf_counter(), time.process_time()
-    with profiler if profiler is not None else contextlib.nullcontext():
+    with profiler if profiler is not None else contextlib.nullcontext(), attended() as steps:
         engine.score_and_generate(model, tokenizer, (), questions, timings=timings, counters=counters, **options)
         sync(model.device)
     cpu = time.process_time() - cpu
@@ -218,12 +218,16 @@ def generation_benchmark(args) -> dict:
     if profiler is not None:  # where the engine's time goes, by operator
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
     engine_load = load_now()
+    rows = steps["rows"] or args.decode_batch_size or args.batch_size  # prompts decoded together
+    rows_limit = matmul_limit(model, precision, tokens=rows)
+    decode_tps = counters["generated tokens"] / timings["generate"]
     figures = {"device": str(model.device), "precision": precision, "decode": decode, "prompts": len(questions),
                "batch_size": args.batch_size, "decode_rows": rows, "max_new_tokens": args.max_new_tokens,
                "engine_s": engine_s, "engine_cpu_s": cpu, "engine_new_tokens": engine_tokens,
                "engine_tps": engine_tokens / engine_s,
                "limit_gflops": limit[0], "limit_tps": limit[1],
-               "batch_rows_limit_gflops": rows_limit[0], "batch_rows_limit_tps": rows_limit[1]}
+               "batch_rows_limit_gflops": rows_limit[0], "batch_rows_limit_tps": rows_limit[1],
+               "decode_s": timings["generate"], "decode_tokens": counters["generated tokens"], "decode_tps": decode_tps}
     print(f"\n{len(questions)} prompts, batch {args.batch_size} (decoding {rows} rows), up to {args.max_new_tokens} "
           f"new tokens, {precision} on {model.device}, decode {decode}")
     print(f"compute limit: {limit[0]:.1f} GFLOP/s matmul -> {limit[1]:.0f} tokens/s ({load_now()})")
@@ -232,6 +236,10 @@ def generation_benchmark(args) -> dict:
           f"{rows} rows reaches if it were all matmul")
     print(f"engine: {engine_tokens} new tokens in {engine_s:.1f} s = {engine_tokens / engine_s:.1f} tokens/s, "
           f"{engine_tokens / engine_s / limit[1]:.0%} of the limit ({engine_load})")
+    print(f"  of which decoding steps (the prompts' pass apart, as the suite's generation stage): "
+          f"{counters['generated tokens']} tokens in {timings['generate']:.1f} s = {decode_tps:.1f} tokens/s, "
+          f"{decode_tps / limit[1]:.0%} of the limit")
+    figures["bound"] = print_bound(steps, limit[1], decode_tps, model.device.type)
     if model.device.type == "cpu":  # per second of this process's CPU time: less moved by other processes
         print(f"engine per CPU second ({cpu:.1f} s, {torch.get_num_threads()} threads): "
               f"{engine_tokens / cpu * torch.get_num_threads():.1f} tokens/s, "
@@ -264,10 +272,12 @@ def suite_benchmark(args) -> None:
     cache_dir = args.cache or (tempfile.mkdtemp(prefix="eval_speed_cache_") if args.rerun else False)
     kwargs = dict(data=args.data, forget_split=args.forget_split, retain_logs=args.retain_logs, out_dir=args.out,
                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, precision=args.precision,
-                  cache=cache_dir, model_name=args.model, ds_size=args.ds_size)
+                  cache=cache_dir, model_name=args.model, ds_size=args.ds_size,
+                  decode_batch_size=args.decode_batch_size)
     started = time.perf_counter()
     cpu_started = time.process_time()
-    result = tofu.evaluate_tofu(model, tokenizer, **kwargs)
+    with attended() as steps:
+        result = tofu.evaluate_tofu(model, tokenizer, **kwargs)
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     load_after = os.getloadavg()
@@ -287,8 +297,11 @@ def suite_benchmark(args) -> None:
           f"(after load {rss_after_load:.0f} MB)")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-min)")
     used = result["config"]["precision_used"]
-    rows_limit = (args.batch_size, *matmul_limit(model, used, tokens=args.batch_size))
-    figures = {"limits": print_limits(stages, result["model_tokens"], matmul_limit(model, used), used, rows_limit)}
+    rows = steps["rows"] or args.batch_size  # the most prompts decoded together
+    rows_limit = (rows, *matmul_limit(model, used, tokens=rows))
+    limits = print_limits(stages, result["model_tokens"], matmul_limit(model, used), used, rows_limit)
+    generation = limits["stages"].get("generation", {}).get("tokens_per_s", 0.0)
+    figures = {"limits": limits, "bound": print_bound(steps, limits["limit_tokens_per_s"], generation, model.device.type)}
     print()
     print(report.render_table(result["summary"]))
     if args.rerun:
@@ -328,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generation", action="store_true", help="decoding alone: engine vs HF generate")
     parser.add_argument("--decode", default="auto", choices=["auto", "plain", "static"])
     parser.add_argument("--decode-batch-size", type=int, default=None,
-                        help="--generation: prompts decoded together (default: --batch-size)")
+                        help="prompts decoded together (default: the engine's, engine.settings.decode_rows)")
     parser.add_argument("--prompts", type=int, default=256, help="--generation: prompts (TOFU questions)")
     parser.add_argument("--hf-prompts", type=int, default=64, help="--generation: prompts for HF generate (0: skip)")
     parser.add_argument("--shape", default=None, help="--generation: random weights of the shape in DIR")

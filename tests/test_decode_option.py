@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from test_rwku import rwku_dir  # noqa: F401 -- the tiny RWKU directory fixture
+from test_tofu_eval import tofu_dir  # noqa: F401 -- the tiny TOFU directory fixture
 
 import obliviate.api as ob
 from obliviate.errors import UserError
@@ -62,11 +63,13 @@ def test_help_lists_the_choices(capsys):
         main(["eval", "--benchmark", "tofu", "--help"])
     out = capsys.readouterr().out
     assert "--decode {auto,plain,static}" in out and "--scoring {answer,chat_turn}" in out
+    assert "(default: true)" in out and "True" not in out and "None" not in out  # as one types them
 
 
 @pytest.mark.parametrize("benchmark, option, value", [("tofu", "ds_size", -3), ("tofu", "ds_size", 0),
                                                       ("harmful", "ds_size", 0), ("rwku", "utility_size", 0),
-                                                      ("tofu", "batch_size", 0), ("tofu", "max_new_tokens", -1)])
+                                                      ("tofu", "batch_size", 0), ("tofu", "max_new_tokens", -1),
+                                                      ("rwku", "decode_batch_size", 0)])
 def test_sizes_below_one_are_refused_before_the_model_loads(benchmark, option, value, monkeypatch):
     import obliviate.models
 
@@ -97,3 +100,21 @@ def test_the_shipped_eval_config_loads_and_a_run_config_is_pointed_to_eval(tmp_p
     monkeypatch.setattr(obliviate.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(UserError, match="graddiff.yaml: a run config without an 'eval:' section"):
         ob.evaluate("m", config=root / "examples" / "graddiff.yaml", progress=False)
+
+
+@pytest.mark.parametrize("benchmark", ["tofu", "rwku", "harmful"])
+def test_decode_batch_size_reaches_the_engine(tmp_path, tiny_model_and_tokenizer, rwku_dir, tofu_dir,  # noqa: F811
+                                              benchmark, monkeypatch):
+    from obliviate.evaluation.engine import scheduler
+
+    asked = []
+    original = scheduler.decode_rows
+    monkeypatch.setattr(scheduler, "decode_rows", lambda device, batch, requested, row_bytes: (
+        asked.append(requested) or original(device, batch, requested, row_bytes)))
+    options = _options(benchmark, rwku_dir)
+    if benchmark == "tofu":
+        options = dict(data=str(tofu_dir), ds_size=2, max_new_tokens=4, extras=False, cache=False)
+    model, tokenizer = tiny_model_and_tokenizer
+    ob.evaluate(model, tokenizer, benchmark=benchmark, output_dir=tmp_path / "out", precision="fp32",
+                progress=False, decode_batch_size=3, **options)
+    assert asked and set(asked) == {3}

@@ -1,16 +1,20 @@
 """``decode_batch_size``: how many prompts decode together, apart from the scoring groups
-(``batch_size``); the outputs and the scores stay those of ``batch_size`` alone."""
+(``batch_size``); by default sized by :func:`settings.decode_rows` (CPU: a key/value memory
+budget, up to 256 rows). The outputs and the scores do not depend on it."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from obliviate.errors import UserError
 from obliviate.evaluation import engine
-from obliviate.evaluation.engine import slot_decoder
+from obliviate.evaluation.engine import settings, slot_decoder
 
 QUESTIONS = [f"Question {i}: what happened in the year {1900 + 7 * i}?" for i in range(12)]
 PAIRS = [(q, "It was a quiet year.") for q in QUESTIONS[:4]]
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+GiB = 2**30
 
 
 def _run(model, tokenizer, monkeypatch, **options):
@@ -30,12 +34,50 @@ def _run(model, tokenizer, monkeypatch, **options):
 
 def test_decode_batch_size_sets_the_rows_and_keeps_the_outputs(tiny_model_and_tokenizer, monkeypatch):
     model, tokenizer = tiny_model_and_tokenizer
-    scores, texts, rows = _run(model, tokenizer, monkeypatch)
+    scores, texts, rows = _run(model, tokenizer, monkeypatch, decode_batch_size=3)
     assert rows == 3
     wide_scores, wide_texts, wide_rows = _run(model, tokenizer, monkeypatch, decode_batch_size=8)
     assert wide_rows == 8  # groups of 3 are scored until 8 prompts decode together
     assert wide_texts == texts and wide_scores == scores
+    auto_scores, auto_texts, auto_rows = _run(model, tokenizer, monkeypatch)
+    assert auto_rows == len(QUESTIONS)  # on a CPU, by default, every prompt fits the budget at once
+    assert auto_texts == texts and auto_scores == scores
     assert len(set(texts)) > 2
+
+
+def test_default_rows_follow_the_memory_budget(tiny_model_and_tokenizer, monkeypatch):
+    """The decoder is built with the rows decode_rows gives for one row's real key/value bytes."""
+    model, tokenizer = tiny_model_and_tokenizer
+    seen = {}
+    original = settings.decode_rows
+
+    def spy(device, batch_size, requested, row_bytes):
+        seen["row_bytes"] = row_bytes
+        return original(device, batch_size, requested, row_bytes)
+
+    monkeypatch.setattr("obliviate.evaluation.engine.scheduler.decode_rows", spy)
+    _run(model, tokenizer, monkeypatch)
+    config = model.config
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * (
+        config.hidden_size // config.num_attention_heads) * 4  # keys + values, fp32
+    assert seen["row_bytes"] % per_token == 0 and seen["row_bytes"] // per_token > 10  # capacity: prompt + 10
+    monkeypatch.setattr(settings, "AUTO_DECODE_MEMORY", 5 * seen["row_bytes"])
+    assert _run(model, tokenizer, monkeypatch)[2] == 5  # the budget, not the 12 prompts, sets the rows
+
+
+@pytest.mark.parametrize("device, batch_size, requested, row_bytes, ram, rows", [
+    (CPU, 64, None, 14 * 2**20, 24 * GiB, 256),  # the default model's TOFU rows: 256 x 14 MiB < 4 GiB
+    (CPU, 64, None, 64 * 2**20, 24 * GiB, 64),  # 4 GiB / 64 MiB
+    (CPU, 64, None, 32 * 2**20, 4 * GiB, 64),  # a quarter of 4 GiB RAM holds 32 rows: batch_size still
+    (CPU, 16, None, 32 * 2**20, 4 * GiB, 32),
+    (CPU, 64, None, 14 * 2**20, None, 256),  # RAM unknown: the 4 GiB budget alone
+    (CPU, 64, 48, 14 * 2**20, 24 * GiB, 48),  # asked for: as asked
+    (CUDA, 64, None, 14 * 2**20, 24 * GiB, 64),  # off the CPU: batch_size
+    (CUDA, 64, 128, 14 * 2**20, 24 * GiB, 128),
+])
+def test_decode_rows(monkeypatch, device, batch_size, requested, row_bytes, ram, rows):
+    monkeypatch.setattr(settings, "physical_memory", lambda: ram)
+    assert settings.decode_rows(device, batch_size, requested, row_bytes) == rows
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5])

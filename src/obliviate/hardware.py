@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 
 import torch
@@ -77,3 +78,11 @@ def autocast_context(device: torch.device | str, precision: str = "auto") -> con
     if device.type in ("cuda", "cpu") and resolve_precision(precision, device.type) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine (POSIX sysconf), or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf
+        return None

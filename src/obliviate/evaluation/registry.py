@@ -46,6 +46,14 @@ def decode_option():
                 "a CUDA graph on CUDA; same outputs)"})
 
 
+def decode_rows_option():
+    """The `decode_batch_size` option every generating benchmark declares (engine.settings.decode_rows)."""
+    return dataclasses.field(default=None, metadata={
+        "help": "prompts decoded together (default: on a CPU as many as fit 4 GiB of key/value cache and a "
+                "quarter of the RAM, up to 256, never fewer than batch_size; elsewhere batch_size); the "
+                "outputs do not depend on it"})
+
+
 _REGISTRY: dict[str, Benchmark] = {}
 _BUILTINS_LOADED = False
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from obliviate.evaluation.harmful.report import render_harmful
 from obliviate.evaluation.harmful.suite import evaluate_harmful
-from obliviate.evaluation.registry import Benchmark, decode_option, register_benchmark
+from obliviate.evaluation.registry import Benchmark, decode_option, decode_rows_option, register_benchmark
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,9 @@ class HarmfulOptions:
                 "found, else the request's retain set)"})
     ds_size: int | None = field(default=100, metadata={"help": "evaluate only the first N normal prompts"})
     max_new_tokens: int = field(default=64, metadata={"help": "greedy generation budget per prompt"})
-    batch_size: int = field(default=16, metadata={"help": "rows of a forward pass and prompts decoded together"})
+    batch_size: int = field(default=16, metadata={"help": "rows of a scoring forward pass"})
     decode: str = decode_option()
+    decode_batch_size: int | None = decode_rows_option()
     system_prompt: str | None = field(default=None, metadata={
         "help": "system prompt of the chat template (default: the template's own)"})
     judge: str = field(default="heuristic", metadata={"choices": ("heuristic", "llm"),

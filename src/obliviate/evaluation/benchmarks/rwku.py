@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obliviate.evaluation.registry import Benchmark, decode_option, register_benchmark
+from obliviate.evaluation.registry import Benchmark, decode_option, decode_rows_option, register_benchmark
 from obliviate.evaluation.results import json_safe
 from obliviate.evaluation.rwku.report import render_rwku
 from obliviate.evaluation.rwku.suite import evaluate_rwku
@@ -26,9 +26,10 @@ class RwkuOptions:
         "help": "score only the first N records of each utility set (default: --ds_size)"})
     use_prompt: bool = field(default=False, metadata={
         "help": "prefix every prompt with RWKU's in-context-unlearning instruction (the ICU baseline)"})
-    batch_size: int = field(default=32, metadata={"help": "rows of a forward pass and prompts decoded together"})
+    batch_size: int = field(default=32, metadata={"help": "rows of a scoring forward pass"})
     max_length: int = field(default=2048, metadata={"help": "tokens kept per scored text or prompt + answer"})
     decode: str = decode_option()
+    decode_batch_size: int | None = decode_rows_option()
     cache: bool = field(default=True, metadata={
         "help": "keep per-item results in $OBLIVIATE_CACHE/eval so a rerun or resume skips finished work"})
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obliviate.evaluation.registry import Benchmark, decode_option, register_benchmark
+from obliviate.evaluation.registry import Benchmark, decode_option, decode_rows_option, register_benchmark
 from obliviate.evaluation.report import render_report
 from obliviate.evaluation.results import json_safe
 from obliviate.evaluation.tofu import evaluate_tofu
@@ -25,7 +25,7 @@ class TofuOptions:
         "help": "the retain model itself (hub id or directory), scored for Forget Quality and PrivLeak"})
     ds_size: int | None = field(default=None, metadata={
         "help": "evaluate only the first N items of each split (legacy TOFU used 300)"})
-    batch_size: int = field(default=32, metadata={"help": "rows of a forward pass and prompts decoded together"})
+    batch_size: int = field(default=32, metadata={"help": "rows of a scoring forward pass"})
     max_new_tokens: int = field(default=200, metadata={"help": "greedy generation budget per question"})
     max_length: int = field(default=512, metadata={"help": "prompt + answer tokens kept per scored pair"})
     system_prompt: str | None = field(default=None, metadata={
@@ -36,6 +36,7 @@ class TofuOptions:
         "help": "answer: answer + EOS (TOFU's definition) | chat_turn: the assistant turn as the chat template "
                 "renders it (open-unlearning's)"})
     decode: str = decode_option()
+    decode_batch_size: int | None = decode_rows_option()
     cache: bool = field(default=True, metadata={
         "help": "keep per-item results in $OBLIVIATE_CACHE/eval so a rerun or resume skips finished work"})
 

@@ -121,10 +121,10 @@ def score_and_generate(
     ``references[i]``, when given, names an answer to ``questions[i]`` whose teacher-forced
     argmax tells the first tokens of the greedy output; it is scored too (results not
     returned). Identical pairs and questions are computed once. ``batch_size`` caps the rows
-    of a forward pass (and the prompts decoded together), ``max_tokens`` the padded tokens of
-    a scoring pass; ``decode_batch_size`` (default ``batch_size``), when given, the prompts
-    decoded together instead (more rows per step run the matrix products faster on CPU;
-    scoring groups are unchanged). ``cache``: a :class:`ResultCache`; hits skip the model entirely.
+    of a scoring pass, ``max_tokens`` its padded tokens; ``decode_batch_size``, the prompts
+    decoded together (default: :func:`~obliviate.evaluation.engine.settings.decode_rows`, on a
+    CPU up to 256 rows within a key/value memory budget, since more rows per step run the
+    matrix products faster; elsewhere ``batch_size``); it changes neither scores nor outputs. ``cache``: a :class:`ResultCache`; hits skip the model entirely.
     ``timings`` receives the seconds per phase (tokenise, prefill, score, generate);
     ``counters`` the tokens run through the model (prompt, answer-trie and generated).
     Inside :func:`~obliviate.evaluation.engine.sharding.sharded` (e.g.

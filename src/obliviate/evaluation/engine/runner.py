@@ -37,7 +37,7 @@ class ModelRunner:
         self.model, self.tokenizer, self.formatter = model, tokenizer, formatter
         self.scoring, self.suffix = scoring, answer_suffix(tokenizer, scoring)
         self.max_length, self.batch_size, self.max_tokens = max_length, batch_size, max(max_tokens, 1)
-        self.decode_batch_size = decode_batch_size or batch_size  # rows decoded together
+        self.decode_batch_size = decode_batch_size  # rows decoded together (None: settings.decode_rows)
         self.precision = resolve_precision(model, precision)
         self.device = model_device(model)
         self.decode_mode = resolve_decode(model, decode)

@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from obliviate.evaluation.engine.result_cache import ResultCache
 from obliviate.evaluation.engine.runner import ModelRunner, inference_mode
+from obliviate.evaluation.engine.settings import decode_rows
 from obliviate.evaluation.engine.slot_decoder import SlotDecoder
 from obliviate.evaluation.engine.static_decoder import StaticSlotDecoder
 from obliviate.evaluation.engine.stats import AnswerStats
@@ -75,7 +78,7 @@ class Scheduler:
         self.groups = [order[s:s + size] for s in range(0, len(order), size)][rank::processes]
         longest = max((len(p.ids) for p in order if p.generate), default=0)
         self.capacity = longest + self.max_new_tokens
-        self.decode_rows = min(runner.decode_batch_size, sum(p.generate for group in self.groups for p in group)) or 1
+        self.n_generations = sum(p.generate for group in self.groups for p in group)
         self.n_prompts = sum(len(group) for group in self.groups)
 
     # -- results -------------------------------------------------------------------------------
@@ -134,6 +137,15 @@ class Scheduler:
         self.flush()
         return ready
 
+    def new_decoder(self, template: list[tuple[torch.Tensor, torch.Tensor]]) -> SlotDecoder:
+        """The decoder of this call, its rows sized by :func:`~.settings.decode_rows` from the
+        bytes of one row's key/value buffers (each layer's ``(heads, tokens, dim)`` template)."""
+        runner = self.runner
+        row_bytes = self.capacity * sum(t.shape[0] * t.shape[-1] * t.element_size() for kv in template for t in kv)
+        rows = decode_rows(runner.device, runner.batch_size, runner.decode_batch_size, row_bytes)
+        self.decode_rows = min(rows, self.n_generations) or 1
+        return DECODERS[runner.decode_mode](runner, self.decode_rows, self.capacity, template, self.max_new_tokens)
+
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> None:
@@ -158,8 +170,7 @@ class Scheduler:
                     if progress is not None:
                         progress(done, self.n_prompts)
                     if ready and decoder is None:
-                        decoder = DECODERS[runner.decode_mode](runner, self.decode_rows, self.capacity,
-                                                               ready[0].kv, self.max_new_tokens)
+                        decoder = self.new_decoder(ready[0].kv)
                     waiting.extend(ready)
                     continue
                 if decoder is None or not decoder.busy():

@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from obliviate.errors import UserError
-from obliviate.hardware import model_device
+from obliviate.hardware import model_device, physical_memory
 from obliviate.hardware import resolve_precision as _hardware_precision
 
 #: Bump when a change alters cached values or keys (tokenisation, stop rules, what is stored).
@@ -16,6 +16,12 @@ PRECISIONS = ("auto", "bf16", "fp32")
 #: Decoding paths: ``plain`` (per-step shapes, :mod:`.slot_decoder`), ``static`` (fixed shapes,
 #: one CUDA graph per call on CUDA, :mod:`.static_decoder`), ``auto`` (static on CUDA, else plain).
 DECODES = ("auto", "plain", "static")
+#: Rows decoded together on a CPU when ``decode_batch_size`` is left to the engine, at most, and
+#: the memory their key/value buffers may take (and never over a quarter of the RAM): inside a
+#: decoding step the matrix products run at about half their 256-row throughput at 64 rows
+#: (docs/speed.md, "The whole TOFU forget01 suite").
+AUTO_DECODE_ROWS = 256
+AUTO_DECODE_MEMORY = 4 * 2**30
 
 
 def resolve_precision(model, precision: str = "auto") -> str:
@@ -49,3 +55,17 @@ def precision_context(model, precision: str, cache_enabled: bool = True):
     if precision == "bf16":
         return torch.autocast(model_device(model).type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return contextlib.nullcontext()
+
+
+def decode_rows(device: torch.device, batch_size: int, requested: int | None, row_bytes: int) -> int:
+    """Rows decoded together: ``requested`` when given; else, on a CPU, as many rows of
+    ``row_bytes`` key/value buffers as fit ``AUTO_DECODE_MEMORY`` (and a quarter of the RAM), up to
+    ``AUTO_DECODE_ROWS`` and never fewer than ``batch_size``; elsewhere ``batch_size``. Rows do
+    not change a greedy output (docs/speed.md): only the speed and the memory."""
+    if requested is not None:
+        return requested
+    if device.type != "cpu":
+        return batch_size
+    ram = physical_memory()
+    budget = AUTO_DECODE_MEMORY if ram is None else min(AUTO_DECODE_MEMORY, ram // 4)
+    return max(batch_size, min(AUTO_DECODE_ROWS, budget // max(row_bytes, 1)))

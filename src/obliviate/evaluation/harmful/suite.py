@@ -73,7 +73,8 @@ def _originals(options, model, tokenizer, questions, precision) -> tuple[list[st
         original, original_tok = load_model(options.reference_model)
         original.to(next(model.parameters()).device)
         texts = greedy_generate(original, original_tok, questions, options.max_new_tokens, options.batch_size,
-                                precision=precision, system_prompt=options.system_prompt, decode=options.decode)
+                                precision=precision, system_prompt=options.system_prompt, decode=options.decode,
+                                decode_batch_size=options.decode_batch_size)
         return texts, options.reference_model
     return None, "none"
 
@@ -108,7 +109,8 @@ def evaluate_harmful(model, tokenizer, options, *, out_dir: Path, model_name: st
     stats, texts = score_and_generate(
         model, tokenizer, [(i.question, i.answer) for i in sets.normal], questions,
         max_new_tokens=options.max_new_tokens, batch_size=options.batch_size, precision=precision,
-        system_prompt=options.system_prompt, decode=options.decode, progress=ProgressLog("harmful", "prompts"),
+        system_prompt=options.system_prompt, decode=options.decode,
+        decode_batch_size=options.decode_batch_size, progress=ProgressLog("harmful", "prompts"),
         timings=engine_times)
     timer.add(engine_times, prefix="model: ")
     cut = [len(sets.forget), len(sets.forget) + len(sets.heldout)]

@@ -104,6 +104,7 @@ def evaluate_rwku(
     max_length: int = 2048,
     precision: str = "auto",
     decode: str = "auto",
+    decode_batch_size: int | None = None,
     cache: bool | str | Path = True,
     out_dir: str | Path | None = None,
     model_name: str | None = None,
@@ -116,7 +117,8 @@ def evaluate_rwku(
     256 tokens per item, so a full probe set with a few utility items is the cheap setting).
     ``utility``: which of mmlu, bbh, truthfulqa, triviaqa, fluency ("all", "none" or a comma
     list); a set absent from ``data`` is skipped with a log line. ``use_prompt``: RWKU's ICU
-    prefix before every probe. ``decode``: the greedy decoding path (engine.score_and_generate).
+    prefix before every probe. ``decode``, ``decode_batch_size``: the greedy decoding path and the prompts decoded
+    together (engine.score_and_generate).
     """
     from obliviate.evaluation.rwku.report import render_rwku
 
@@ -133,7 +135,8 @@ def evaluate_rwku(
         result_cache = result_cache_for(model, tokenizer, cache, settings, fingerprint)
     progress = ProgressLog("RWKU", unit="prompts", started=timer.started)
     engine = {"batch_size": batch_size, "max_length": max_length, "precision": precision,
-              "cache": result_cache, "progress": progress, "decode": decode}
+              "cache": result_cache, "progress": progress, "decode": decode,
+              "decode_batch_size": decode_batch_size}
     tasks, rows = {}, {}
     for target in chosen:
         logger.info("RWKU target %d %s", target.id, target.name)
@@ -148,7 +151,7 @@ def evaluate_rwku(
               "targets": [t.folder for t in chosen], "ds_size": ds_size, "utility": sets,
               "utility_size": utility_size,
               "use_prompt": use_prompt, "batch_size": batch_size, "max_length": max_length, "precision": precision,
-              "decode": decode, "cache": str(result_cache.path) if result_cache is not None else None,
+              "decode": decode, "decode_batch_size": decode_batch_size, "cache": str(result_cache.path) if result_cache is not None else None,
               "decoding": "greedy, 30 new tokens, stop at EOS / end of turn / newline",
               "rouge": "rwku (pltrdy rouge 1.0.1 semantics)"}
     result = build_envelope(benchmark="rwku", format=FORMAT, model=model, precision=precision, config=config,

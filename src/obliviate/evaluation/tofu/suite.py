@@ -98,6 +98,7 @@ def evaluate_tofu(
     extras: bool = True,
     scoring: str = "answer",
     decode: str = "auto",
+    decode_batch_size: int | None = None,
 ) -> dict:
     """Evaluate ``model`` on TOFU's four tasks; return (and write to ``out_dir``) the results.
 
@@ -110,7 +111,8 @@ def evaluate_tofu(
     answer + EOS) or ``"chat_turn"`` (open-unlearning's: the assistant turn as the chat
     template renders it, for SmolLM2 answer + ``<|im_end|>`` + newline + EOS), so probabilities,
     truth ratios and MIA scores compare with open-unlearning's logs. ``decode``: the greedy decoding
-    path (``auto``: the fixed-shape, CUDA-graph step on CUDA, the plain loop elsewhere). Writes ``tofu_eval.json`` (the result envelope:
+    path (``auto``: the fixed-shape, CUDA-graph step on CUDA, the plain loop elsewhere);
+    ``decode_batch_size``: the prompts decoded together (engine.settings.decode_rows). Writes ``tofu_eval.json`` (the result envelope:
     config, versions, sample counts, timings, per-item values, aggregates),
     ``tofu_summary.json`` and ``tofu_report.md``.
     """
@@ -130,7 +132,8 @@ def evaluate_tofu(
     tasks, extra_values, counters = _score_tasks(
         model, tokenizer, task_items, holdout_items, extras=extras, timer=timer,
         progress=ProgressLog(f"TOFU {forget_split}", started=timer.started),
-        engine_options={**engine_options, "max_new_tokens": max_new_tokens, "cache": result_cache, "decode": decode})
+        engine_options={**engine_options, "max_new_tokens": max_new_tokens, "cache": result_cache, "decode": decode,
+                        "decode_batch_size": decode_batch_size})
     notes = [f"no '{holdout}' split: MIA AUCs and PrivLeak not computed"] if extras and not holdout_items else []
     with timer("retain reference"):
         reference = retain_reference(model, task_items["forget"][1], holdout_items, retain_logs=retain_logs,
@@ -141,7 +144,8 @@ def evaluate_tofu(
     config = _config(tokenizer, summary["model"], fingerprint, result_cache, reference.source,
                      data=str(data), forget_split=forget_split, holdout_split=holdout if holdout_items else None,
                      ds_size=ds_size, batch_size=batch_size, max_new_tokens=max_new_tokens, max_length=max_length,
-                     precision=precision, system_prompt=system_prompt, scoring=scoring, decode=decode)
+                     precision=precision, system_prompt=system_prompt, scoring=scoring, decode=decode,
+                     decode_batch_size=decode_batch_size)
     result = build_envelope(
         benchmark="tofu", format=FORMAT, model=model, precision=precision, config=config,
         n_samples={**{name: tasks[name]["n"] for name in tasks}, "holdout": len(holdout_items or [])},
