@@ -51,9 +51,9 @@ def test_default_rows_follow_the_memory_budget(tiny_model_and_tokenizer, monkeyp
     seen = {}
     original = settings.decode_rows
 
-    def spy(device, batch_size, requested, row_bytes):
+    def spy(device, batch_size, requested, row_bytes, processes):
         seen["row_bytes"] = row_bytes
-        return original(device, batch_size, requested, row_bytes)
+        return original(device, batch_size, requested, row_bytes, processes)
 
     monkeypatch.setattr("obliviate.evaluation.engine.scheduler.decode_rows", spy)
     _run(model, tokenizer, monkeypatch)
@@ -67,6 +67,7 @@ def test_default_rows_follow_the_memory_budget(tiny_model_and_tokenizer, monkeyp
 
 @pytest.mark.parametrize("device, batch_size, requested, row_bytes, ram, rows", [
     (CPU, 64, None, 14 * 2**20, 24 * GiB, 256),  # the default model's TOFU rows: 256 x 14 MiB < 4 GiB
+    (CPU, 16, None, 32 * 2**20, 24 * GiB, 128),  # 4 GiB / 32 MiB
     (CPU, 64, None, 64 * 2**20, 24 * GiB, 64),  # 4 GiB / 64 MiB
     (CPU, 64, None, 32 * 2**20, 4 * GiB, 64),  # a quarter of 4 GiB RAM holds 32 rows: batch_size still
     (CPU, 16, None, 32 * 2**20, 4 * GiB, 32),
@@ -78,6 +79,12 @@ def test_default_rows_follow_the_memory_budget(tiny_model_and_tokenizer, monkeyp
 def test_decode_rows(monkeypatch, device, batch_size, requested, row_bytes, ram, rows):
     monkeypatch.setattr(settings, "physical_memory", lambda: ram)
     assert settings.decode_rows(device, batch_size, requested, row_bytes) == rows
+
+
+def test_the_processes_of_a_launch_share_the_budget(monkeypatch):
+    monkeypatch.setattr(settings, "physical_memory", lambda: 24 * GiB)
+    assert settings.decode_rows(CPU, 16, None, 32 * 2**20, processes=2) == 64  # 2 GiB each
+    assert settings.decode_rows(CPU, 16, None, 32 * 2**20, processes=16) == 16  # never under batch_size
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5])
