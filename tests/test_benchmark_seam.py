@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from test_tofu_eval import tofu_dir  # noqa: F401 -- the tiny TOFU directory fixture
 
 from obliviate.errors import UserError
 from obliviate.evaluation import engine, metrics
@@ -353,3 +356,21 @@ def test_tofu_matches_a_slow_computation_from_the_definitions(tiny_model_and_tok
     swapped = [_slow_truth_ratio(model, tokenizer, q, a, pert) for q, a, _, pert in FORGET]
     got = [row["truth_ratio"] for row in result["tasks"]["forget"]["items"]]
     assert all(abs(g / s - 1) > 1e-3 for g, s in zip(got, swapped))
+
+
+@pytest.mark.parametrize("benchmark, options, message", [
+    ("tofu", {"data": "/nonexistent/tofu"}, "/nonexistent/tofu: no such TOFU directory"),
+    ("tofu", {"data": "{tofu}", "forget_split": "forget05"}, "TOFU split 'forget05_perturbed' not found"),
+    ("tofu", {"data": "{tofu}", "retain_logs": "/nonexistent/eval.json"},
+     "option 'retain_logs': /nonexistent/eval.json: no such eval log"),
+    ("rwku", {"data": "./no_rwku_here"}, "no_rwku_here: no such RWKU directory"),
+    ("harmful", {"normal": "/nonexistent/TruthfulQA.csv"}, "option 'normal': /nonexistent/TruthfulQA.csv: no such"),
+])
+def test_a_wrong_data_path_is_refused_before_the_model_loads(benchmark, options, message, tofu_dir, monkeypatch):
+    import obliviate.api as ob
+    import obliviate.models
+
+    monkeypatch.setattr(obliviate.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    options = {key: value.format(tofu=tofu_dir) for key, value in options.items()}
+    with pytest.raises(UserError, match=re.escape(message)):
+        ob.evaluate("some-model", benchmark=benchmark, progress=False, **options)

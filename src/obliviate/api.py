@@ -140,6 +140,8 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     settings.update({key: value for key, value in given.items() if value is not None})
     spec = get_benchmark(settings["benchmark"])
     built = build_options(spec, {**file_options, **options}, where=f"benchmark '{spec.name}' option")
+    if spec.check is not None:
+        spec.check(built)  # a wrong data path is told before a model loads for minutes
     resolve_precision(settings["precision"], key="precision")  # refuse a bad value before loading anything
     with _processes(settings["device"]) as state:
         model, tokenizer, name = _place(model, tokenizer, settings, device if state is None else _device_name(state.device))

@@ -19,6 +19,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from obliviate.errors import UserError
@@ -34,6 +35,15 @@ class Benchmark:
     options: type  # a dataclass of the benchmark's options (module docstring)
     run: Callable[..., dict]  # run(model, tokenizer, options, *, out_dir, model_name, precision) -> envelope
     render: Callable[[dict], str]  # the Markdown report of an envelope
+    #: check(options): UserError for what the options alone show is wrong (a local data path that
+    #: is not there), called before the model loads; None: nothing to check
+    check: Callable[[Any], None] | None = None
+
+
+def missing_path(value: str | None, where: str, what: str) -> None:
+    """UserError when ``value`` (an option naming a local file or folder) does not exist."""
+    if value is not None and not Path(value).expanduser().exists():
+        raise UserError(f"{where}: {value}: no such {what}; check the path")
 
 
 def decode_option():

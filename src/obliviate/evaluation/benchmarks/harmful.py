@@ -12,7 +12,7 @@ from pathlib import Path
 
 from obliviate.evaluation.harmful.report import render_harmful
 from obliviate.evaluation.harmful.suite import evaluate_harmful
-from obliviate.evaluation.registry import Benchmark, decode_option, decode_rows_option, register_benchmark
+from obliviate.evaluation.registry import Benchmark, decode_option, decode_rows_option, missing_path, register_benchmark
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,17 @@ def run_harmful(model, tokenizer, options: HarmfulOptions, *, out_dir: Path, mod
                             precision=precision)
 
 
+def check_harmful(options: HarmfulOptions) -> None:
+    """Before the model loads: every file option names a file or folder that is there."""
+    for name in ("request", "heldout", "normal", "labels", "reference_outputs"):
+        missing_path(getattr(options, name), f"benchmark 'harmful' option '{name}'", "file or folder")
+
+
 HARMFUL = register_benchmark(Benchmark(
     name="harmful",
     summary="harmful prompts (SKU): unwanted-answer rate on forget and held-out prompts; normal-prompt utility",
     options=HarmfulOptions,
     run=run_harmful,
     render=render_harmful,
+    check=check_harmful,
 ))

@@ -42,10 +42,19 @@ def run_rwku(model, tokenizer, options: RwkuOptions, *, out_dir: Path, model_nam
     return json_safe(result)
 
 
+def check_rwku(options: RwkuOptions) -> None:
+    """Before the model loads: a local data directory holds the targets asked for."""
+    from obliviate.data.rwku import is_local, resolve_targets
+
+    if is_local(options.data):
+        resolve_targets(options.data, options.targets)
+
+
 RWKU = register_benchmark(Benchmark(
     name="rwku",
     summary="RWKU: forget FB / QA / AA, neighbor FB / QA, MIA (FM / RM), utility; real-world targets",
     options=RwkuOptions,
     run=run_rwku,
     render=render_rwku,
+    check=check_rwku,
 ))

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obliviate.evaluation.registry import Benchmark, decode_option, decode_rows_option, register_benchmark
+from obliviate.evaluation.registry import Benchmark, decode_option, decode_rows_option, missing_path, register_benchmark
 from obliviate.evaluation.report import render_report
 from obliviate.evaluation.results import json_safe
 from obliviate.evaluation.tofu import evaluate_tofu
@@ -49,10 +49,21 @@ def run_tofu(model, tokenizer, options: TofuOptions, *, out_dir: Path, model_nam
     return json_safe(result)
 
 
+def check_tofu(options: TofuOptions) -> None:
+    """Before the model loads: a local data directory holds the forget split; the retain log exists."""
+    from obliviate.data.rwku import is_local
+    from obliviate.evaluation.tofu.data import load_split
+
+    if is_local(options.data):
+        load_split(options.data, f"{options.forget_split}_perturbed")
+    missing_path(options.retain_logs, "benchmark 'tofu' option 'retain_logs'", "eval log")
+
+
 TOFU = register_benchmark(Benchmark(
     name="tofu",
     summary="TOFU: forget / retain / real authors / world facts; Forget Quality and Model Utility",
     options=TofuOptions,
     run=run_tofu,
     render=render_report,
+    check=check_tofu,
 ))
