@@ -92,3 +92,18 @@ def test_decode_batch_size_is_checked(tiny_model_and_tokenizer, bad):
     model, tokenizer = tiny_model_and_tokenizer
     with pytest.raises(UserError, match="decode_batch_size must be a positive integer"):
         engine.greedy_generate(model, tokenizer, ["Hi"], max_new_tokens=2, decode_batch_size=bad)
+
+
+def test_physical_memory_honours_a_container_limit(tmp_path, monkeypatch):
+    from obliviate import hardware
+
+    machine = hardware.os.sysconf("SC_PAGE_SIZE") * hardware.os.sysconf("SC_PHYS_PAGES")
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    monkeypatch.setattr(hardware, "CGROUP_LIMITS", (str(v2), str(v1)))
+    assert hardware.physical_memory() == machine  # no cgroup files
+    v2.write_text("max\n")
+    assert hardware.physical_memory() == machine  # v2 without a limit
+    v1.write_text(f"{2 * GiB}\n")
+    assert hardware.physical_memory() == min(machine, 2 * GiB)  # v1's limit
+    v2.write_text(f"{GiB}\n")
+    assert hardware.physical_memory() == GiB  # the lowest limit

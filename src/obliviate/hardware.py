@@ -80,9 +80,23 @@ def autocast_context(device: torch.device | str, precision: str = "auto") -> con
     return contextlib.nullcontext()
 
 
+#: Where a Linux container's memory limit is (cgroup v2, then v1); "max" or a huge number: none.
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def physical_memory() -> int | None:
-    """Bytes of RAM on this machine (POSIX sysconf), or None where the platform does not say."""
+    """Bytes of RAM this process may use: the machine's (POSIX sysconf), or a container's memory
+    limit where that is lower (cgroups); None where the platform does not say."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # Windows has no sysconf
         return None
+    for path in CGROUP_LIMITS:
+        try:
+            with open(path) as file:
+                text = file.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            ram = min(ram, int(text))
+    return ram
