@@ -220,7 +220,7 @@ def generation_benchmark(args) -> dict:
     engine_load = load_now()
     rows = steps["rows"] or args.decode_batch_size or args.batch_size  # prompts decoded together
     rows_limit = matmul_limit(model, precision, tokens=rows)
-    decode_tps = counters["generated tokens"] / timings["generate"]
+    decode_tps = counters["generated tokens"] / timings["generate"] if timings["generate"] > 0 else 0.0
     figures = {"device": str(model.device), "precision": precision, "decode": decode, "prompts": len(questions),
                "batch_size": args.batch_size, "decode_rows": rows, "max_new_tokens": args.max_new_tokens,
                "engine_s": engine_s, "engine_cpu_s": cpu, "engine_new_tokens": engine_tokens,

@@ -124,7 +124,8 @@ def score_and_generate(
     of a scoring pass, ``max_tokens`` its padded tokens; ``decode_batch_size``, the prompts
     decoded together (default: :func:`~obliviate.evaluation.engine.settings.decode_rows`, on a
     CPU up to 256 rows within a key/value memory budget, since more rows per step run the
-    matrix products faster; elsewhere ``batch_size``); it changes neither scores nor outputs. ``cache``: a :class:`ResultCache`; hits skip the model entirely.
+    matrix products faster; elsewhere ``batch_size``); it changes neither scores nor outputs.
+    ``cache``: a :class:`ResultCache`; hits skip the model entirely.
     ``timings`` receives the seconds per phase (tokenise, prefill, score, generate);
     ``counters`` the tokens run through the model (prompt, answer-trie and generated).
     Inside :func:`~obliviate.evaluation.engine.sharding.sharded` (e.g.

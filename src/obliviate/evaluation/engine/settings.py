@@ -60,10 +60,10 @@ def precision_context(model, precision: str, cache_enabled: bool = True):
 def decode_rows(device: torch.device, batch_size: int, requested: int | None, row_bytes: int,
                 processes: int = 1) -> int:
     """Rows decoded together: ``requested`` when given; else, on a CPU, as many rows of
-    ``row_bytes`` key/value buffers as fit ``AUTO_DECODE_MEMORY`` (and a quarter of the RAM, hardware.physical_memory),
-    shared by the ``processes`` of a launch, up to ``AUTO_DECODE_ROWS`` and never fewer than
-    ``batch_size``; elsewhere ``batch_size``. Rows do not change a greedy output
-    (docs/speed.md): only the speed and the memory."""
+    ``row_bytes`` key/value buffers as fit ``AUTO_DECODE_MEMORY`` and a quarter of the RAM
+    (:func:`~obliviate.hardware.physical_memory`), shared by the ``processes`` of a launch, up to
+    ``AUTO_DECODE_ROWS`` and never fewer than ``batch_size``; elsewhere ``batch_size``. Rows do
+    not change a greedy output (docs/speed.md): only the speed and the memory."""
     if requested is not None:
         return requested
     if device.type != "cpu":
