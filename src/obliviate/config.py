@@ -60,6 +60,7 @@ class TrainConfig:
     report_to: str = "none"  # none | tensorboard | wandb (comma-separated for several): TrainingArguments.report_to
     torch_compile: bool = False  # torch.compile the model (TrainingArguments.torch_compile); pays on CUDA, long runs
     optim: str = "auto"  # auto: adamw_torch_fused on CUDA, adamw_torch elsewhere; or any TrainingArguments optim
+    packing: bool = False  # answer-token losses run a batch as one row of its tokens, no padding (TRL's packing)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -142,6 +143,7 @@ HF_NAMES = {
     "report_to": "train.report_to",
     "torch_compile": "train.torch_compile",
     "optim": "train.optim",
+    "packing": "train.packing",
     "model_name_or_path": "model",
 }
 #: aliases accepted inside `train:` (the TrainingArguments names), stored under our names

@@ -37,6 +37,7 @@ from obliviate.errors import UserError
 from obliviate import hardware
 from obliviate.hardware import bf16_is_fast, resolve_device
 from obliviate.objectives import LossContext, batch_slots, get_objective, needs_reference, needs_retain
+from obliviate.objectives.common import PACKING
 
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
@@ -142,9 +143,10 @@ class UnlearnTrainer(Trainer):
     disabled instead) or for reference-free objectives.
     """
 
-    def __init__(self, *args, objective: str, objective_config, reference_model=None, options=None, **kwargs):
+    def __init__(self, *args, objective: str, objective_config, reference_model=None, options=None,
+                 packing: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.options = options
+        self.options, self.packing = options, packing
         self.objective_name = objective
         self.objective = get_objective(objective)
         self.objective_config = objective_config
@@ -176,8 +178,12 @@ class UnlearnTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ctx = LossContext(config=self.objective_config, reference=self.reference, options=self.options,
                           step=self.state.global_step, seed=self.args.seed)
-        with self.accelerator.autocast():  # also covers the frozen reference copy
-            loss = self.objective.loss(model, inputs, ctx)
+        packing = PACKING.set(self.packing)
+        try:
+            with self.accelerator.autocast():  # also covers the frozen reference copy
+                loss = self.objective.loss(model, inputs, ctx)
+        finally:
+            PACKING.reset(packing)
         bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=loss.device)
         if self.accelerator.num_processes > 1:  # every process must stop, or the others hang
             bad = self.accelerator.reduce(bad, "sum")
@@ -372,6 +378,7 @@ def train(
         objective_config=objective_cfg,
         reference_model=reference,
         options=options,
+        packing=config.train.packing,
     )
     resume_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     trainer.add_callback(DivergenceGuard(trainer))  # first: a broken step must not reach the log either

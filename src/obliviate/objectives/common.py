@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -53,11 +54,17 @@ def supports_logits_to_keep(model) -> bool:
     )
 
 
+#: train.packing (set by the Trainer around each loss): answer_logits runs the batch as one row.
+PACKING: ContextVar[bool] = ContextVar("obliviate_packing", default=False)
+
+
 def answer_logits(model, enc: dict, *, all_tokens: bool = False):
     """Logits at the positions that predict a label token, flattened over the batch.
 
     Returns (logits [N, V], targets [N], rows [N]): row b of each of the N predicted tokens.
     `all_tokens=True` predicts every non-pad token after the first instead of only the answer.
+    Under PACKING the B padded rows run as one row of their tokens (positions restart at each
+    item, so attention stays within it): the same N logits in the same order, no pad computed.
     """
     labels = enc["labels"]
     if all_tokens:
@@ -65,12 +72,28 @@ def answer_logits(model, enc: dict, *, all_tokens: bool = False):
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100  # logits at t predict token t + 1
     inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "use_cache": False}
-    if supports_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=keep).logits
-    else:
+    if not supports_logits_to_keep(model):
         logits = model(**inputs).logits[keep]
+    elif PACKING.get() and _packable(enc, keep):
+        logits = model(**_packed(enc), logits_to_keep=keep[enc["attention_mask"].bool()][None]).logits
+    else:
+        logits = model(**inputs, logits_to_keep=keep).logits
     rows = keep.nonzero()[:, 0]
     return logits, labels[:, 1:][keep[:, :-1]], rows
+
+
+def _packable(enc: dict, keep: torch.Tensor) -> bool:
+    """Every kept position is a real token, and each row's tokens are one right-padded run
+    (so their positions in the padded batch are 0, 1, ... as in the packed row)."""
+    real = enc["attention_mask"].bool()
+    return bool((real[:, :-1] >= real[:, 1:]).all()) and not bool((keep & ~real).any())
+
+
+def _packed(enc: dict) -> dict:
+    """The batch's real tokens as one row [1, sum of lengths], each item's positions from 0."""
+    real = enc["attention_mask"].bool()
+    return {"input_ids": enc["input_ids"][real][None], "position_ids": (real.cumsum(1) - 1)[real][None],
+            "use_cache": False}  # no mask and no cache: transformers masks each item from position_ids
 
 
 def answer_logprobs(model, enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
