@@ -123,14 +123,18 @@ def eval_data(root: Path, data: Path, spec: BenchSpec) -> Path:
 
 def eval_stage(book: StageBook, name: str, model: str, model_key: str, oracle: dict, spec: BenchSpec,
                data: Path) -> dict:
-    """One TOFU evaluation. Current while its saved options (tofu_eval.json) are the ones asked
-    for and it finished after the model's and the oracle's weights were last written."""
+    """One TOFU evaluation. Current while it was computed from the same weights (the model's and
+    the oracle's keys: sha256 of trained weights), its saved options (tofu_eval.json) are the ones
+    asked for, and it finished after those weights were last written."""
     p = spec.protocol
     options = {"data": str(data), "forget_split": p.forget_split, "retain_model": oracle["model"],
                "max_new_tokens": p.max_new_tokens, "batch_size": p.eval_batch_size}
     out = book.root / "eval" / name
+    key = fingerprint({"model": model_key, "oracle": oracle["key"], "options": options})
 
     def current(record: dict) -> bool:
+        if record.get("fingerprint") != key:  # other weights: a row retrained within the same
+            return False  # second as its evaluation finished looks older than it by mtime
         try:
             saved = json.loads((out / "tofu_eval.json").read_text(encoding="utf-8"))["config"]
             finished = datetime.fromisoformat(record["finished"]).timestamp()
@@ -149,7 +153,6 @@ def eval_stage(book: StageBook, name: str, model: str, model_key: str, oracle: d
         result = evaluate(model, benchmark="tofu", output_dir=out, progress=False, **options)
         return {"summary": result.summary, "dir": str(out)}
 
-    key = fingerprint({"model": model_key, "oracle": oracle["key"], "options": options})
     record = book.run(f"eval-{name}", key, work, reset=lambda: shutil.rmtree(out, ignore_errors=True),
                       reuse=current)
     return {**record["result"], "wall_s": record["wall_s"]}
