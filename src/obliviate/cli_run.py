@@ -58,8 +58,8 @@ def _flags(parser) -> None:
     add_bool_flag(parser, "torch_compile", dest="flag.train.torch_compile", default=argparse.SUPPRESS,
                   help="torch.compile the model [train.torch_compile] (config default: false)")
     add_bool_flag(parser, "packing", dest="flag.train.packing", default=argparse.SUPPRESS,
-                  help="answer-token losses run each batch as one row of its tokens, no padding "
-                       "[train.packing] (config default: false)")
+                  help="answer-token losses run each batch as one row of its tokens, no padding; pays "
+                       "with flash_attention_2 [train.packing] (config default: false)")
     flag("optim", "train.optim", str, "optimizer: auto (fused AdamW on CUDA) or a TrainingArguments optim name",
          metavar="NAME")
     flag("device", "device", str, "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps", metavar="DEVICE")

@@ -37,7 +37,7 @@ from obliviate.errors import UserError
 from obliviate import hardware
 from obliviate.hardware import bf16_is_fast, resolve_device
 from obliviate.objectives import LossContext, batch_slots, get_objective, needs_reference, needs_retain
-from obliviate.objectives.common import PACKING
+from obliviate.objectives.common import PACKING, check_packing
 
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
@@ -134,6 +134,18 @@ def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: in
         torch_compile=bool(train_cfg.torch_compile),
         optim=resolve_optim(train_cfg.optim, target.type),
     )
+
+
+def _check_packing(model) -> None:
+    """train.packing: refused for a model whose packed items would see each other; a warning
+    where attention is not a varlen kernel (sdpa / eager attend the packed row as one N x N
+    masked matrix: the padding saved in the linear layers can be lost again in attention)."""
+    check_packing(model)
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    if not str(attention).startswith("flash_attention"):
+        warnings.warn(f"train.packing with attention '{attention}': a batch's items are attended as one "
+                      "masked matrix over all their tokens; it pays with attn_implementation=flash_attention_2 "
+                      "(docs/speed-training.md)", stacklevel=2)
 
 
 class UnlearnTrainer(Trainer):
@@ -367,6 +379,8 @@ def train(
         reference = _frozen_copy(model)
     if spec.prepare is not None:
         spec.prepare(model, objective_cfg, options)
+    if config.train.packing:
+        _check_packing(model)
 
     trainer = UnlearnTrainer(
         model=model,

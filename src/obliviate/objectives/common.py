@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from obliviate.config import ObjectiveConfig
+from obliviate.errors import UserError
 
 
 @dataclass
@@ -56,6 +57,20 @@ def supports_logits_to_keep(model) -> bool:
 
 #: train.packing (set by the Trainer around each loss): answer_logits runs the batch as one row.
 PACKING: ContextVar[bool] = ContextVar("obliviate_packing", default=False)
+#: Model types whose items stay apart in a packed row: transformers builds their attention mask
+#: and their position encoding from position_ids (tests/test_packing.py checks each). Others
+#: (OPT, BLOOM, MPT: positions or masks from attention_mask; Mamba: state carried over) would let
+#: an item see the ones before it.
+PACKABLE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi",
+                                  "phi3", "gpt2", "gpt_neox", "olmo2", "smollm3"})
+
+
+def check_packing(model) -> None:
+    """UserError unless ``model``'s type is one whose packed items stay apart (PACKABLE_MODEL_TYPES)."""
+    kind = getattr(unwrap(model).config, "model_type", None)
+    if kind not in PACKABLE_MODEL_TYPES or not supports_logits_to_keep(model):
+        raise UserError(f"train.packing: model type '{kind}' is not one whose packed items are kept apart "
+                        f"({', '.join(sorted(PACKABLE_MODEL_TYPES))}); set train.packing=false")
 
 
 def answer_logits(model, enc: dict, *, all_tokens: bool = False):
