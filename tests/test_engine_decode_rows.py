@@ -1,6 +1,6 @@
 """``decode_batch_size``: how many prompts decode together, apart from the scoring groups
 (``batch_size``); by default sized by :func:`settings.decode_rows` (CPU: a key/value memory
-budget, up to 256 rows). The outputs and the scores do not depend on it."""
+budget, up to 256 rows, at fp32). At fp32 the outputs and the scores do not depend on it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 GiB = 2**30
 
 
-def _run(model, tokenizer, monkeypatch, **options):
+def _run(model, tokenizer, monkeypatch, precision="fp32", **options):
     """(scores, generations, most rows busy in one decoding step)."""
     rows = []
     original = slot_decoder.SlotDecoder.step
@@ -28,7 +28,7 @@ def _run(model, tokenizer, monkeypatch, **options):
 
     monkeypatch.setattr(slot_decoder.SlotDecoder, "step", step)
     stats, texts = engine.score_and_generate(model, tokenizer, PAIRS, QUESTIONS, max_new_tokens=10, batch_size=3,
-                                             precision="fp32", decode="plain", **options)
+                                             precision=precision, decode="plain", **options)
     return [s.sum_nll for s in stats], texts, max(rows)
 
 
@@ -43,6 +43,7 @@ def test_decode_batch_size_sets_the_rows_and_keeps_the_outputs(tiny_model_and_to
     assert auto_rows == len(QUESTIONS)  # on a CPU, by default, every prompt fits the budget at once
     assert auto_texts == texts and auto_scores == scores
     assert len(set(texts)) > 2
+    assert _run(model, tokenizer, monkeypatch, precision="bf16")[2] == 3  # bf16: batch_size, as before
 
 
 def test_default_rows_follow_the_memory_budget(tiny_model_and_tokenizer, monkeypatch):
@@ -51,9 +52,9 @@ def test_default_rows_follow_the_memory_budget(tiny_model_and_tokenizer, monkeyp
     seen = {}
     original = settings.decode_rows
 
-    def spy(device, batch_size, requested, row_bytes, processes):
+    def spy(device, batch_size, requested, row_bytes, processes, precision):
         seen["row_bytes"] = row_bytes
-        return original(device, batch_size, requested, row_bytes, processes)
+        return original(device, batch_size, requested, row_bytes, processes, precision)
 
     monkeypatch.setattr("obliviate.evaluation.engine.scheduler.decode_rows", spy)
     _run(model, tokenizer, monkeypatch)
@@ -79,6 +80,15 @@ def test_default_rows_follow_the_memory_budget(tiny_model_and_tokenizer, monkeyp
 def test_decode_rows(monkeypatch, device, batch_size, requested, row_bytes, ram, rows):
     monkeypatch.setattr(settings, "physical_memory", lambda: ram)
     assert settings.decode_rows(device, batch_size, requested, row_bytes) == rows
+
+
+def test_bf16_keeps_batch_size_unless_asked(monkeypatch):
+    """Under bf16 the rows change the rounding (and so can change a greedy output): the default
+    stays batch_size there."""
+    monkeypatch.setattr(settings, "physical_memory", lambda: 24 * GiB)
+    assert settings.decode_rows(CPU, 64, None, 14 * 2**20, precision="bf16") == 64
+    assert settings.decode_rows(CPU, 64, 128, 14 * 2**20, precision="bf16") == 128
+    assert settings.decode_rows(CPU, 64, None, 14 * 2**20, precision="fp32") == 256
 
 
 def test_the_processes_of_a_launch_share_the_budget(monkeypatch):

@@ -59,9 +59,9 @@ def decode_option():
 def decode_rows_option():
     """The `decode_batch_size` option every generating benchmark declares (engine.settings.decode_rows)."""
     return dataclasses.field(default=None, metadata={
-        "help": "prompts decoded together (default: on a CPU as many as fit 4 GiB of key/value cache and a "
-                "quarter of the RAM, up to 256, never fewer than batch_size; elsewhere batch_size); the "
-                "outputs do not depend on it"})
+        "help": "prompts decoded together (default: on a CPU at fp32 as many as fit 4 GiB of key/value cache "
+                "and a quarter of the RAM, up to 256, never fewer than batch_size, which leaves fp32 outputs "
+                "as they are; elsewhere and under bf16 batch_size, as bf16 rounding depends on the rows)"})
 
 
 _REGISTRY: dict[str, Benchmark] = {}

@@ -123,8 +123,9 @@ def score_and_generate(
     returned). Identical pairs and questions are computed once. ``batch_size`` caps the rows
     of a scoring pass, ``max_tokens`` its padded tokens; ``decode_batch_size``, the prompts
     decoded together (default: :func:`~obliviate.evaluation.engine.settings.decode_rows`, on a
-    CPU up to 256 rows within a key/value memory budget, since more rows per step run the
-    matrix products faster; elsewhere ``batch_size``); it changes neither scores nor outputs.
+    CPU at fp32 up to 256 rows within a key/value memory budget, since more rows per step run
+    the matrix products faster; elsewhere and under bf16 ``batch_size``); it never changes
+    scores, and at fp32 it left every output unchanged where measured (bf16 rounding depends on it).
     ``cache``: a :class:`ResultCache`; hits skip the model entirely.
     ``timings`` receives the seconds per phase (tokenise, prefill, score, generate);
     ``counters`` the tokens run through the model (prompt, answer-trie and generated).

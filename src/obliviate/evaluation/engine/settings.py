@@ -58,15 +58,16 @@ def precision_context(model, precision: str, cache_enabled: bool = True):
 
 
 def decode_rows(device: torch.device, batch_size: int, requested: int | None, row_bytes: int,
-                processes: int = 1) -> int:
-    """Rows decoded together: ``requested`` when given; else, on a CPU, as many rows of
+                processes: int = 1, precision: str = "fp32") -> int:
+    """Rows decoded together: ``requested`` when given; else, on a CPU at fp32, as many rows of
     ``row_bytes`` key/value buffers as fit ``AUTO_DECODE_MEMORY`` and a quarter of the RAM
     (:func:`~obliviate.hardware.physical_memory`), shared by the ``processes`` of a launch, up to
-    ``AUTO_DECODE_ROWS`` and never fewer than ``batch_size``; elsewhere ``batch_size``. Rows do
-    not change a greedy output (docs/speed.md): only the speed and the memory."""
+    ``AUTO_DECODE_ROWS`` and never fewer than ``batch_size``; elsewhere ``batch_size``. At fp32 the
+    rows do not change a greedy output (measured, docs/speed.md), only the speed and the memory;
+    under bf16 they change the rounding of the matrix products, so bf16 keeps ``batch_size``."""
     if requested is not None:
         return requested
-    if device.type != "cpu":
+    if device.type != "cpu" or precision != "fp32":
         return batch_size
     ram = physical_memory()
     budget = (AUTO_DECODE_MEMORY if ram is None else min(AUTO_DECODE_MEMORY, ram // 4)) // max(processes, 1)
