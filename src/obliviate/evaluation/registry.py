@@ -42,7 +42,7 @@ class Benchmark:
 
 def missing_path(value: str | None, where: str, what: str) -> None:
     """UserError when ``value`` (an option naming a local file or folder) does not exist."""
-    if value is not None and not Path(value).expanduser().exists():
+    if value is not None and not Path(value).exists():  # as the readers open it: no ~ expansion
         raise UserError(f"{where}: {value}: no such {what}; check the path")
 
 
@@ -59,6 +59,7 @@ def decode_option():
 def decode_rows_option():
     """The `decode_batch_size` option every generating benchmark declares (engine.settings.decode_rows)."""
     return dataclasses.field(default=None, metadata={
+        "unset": "the engine chooses",
         "help": "prompts decoded together (default: on a CPU at fp32 as many as fit 4 GiB of key/value cache "
                 "and a quarter of the RAM, up to 256, never fewer than batch_size, which leaves fp32 outputs "
                 "as they are; elsewhere and under bf16 batch_size, as bf16 rounding depends on the rows)"})
@@ -161,11 +162,16 @@ def build_options(benchmark: Benchmark, values: Mapping[str, Any], where: str = 
         kwargs[name] = _coerce(value, kind, nullable, f"{where} '{key}'")
         if kind is int and kwargs[name] is not None and kwargs[name] < 1:  # sizes and counts; 0 would mean nothing
             raise UserError(f"{where} '{key}' = {kwargs[name]} must be a positive integer"
-                            + (" (or left out: all)" if nullable else ""))
+                            + (f" (or left out: {unset_text(benchmark.options, name)})" if nullable else ""))
         choices = option_choices(benchmark.options).get(name)
         if choices and kwargs[name] not in choices and kwargs[name] is not None:
             raise UserError(f"{where} '{key}' = {kwargs[name]!r} is not known; use one of {', '.join(choices)}")
     return benchmark.options(**kwargs)
+
+
+def unset_text(options: type, name: str) -> str:
+    """What leaving option ``name`` out means: its ``metadata["unset"]``, else "all" (a size)."""
+    return next(f.metadata.get("unset", "all") for f in dataclasses.fields(options) if f.name == name)
 
 
 def option_choices(options: type) -> dict[str, tuple]:

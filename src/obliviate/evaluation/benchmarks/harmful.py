@@ -60,7 +60,11 @@ def run_harmful(model, tokenizer, options: HarmfulOptions, *, out_dir: Path, mod
 def check_harmful(options: HarmfulOptions) -> None:
     """Before the model loads: every file option names a file or folder that is there."""
     for name in ("request", "heldout", "normal", "labels", "reference_outputs"):
-        missing_path(getattr(options, name), f"benchmark 'harmful' option '{name}'", "file or folder")
+        value = getattr(options, name)
+        hub_id = name in ("request", "heldout") and value is not None and not Path(value).suffix and not str(
+            value).startswith((".", "/", "~"))  # a request may name a hub dataset (data/request.py)
+        if not hub_id:
+            missing_path(value, f"benchmark 'harmful' option '{name}'", "file or folder")
 
 
 HARMFUL = register_benchmark(Benchmark(
