@@ -255,6 +255,21 @@ def generation_benchmark(args) -> dict:
     return figures
 
 
+def print_stages(result: dict, args) -> None:
+    """The suite's items, precision and per-stage seconds as a Markdown table."""
+    import torch
+
+    stages = result["timings_s"]
+    width = max(len(k) for k in stages)
+    print(f"\nTOFU {args.forget_split} evaluation of {args.model}: items {result['n_samples']}")
+    print(f"precision {result['config']['precision_used']}, batch {args.batch_size}, "
+          f"torch threads {torch.get_num_threads()}\n")
+    print(f"| {'stage':<{width}} | seconds |")
+    print(f"|{'-' * (width + 2)}|--------:|")
+    for stage, seconds in stages.items():
+        print(f"| {stage:<{width}} | {seconds:7.1f} |")
+
+
 def suite_benchmark(args) -> None:
     """The TOFU suite: per-stage seconds, tokens/s beside the compute limit, summary."""
     import torch
@@ -283,14 +298,7 @@ def suite_benchmark(args) -> None:
     load_after = os.getloadavg()
 
     stages = result["timings_s"]
-    width = max(len(k) for k in stages)
-    print(f"\nTOFU {args.forget_split} evaluation of {args.model}: items {result['n_samples']}")
-    print(f"precision {result['config']['precision_used']}, batch {args.batch_size}, "
-          f"torch threads {torch.get_num_threads()}\n")
-    print(f"| {'stage':<{width}} | seconds |")
-    print(f"|{'-' * (width + 2)}|--------:|")
-    for stage, seconds in stages.items():
-        print(f"| {stage:<{width}} | {seconds:7.1f} |")
+    print_stages(result, args)
     print(f"\ntokens through the model: {result['model_tokens']}")
     print(f"model load (not counted): {load_s:.1f} s")
     print(f"wall {wall:.1f} s, process CPU {cpu:.1f} s, peak RSS {peak_rss_mb():.0f} MB "
