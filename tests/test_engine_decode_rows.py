@@ -104,16 +104,23 @@ def test_decode_batch_size_is_checked(tiny_model_and_tokenizer, bad):
         engine.greedy_generate(model, tokenizer, ["Hi"], max_new_tokens=2, decode_batch_size=bad)
 
 
-def test_physical_memory_honours_a_container_limit(tmp_path, monkeypatch):
+def test_physical_memory_honours_cgroup_limits(tmp_path, monkeypatch):
+    """The lowest limit of this process's cgroup and those above it (v2 memory.max, v1
+    memory.limit_in_bytes), not only the hierarchy root's: a Slurm job or systemd unit sits below it."""
     from obliviate import hardware
 
     machine = hardware.os.sysconf("SC_PAGE_SIZE") * hardware.os.sysconf("SC_PHYS_PAGES")
-    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
-    monkeypatch.setattr(hardware, "CGROUP_LIMITS", (str(v2), str(v1)))
-    assert hardware.physical_memory() == machine  # no cgroup files
-    v2.write_text("max\n")
-    assert hardware.physical_memory() == machine  # v2 without a limit
-    v1.write_text(f"{2 * GiB}\n")
-    assert hardware.physical_memory() == min(machine, 2 * GiB)  # v1's limit
-    v2.write_text(f"{GiB}\n")
-    assert hardware.physical_memory() == GiB  # the lowest limit
+    v2, v1 = tmp_path / "v2", tmp_path / "v1"
+    monkeypatch.setattr(hardware, "CGROUP_ROOTS", {"": (str(v2), "memory.max"),
+                                                   "memory": (str(v1), "memory.limit_in_bytes")})
+    monkeypatch.setattr(hardware, "PROC_CGROUP", str(tmp_path / "cgroup"))
+    assert hardware.physical_memory() == machine  # no cgroup files at all
+    (tmp_path / "cgroup").write_text("0::/slurm/job_7/step_0\n4:memory:/docker/abc\n")
+    (v2 / "slurm" / "job_7" / "step_0").mkdir(parents=True)
+    (v2 / "slurm" / "job_7" / "step_0" / "memory.max").write_text("max\n")
+    assert hardware.physical_memory() == machine  # its own cgroup: no limit
+    (v2 / "slurm" / "job_7" / "memory.max").write_text(f"{3 * GiB}\n")
+    assert hardware.physical_memory() == min(machine, 3 * GiB)  # the job's limit, one level up
+    (v1 / "docker" / "abc").mkdir(parents=True)
+    (v1 / "docker" / "abc" / "memory.limit_in_bytes").write_text(f"{GiB}\n")
+    assert hardware.physical_memory() == GiB  # the lowest of all

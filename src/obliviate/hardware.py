@@ -80,23 +80,44 @@ def autocast_context(device: torch.device | str, precision: str = "auto") -> con
     return contextlib.nullcontext()
 
 
-#: Where a Linux container's memory limit is (cgroup v2, then v1); "max" or a huge number: none.
-CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+#: Where Linux keeps memory limits: cgroup v2 (one hierarchy) and v1 (the memory controller's).
+CGROUP_ROOTS = {"": ("/sys/fs/cgroup", "memory.max"), "memory": ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")}
+PROC_CGROUP = "/proc/self/cgroup"
 
 
 def physical_memory() -> int | None:
-    """Bytes of RAM this process may use: the machine's (POSIX sysconf), or a container's memory
-    limit where that is lower (cgroups); None where the platform does not say."""
+    """Bytes of RAM this process may use: the machine's (POSIX sysconf), or the lowest memory
+    limit of its cgroup and the cgroups above it (containers, Slurm jobs) where that is lower;
+    None where the platform does not say."""
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # Windows has no sysconf
         return None
-    for path in CGROUP_LIMITS:
+    for path in _cgroup_limit_files():
         try:
             with open(path) as file:
                 text = file.read().strip()
         except OSError:
             continue
-        if text.isdigit():
+        if text.isdigit():  # "max": no limit
             ram = min(ram, int(text))
     return ram
+
+
+def _cgroup_limit_files() -> list[str]:
+    """The memory-limit files of this process's cgroups, from its own up to each hierarchy's root."""
+    try:
+        with open(PROC_CGROUP) as file:
+            lines = file.read().splitlines()
+    except OSError:
+        lines = []
+    groups = {"": "/", "memory": "/"}  # the roots, also where a cgroup namespace puts us
+    for line in lines:  # "0::/path" (v2) or "4:memory:/path" (v1)
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        for name in set(controllers.split(",")) & set(groups):
+            groups[name] = path or "/"
+    files = []
+    for name, (root, leaf) in CGROUP_ROOTS.items():
+        parts = [p for p in groups[name].split("/") if p]
+        files += [os.path.join(root, *parts[:depth], leaf) for depth in range(len(parts), -1, -1)]
+    return files
