@@ -110,11 +110,11 @@ def evaluate_tofu(
     ``holdoutXX``) on the forget set. ``scoring``: ``"answer"`` (default, TOFU's definition:
     answer + EOS) or ``"chat_turn"`` (open-unlearning's: the assistant turn as the chat
     template renders it, for SmolLM2 answer + ``<|im_end|>`` + newline + EOS), so probabilities,
-    truth ratios and MIA scores compare with open-unlearning's logs. ``decode``: the greedy decoding
-    path (``auto``: the fixed-shape, CUDA-graph step on CUDA, the plain loop elsewhere);
-    ``decode_batch_size``: the prompts decoded together (engine.settings.decode_rows). Writes ``tofu_eval.json`` (the result envelope:
-    config, versions, sample counts, timings, per-item values, aggregates),
-    ``tofu_summary.json`` and ``tofu_report.md``.
+    truth ratios and MIA scores compare with open-unlearning's logs. ``decode``: the greedy
+    decoding path (``auto``: the fixed-shape, CUDA-graph step on CUDA, the plain loop elsewhere);
+    ``decode_batch_size``: the prompts decoded together (engine.settings.decode_rows). Writes
+    ``tofu_eval.json`` (the result envelope: config, versions, sample counts, timings, per-item
+    values, aggregates), ``tofu_summary.json`` and ``tofu_report.md``.
     """
     if retain_logs is not None and retain_model is not None:
         raise UserError("give either retain_logs or retain_model, not both")
