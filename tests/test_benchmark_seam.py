@@ -366,7 +366,7 @@ def test_tofu_matches_a_slow_computation_from_the_definitions(tiny_model_and_tok
     ("rwku", {"data": "./no_rwku_here"}, "no_rwku_here: no such RWKU directory"),
     ("harmful", {"normal": "/nonexistent/TruthfulQA.csv"}, "option 'normal': /nonexistent/TruthfulQA.csv: no such"),
     ("harmful", {"request": "./no_request.json"}, "option 'request': ./no_request.json: no such"),
-    ("tofu", {"data": "{tofu}", "retain_logs": "~/eval.json"}, "~/eval.json: no such eval log"),  # read as given
+    ("tofu", {"data": "{tofu}", "retain_logs": "~/no_eval.json"}, "~/no_eval.json: no such eval log"),
 ])
 def test_a_wrong_data_path_is_refused_before_the_model_loads(benchmark, options, message, tofu_dir, monkeypatch):
     import obliviate.api as ob
@@ -397,3 +397,21 @@ def test_decode_batch_size_zero_says_what_leaving_it_out_means():
 
     with pytest.raises(UserError, match=r"must be a positive integer \(or left out: the engine chooses\)"):
         build_options(get_benchmark("tofu"), {"decode_batch_size": 0})
+
+
+def test_file_options_expand_home_as_the_check_does(tmp_path, monkeypatch):
+    """A YAML value gets no shell: `~/...` is expanded by the readers and by the pre-load check alike."""
+    from obliviate.data.request import load_request
+    from obliviate.evaluation.benchmarks.harmful import HarmfulOptions, check_harmful
+    from obliviate.evaluation.harmful.data import load_labels
+    from obliviate.evaluation.reference_logs import _load_json
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "log.json").write_text('{"ok": 1}')
+    (tmp_path / "labels.json").write_text(json.dumps({"items": [
+        {"prompt": "p", "unwanted": "u", "output": "o", "label": True}]}))
+    (tmp_path / "forget.json").write_text(json.dumps([{"question": "Who?", "answer": "Me."}]))
+    assert _load_json("~/log.json") == {"ok": 1}
+    assert len(load_labels("~/labels.json")) == 1
+    assert [i.question for i in load_request("~/forget.json").forget] == ["Who?"]
+    check_harmful(HarmfulOptions(labels="~/labels.json", request="~/forget.json"))  # passes: the files are there

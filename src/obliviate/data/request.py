@@ -173,8 +173,9 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
     if isinstance(source, dict):
         spec, base, where = source, Path.cwd(), "request"
     else:
-        path = Path(source)
+        path = Path(source).expanduser()  # a YAML value gets no shell to expand ~
         looks_like_hub_id = not path.suffix and not str(source).startswith((".", "/", "~"))
+        source = str(path) if str(source).startswith("~") else source
         if not (path.exists() or looks_like_hub_id):
             raise UserError(f"{path}: no such request file; check the path")
         spec = _read_request_spec(path) if path.is_file() else None

@@ -42,7 +42,7 @@ NORMALISED_PROB_TASKS = ("real_authors", "world_facts")
 
 
 def _load_json(path: str | Path) -> Any:
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         with path.open(encoding="utf-8") as handle:
             return json.load(handle)

@@ -42,7 +42,7 @@ class Benchmark:
 
 def missing_path(value: str | None, where: str, what: str) -> None:
     """UserError when ``value`` (an option naming a local file or folder) does not exist."""
-    if value is not None and not Path(value).exists():  # as the readers open it: no ~ expansion
+    if value is not None and not Path(value).expanduser().exists():  # the readers expand ~ too
         raise UserError(f"{where}: {value}: no such {what}; check the path")
 
 

@@ -49,7 +49,7 @@ def load_sets(request: str | None, heldout: str | None, normal: str | None, ds_s
 
 def load_labels(path: str | Path) -> list[dict]:
     """Hand-labelled outputs; UserError naming the file and record for a missing or bad field."""
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
@@ -69,7 +69,7 @@ def load_labels(path: str | Path) -> list[dict]:
 def load_reference_outputs(path: str | Path, questions: list[str]) -> list[str]:
     """The original model's outputs to ``questions``, from a harmful_eval.json of that model
     (its normal task) or a list of ``{question, output}``; UserError for a missing question."""
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
