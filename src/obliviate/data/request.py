@@ -163,6 +163,11 @@ def _passages(records: list, where: str) -> list[str]:
     return passages
 
 
+def looks_like_hub_id(source: str | Path) -> bool:
+    """Whether a request source names a hub dataset: no file suffix, not a ./ / or ~ path."""
+    return not Path(source).suffix and not str(source).startswith((".", "/", "~"))
+
+
 def load_request(source: str | Path | dict | None = None, *, retain: str | None = None) -> UnlearningRequest:
     """Load a request file (YAML/JSON with `forget:`), or a plain data file as the forget set.
 
@@ -174,9 +179,9 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
         spec, base, where = source, Path.cwd(), "request"
     else:
         path = Path(source).expanduser()  # a YAML value gets no shell to expand ~
-        looks_like_hub_id = not path.suffix and not str(source).startswith((".", "/", "~"))
+        hub_id = looks_like_hub_id(source)
         source = str(path) if str(source).startswith("~") else source
-        if not (path.exists() or looks_like_hub_id):
+        if not (path.exists() or hub_id):
             raise UserError(f"{path}: no such request file; check the path")
         spec = _read_request_spec(path) if path.is_file() else None
         base, where = path.parent, str(path)

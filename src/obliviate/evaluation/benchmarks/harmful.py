@@ -59,11 +59,11 @@ def run_harmful(model, tokenizer, options: HarmfulOptions, *, out_dir: Path, mod
 
 def check_harmful(options: HarmfulOptions) -> None:
     """Before the model loads: every file option names a file or folder that is there."""
+    from obliviate.data.request import looks_like_hub_id
+
     for name in ("request", "heldout", "normal", "labels", "reference_outputs"):
         value = getattr(options, name)
-        hub_id = name in ("request", "heldout") and value is not None and not Path(value).suffix and not str(
-            value).startswith((".", "/", "~"))  # a request may name a hub dataset (data/request.py)
-        if not hub_id:
+        if not (name in ("request", "heldout") and value is not None and looks_like_hub_id(value)):
             missing_path(value, f"benchmark 'harmful' option '{name}'", "file or folder")
 
 
