@@ -210,7 +210,8 @@ def generation_benchmark(args) -> dict:
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.profile else None
     tick, cpu = time.perf_counter(), time.process_time()
     with profiler if profiler is not None else contextlib.nullcontext(), attended() as steps:
-        engine.score_and_generate(model, tokenizer, (), questions, timings=timings, counters=counters, **options)
+        _, texts = engine.score_and_generate(model, tokenizer, (), questions, timings=timings, counters=counters,
+                                             **options)
         sync(model.device)
     cpu = time.process_time() - cpu
     # decoding steps' tokens + each prompt's first token, which the prompt's own pass gives
@@ -240,6 +241,8 @@ def generation_benchmark(args) -> dict:
           f"{counters['generated tokens']} tokens in {timings['generate']:.1f} s = {decode_tps:.1f} tokens/s, "
           f"{decode_tps / limit[1]:.0%} of the limit")
     figures["bound"] = print_bound(steps, limit[1], decode_tps, model.device.type)
+    if args.texts:  # to compare two decodes' outputs on the same prompts (gpu_figures.sh)
+        atomic_write_json(args.texts, texts)
     if model.device.type == "cpu":  # per second of this process's CPU time: less moved by other processes
         print(f"engine per CPU second ({cpu:.1f} s, {torch.get_num_threads()} threads): "
               f"{engine_tokens / cpu * torch.get_num_threads():.1f} tokens/s, "
@@ -355,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default=None, help="--generation: random weights of the shape in DIR")
     parser.add_argument("--save-shape", default=None, metavar="DIR", help="write config, tokenizer, questions")
     parser.add_argument("--profile", action="store_true", help="--generation: torch.profiler table of the engine")
+    parser.add_argument("--texts", default=None, metavar="FILE", help="--generation: write the engine's outputs")
     args = parser.parse_args(argv)
 
     import logging

@@ -8,45 +8,66 @@
 #   # then the device tool: carry ["runs/smollm2_shape", "runs/train_shape_135m", "runs/train_shape_1b",
 #   #   "runs/wheels"], command "bash benchmarks/gpu_figures.sh", timeout_s 600
 #
-# Each step has its own time limit (STEP_LIMIT seconds, default 110) and writes $OUT/<step>.log (and
-# .json where the benchmark writes one); $OUT/steps.txt lists each step's exit status, so a step that
-# fails or runs out of time leaves the others' figures.
+# The carried wheels (transformers 5.24: the image's 5.17 is below the floor) go to /tmp/site, put
+# before the image's own packages on PYTHONPATH; the image's pytest is used as it is. Steps run in
+# the order of the targets they check (decode test, engine vs HF generate, 1B MFU, 135M tokens/s,
+# then the figures without a target); each has its own time limit (seconds, scaled by LIMIT_SCALE)
+# and writes $OUT/<step>.log (and .json where the benchmark writes one); $OUT/steps.txt lists each
+# step's exit status and seconds, so a step that fails or runs out of time leaves the others' figures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 if [ "${1:-}" = "--prepare" ]; then
     set -e
     PY=.venv/bin/python
     PYTHONPATH=src $PY benchmarks/eval_speed.py --save-shape runs/smollm2_shape
     PYTHONPATH=src $PY benchmarks/train_throughput.py --save-shape runs/train_shape_135m
     PYTHONPATH=src $PY benchmarks/train_throughput.py --save-shape runs/train_shape_1b --shape-of llama-1b
-    $PY -m pip download -q --no-deps -d runs/wheels transformers==5.24.0 pytest pluggy iniconfig
+    rm -rf runs/wheels
+    $PY -m pip download -q --no-deps -d runs/wheels transformers==5.24.0
     du -sh runs/smollm2_shape runs/train_shape_135m runs/train_shape_1b runs/wheels
     exit 0
 fi
-OUT=${OUT:-runs/gpu-figures}
-mkdir -p "$OUT"
-$PY -m pip install -q --no-deps runs/wheels/*.whl > "$OUT/install.log" 2>&1
-export PYTHONPATH=src TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+# The logs go to LOGS; after each step they are packed into $OUT/gpu-figures.tar.gz (the device tool
+# brings back at most 8 files) and the step's last lines are printed.
+RESULTS=${OUT:-runs}
+LOGS=${LOGS:-runs/gpu-figures}
+SITE=${SITE:-/tmp/site}
+rm -rf "$LOGS"; mkdir -p "$LOGS" "$RESULTS"
+OUT=$LOGS
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" runs/wheels/*.whl \
+    > "$OUT/install.log" 2>&1 || { echo "wheels did not install: $OUT/install.log"; cat "$OUT/install.log"; exit 1; }
+export PYTHONPATH="src:$SITE" TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $PY -c 'import torch, transformers, accelerate, peft; print("torch", torch.__version__, "transformers",
+transformers.__version__, "accelerate", accelerate.__version__, "peft", peft.__version__)'
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
 
 step() {
-    local name=$1; shift
+    local name=$1 limit=$2; shift 2
     local start=$SECONDS
-    timeout "${STEP_LIMIT:-110}" "$@" > "$OUT/$name.log" 2>&1
+    timeout "$(( limit * ${LIMIT_SCALE:-1} ))" "$@" > "$OUT/$name.log" 2>&1
     echo "$name rc=$? $((SECONDS - start))s" | tee -a "$OUT/steps.txt"
+    tail -n "${TAIL_LINES:-25}" "$OUT/$name.log"
+    tar -czf "$RESULTS/gpu-figures.tar.gz.part" -C "$(dirname "$LOGS")" "$(basename "$LOGS")" &&
+        mv "$RESULTS/gpu-figures.tar.gz.part" "$RESULTS/gpu-figures.tar.gz"
 }
 
 # SMOKE=1 DEVICE=cpu: the same steps at toy sizes, to check this script on a machine without a GPU
 DEVICE=${DEVICE:-cuda}
-if [ "${SMOKE:-0}" = 1 ]; then P=(4 2 8); T=(2 1 96 1); else P=(256 64 200); T=(32 16 256 10); fi
+if [ "${SMOKE:-0}" = 1 ]; then P=(4 2 8 8); T=(2 1 96 1); else P=(256 64 200 256); T=(32 32 256 6); fi
 EVAL=(benchmarks/eval_speed.py --generation --shape runs/smollm2_shape --device "$DEVICE" --batch-size 64
       --max-new-tokens "${P[2]}")
 TRAIN=(benchmarks/train_throughput.py --device "$DEVICE" --precision bf16 --seq "${T[2]}" --steps "${T[3]}")
-step decode_test $PY -m pytest -q tests/test_engine_decode.py
-step eval_static $PY "${EVAL[@]}" --decode static --prompts "${P[0]}" --hf-prompts "${P[1]}" --json "$OUT/eval_static.json"
-step eval_plain $PY "${EVAL[@]}" --decode plain --prompts "${P[0]}" --hf-prompts 0 --json "$OUT/eval_plain.json"
-step train_135m $PY "${TRAIN[@]}" --shape runs/train_shape_135m --batch "${T[0]}"
-step train_1b $PY "${TRAIN[@]}" --shape runs/train_shape_1b --batch "${T[1]}" \
+step decode_test 60 $PY -m pytest -q -p no:cacheprovider tests/test_engine_decode.py
+step eval_static 70 $PY "${EVAL[@]}" --decode static --prompts "${P[0]}" --hf-prompts "${P[1]}" \
+    --json "$OUT/eval_static.json" --texts "$OUT/texts_static.json"
+step train_1b 150 $PY "${TRAIN[@]}" --shape runs/train_shape_1b --batch "${T[1]}" \
     --configs plain,trainer,trainer-fused,trainer-compile  # trainer-packed on the 135M shape only: the step's time
-
+step train_135m 110 $PY "${TRAIN[@]}" --shape runs/train_shape_135m --batch "${T[0]}"
+step eval_plain 45 $PY "${EVAL[@]}" --decode plain --prompts "${P[0]}" --hf-prompts 0 --json "$OUT/eval_plain.json" \
+    --texts "$OUT/texts_plain.json"
+step same_outputs 10 $PY benchmarks/same_outputs.py "$OUT/texts_static.json" "$OUT/texts_plain.json"
+step eval_static_rows 30 $PY "${EVAL[@]}" --decode static --prompts "${P[0]}" --hf-prompts 0 \
+    --decode-batch-size "${P[3]}" --json "$OUT/eval_static_rows.json"
