@@ -323,7 +323,8 @@ def main(argv=None) -> None:
                 notes.append(f"{config} failed (its error is above)")
                 continue
             result["load"] = load
-            print(f"[{config}] {result['tokens_per_s']:.1f} tokens/s (load {load:.1f})", file=sys.stderr, flush=True)
+            print(f"[{config}] {result['tokens_per_s']:.1f} tokens/s (load {load:.1f}) RESULT {json.dumps(result)}",
+                  file=sys.stderr, flush=True)  # each figure as it comes: a run stopped later keeps it
             if config not in results or result["tokens_per_s"] > results[config]["tokens_per_s"]:
                 results[config] = result
     if results:
