@@ -108,7 +108,7 @@ def build_tiny_tokenizer(tokenizer_json: str | None = None):
     return tokenizer
 
 
-def build_tiny_model(tokenizer, seed: int = 0):
+def build_tiny_model(tokenizer, seed: int = 0, num_hidden_layers: int = 2):
     """A fresh random LlamaForCausalLM sized for ``tokenizer`` (see module docstring)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -119,7 +119,7 @@ def build_tiny_model(tokenizer, seed: int = 0):
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=512,
