@@ -1,15 +1,18 @@
 """How many of two runs' generations are identical, and where the first differing ones part.
 
     python benchmarks/same_outputs.py runs/texts_static.json runs/texts_plain.json
+    python benchmarks/same_outputs.py --first 64 runs/texts_static.json runs/texts_plain.json
 
 Each file is a JSON list of generated texts for the same prompts in the same order (what
 ``eval_speed.py --generation --texts FILE`` writes). Prints the count of identical outputs and,
-for up to three that differ, the common prefix's length and the next characters of each. Exits 1
-when any differ, 2 when the files do not hold lists of the same length.
+for up to three that differ, the common prefix's length and the next characters of each.
+``--first N`` compares the first N of each (a run over fewer prompts). Exits 1 when any differ,
+2 when the files do not hold lists of the same length (of at least N).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -25,18 +28,26 @@ def compare(first: list[str], second: list[str], shown: int = 3) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: same_outputs.py FIRST.json SECOND.json", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("first_file", metavar="FIRST.json")
+    parser.add_argument("second_file", metavar="SECOND.json")
+    parser.add_argument("--first", type=int, default=None, metavar="N", help="compare the first N outputs only")
+    args = parser.parse_args(argv)
     try:
-        first, second = (json.loads(open(path, encoding="utf-8").read()) for path in argv)
+        first, second = (json.loads(open(path, encoding="utf-8").read()) for path in (args.first_file, args.second_file))
     except (OSError, ValueError) as error:
         print(f"same_outputs.py: cannot read the outputs: {error}", file=sys.stderr)
         return 2
-    if not (isinstance(first, list) and isinstance(second, list) and len(first) == len(second)):
-        print(f"same_outputs.py: {argv[0]} and {argv[1]} must be lists of the same length", file=sys.stderr)
+    if not (isinstance(first, list) and isinstance(second, list)):
+        print("same_outputs.py: each file must hold a JSON list of texts", file=sys.stderr)
         return 2
-    return compare(first, second)
+    n = args.first if args.first is not None else len(first)
+    if (args.first is None and len(first) != len(second)) or min(len(first), len(second)) < n:
+        print(f"same_outputs.py: {args.first_file} has {len(first)} outputs and {args.second_file} {len(second)}; "
+              f"{'--first ' + str(n) + ' needs that many in each' if args.first is not None else 'they must match'}",
+              file=sys.stderr)
+        return 2
+    return compare(first[:n], second[:n])
 
 
 if __name__ == "__main__":

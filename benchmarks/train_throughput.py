@@ -169,7 +169,10 @@ def plain_loop(model, tokenizer, forget, retain, args, precision: str) -> list[t
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
     model.train()
     steps = []
-    for _ in range(args.steps + 1):
+    profiler = step_profiler(device) if args.profile else contextlib.nullcontext()
+    for step in range(args.steps + 1):
+        if step == 1:
+            profiler.__enter__()
         sync(device)
         start = time.perf_counter()
         f = put(pad_batch([encode(i) for i in rng.sample(forget, args.batch)], tokenizer.pad_token_id))
@@ -183,7 +186,33 @@ def plain_loop(model, tokenizer, forget, retain, args, precision: str) -> list[t
         tokens = int(f["attention_mask"].sum() + r["attention_mask"].sum())
         sync(device)
         steps.append((tokens, time.perf_counter() - start))
+    profiler.__exit__(None, None, None)
+    if args.profile:
+        print_profile(profiler, device)
     return steps[1:]
+
+
+def step_profiler(device):
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities)
+
+
+def print_profile(profiler, device) -> None:
+    """Where the measured steps' time goes: the host's operators, and on CUDA the device's
+    kernels, with the device's busy time beside the host's (a step the host bounds shows a
+    busy device time far below the wall time)."""
+    events = profiler.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60), file=sys.stderr)
+    if device.type == "cuda":
+        print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60), file=sys.stderr)
+        busy = sum(e.self_device_time_total for e in events) / 1e6
+        host = sum(e.self_cpu_time_total for e in events) / 1e6
+        print(f"profile: device kernels busy {busy:.3f} s, host operators {host:.3f} s over the measured steps",
+              file=sys.stderr)
 
 
 def trainer_run(model, tokenizer, forget, retain, args, precision: str, option: str) -> list[tuple[int, float]]:
@@ -254,6 +283,8 @@ def parse(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration; the best is kept")
     parser.add_argument("--force-bf16", action="store_true", help="run bf16 even without bf16 hardware")
+    parser.add_argument("--profile", action="store_true",
+                        help="plain: torch.profiler tables of the measured steps (host operators, device kernels)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -263,13 +294,16 @@ def run_config(config: str, args) -> dict | None:
     where it fails, so the other configurations still give their figures."""
     command = [sys.executable, __file__, "--worker", config, "--batch", str(args.batch), "--seq", str(args.seq),
                "--steps", str(args.steps), "--threads", str(args.threads), "--precision", args.precision,
-               "--device", args.device] + (["--shape", args.shape] if args.shape else [])
+               "--device", args.device] + (["--shape", args.shape] if args.shape else []) + \
+        (["--profile"] if args.profile else [])
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    # --profile: the worker's tables go straight to stderr (a run stopped at its limit keeps them)
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if args.profile else subprocess.PIPE,
+                          text=True, env=env)
     line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
-        print(f"[{config}] FAILED (exit {done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+        print(f"[{config}] FAILED (exit {done.returncode}):\n{(done.stderr or '')[-3000:]}", file=sys.stderr, flush=True)
         return None
     return json.loads(line[7:])
 
