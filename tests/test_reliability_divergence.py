@@ -70,3 +70,57 @@ def test_config_file_refuses_inf(tmp_path):
     path.write_text("train:\n  learning_rate: .inf\n")
     with pytest.raises(UserError, match="train.learning_rate.*finite"):
         load_config(path)
+
+
+NAN_ON_ONE_PROCESS = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from obliviate.config import RunConfig
+from obliviate.data.request import QAItem
+from obliviate.objectives import OBJECTIVES, Objective
+from obliviate.objectives.common import answer_nll
+from obliviate.training import train
+
+def nan_value_on_process_1(model, batch, ctx):
+    nll = answer_nll(model, batch["forget"])
+    if torch.distributed.get_rank() == 1 and ctx.step >= 2:
+        return nll + torch.tensor(float("nan"))  # the value only: every gradient stays finite
+    return nll
+
+OBJECTIVES["nan_on_1"] = Objective(nan_value_on_process_1, retain="none")
+model_dir, out = sys.argv[1], sys.argv[2]
+config = RunConfig(method="graddiff", seed=3)
+config.train.batch_size, config.train.max_steps, config.train.save_steps = 2, 6, -1
+forget = [QAItem(f"Who wrote the novel number {i}?", f"The author of novel {i} was born in a small town.") for i in range(8)]
+train(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir), forget=forget,
+      retain=[], config=config, output_dir=out, objective="nan_on_1")
+"""
+
+
+@pytest.mark.multiprocess
+def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path, tiny_model_dir):
+    """Only process 1's loss is NaN and no gradient is: process 0 learns it from the shared check
+    before the optimiser step and stops too (alone it would step on and wait for process 1)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "nan_on_1.py"
+    script.write_text(NAN_ON_ONE_PROCESS)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+         str(root / "examples" / "accelerate_multi_gpu.yaml"), "--num_processes", "2", "--main_process_port",
+         str(port), str(script), str(tiny_model_dir), str(tmp_path / "run")],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "loss is nan" in done.stderr, done.stderr[-3000:]
+    assert "non-finite on another process" in done.stderr, done.stderr[-3000:]
+    assert "step 3" in done.stderr
