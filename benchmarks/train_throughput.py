@@ -26,8 +26,9 @@ per optimiser step, AdamW, lr 1e-5; every configuration sees the same items.
 --precision (auto, fp32, bf16; bf16 = autocast over fp32 weights) applies to every configuration;
 the old names plain-fp32, trainer-fp32, trainer-bf16 still work (config-precision).
 
-tokens/s counts the non-pad tokens of the forget and retain batches over the measured steps (the
-first step is warm-up). MFU = 6 * parameters * tokens/s / peak, where peak is the matmul
+tokens/s counts the non-pad tokens of the forget and retain batches over the measured steps, after
+--warmup steps (default 1; 3 for trainer-compile, whose first steps compile the model for the
+first batch shapes and then again with dynamic shapes). MFU = 6 * parameters * tokens/s / peak, where peak is the matmul
 throughput measured on the spot (every distinct weight shape of the model times batch*seq rows,
 at the run's precision) and, on a known CUDA card, also its datasheet dense peak. Peak memory is
 the process's peak resident set (CUDA: max allocated). On a shared machine the figures move with
@@ -170,8 +171,9 @@ def plain_loop(model, tokenizer, forget, retain, args, precision: str) -> list[t
     model.train()
     steps = []
     profiler = step_profiler(device) if args.profile else contextlib.nullcontext()
-    for step in range(args.steps + 1):
-        if step == 1:
+    warmup = args.warmup or 1
+    for step in range(args.steps + warmup):
+        if step == warmup:
             profiler.__enter__()
         sync(device)
         start = time.perf_counter()
@@ -189,7 +191,7 @@ def plain_loop(model, tokenizer, forget, retain, args, precision: str) -> list[t
     profiler.__exit__(None, None, None)
     if args.profile:
         print_profile(profiler, device)
-    return steps[1:]
+    return steps[warmup:]
 
 
 def step_profiler(device):
@@ -221,7 +223,8 @@ def trainer_run(model, tokenizer, forget, retain, args, precision: str, option: 
 
     config = RunConfig(method="graddiff", seed=0, device=args.device)
     train_cfg = config.train
-    train_cfg.batch_size, train_cfg.max_length, train_cfg.max_steps = args.batch, args.seq, args.steps + 1
+    warmup = args.warmup or 1
+    train_cfg.batch_size, train_cfg.max_length, train_cfg.max_steps = args.batch, args.seq, args.steps + warmup
     train_cfg.learning_rate, train_cfg.precision = 1e-5, precision
     train_cfg.save_steps, train_cfg.logging_steps = -1, 10**9  # no checkpoint inside the timing
     train_cfg.optim = {"fused": "adamw_torch_fused", "compile": "auto"}.get(option, "adamw_torch")
@@ -230,7 +233,8 @@ def trainer_run(model, tokenizer, forget, retain, args, precision: str, option: 
     with tempfile.TemporaryDirectory() as out:
         train(model, tokenizer, forget=forget, retain=retain, config=config, output_dir=Path(out))
         rows = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
-    return [(row["tokens"], row["time_s"] - before["time_s"]) for before, row in zip(rows, rows[1:])]
+    # a row's time_s counts from the start of training: step i took rows[i] - rows[i - 1]
+    return [(row["tokens"], row["time_s"] - before["time_s"]) for before, row in zip(rows, rows[1:])][warmup - 1:]
 
 
 def split_config(config: str, default_precision: str) -> tuple[str, str]:
@@ -279,14 +283,19 @@ def parse(argv=None):
                         help="--save-shape: the default model's shape or Llama-3.2-1B's")
     parser.add_argument("--batch", type=int, default=8, help="forget items per step (and as many retain items)")
     parser.add_argument("--seq", type=int, default=128, help="max tokens per item")
-    parser.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps (after the warm-up steps)")
+    parser.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (default: 1; 3 for "
+                        "trainer-compile)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration; the best is kept")
     parser.add_argument("--force-bf16", action="store_true", help="run bf16 even without bf16 hardware")
     parser.add_argument("--profile", action="store_true",
                         help="plain: torch.profiler tables of the measured steps (host operators, device kernels)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.warmup is not None and args.warmup < 1:
+        parser.error("--warmup: at least 1 (the first step's time is not known apart from the set-up)")
+    return args
 
 
 def run_config(config: str, args) -> dict | None:
@@ -294,6 +303,7 @@ def run_config(config: str, args) -> dict | None:
     where it fails, so the other configurations still give their figures."""
     command = [sys.executable, __file__, "--worker", config, "--batch", str(args.batch), "--seq", str(args.seq),
                "--steps", str(args.steps), "--threads", str(args.threads), "--precision", args.precision,
+               "--warmup", str(args.warmup if args.warmup is not None else (3 if "compile" in config else 1)),
                "--device", args.device] + (["--shape", args.shape] if args.shape else []) + \
         (["--profile"] if args.profile else [])
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",

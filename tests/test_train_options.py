@@ -81,3 +81,18 @@ def test_benchmark_worker_runs_on_a_tiny_shape(tmp_path, tiny_model_and_tokenize
     assert result["tokens_per_s"] > 0 and result["tokens_per_step"] > 0
     assert result["model_flops"] == pytest.approx(6 * result["params"] * result["tokens_per_s"])
     assert result["measured_peak"] > 0 and result["datasheet_peak"] is None  # no card datasheet on a CPU
+
+
+@pytest.mark.parametrize("warmup", [1, 3])
+def test_benchmark_measures_the_steps_after_the_warmup(tiny_model_and_tokenizer, warmup):
+    """--warmup N leaves N steps unmeasured (trainer-compile compiles in its first steps)."""
+    from obliviate.data.request import QAItem
+
+    bench = _benchmark()
+    model, tokenizer = tiny_model_and_tokenizer
+    items = [QAItem(f"Who wrote book {i}?", f"Author number {i} wrote it.") for i in range(8)]
+    args = bench.parse(["--batch", "2", "--seq", "32", "--steps", "2", "--warmup", str(warmup), "--device", "cpu"])
+    trainer_steps = bench.trainer_run(model, tokenizer, items, items, args, "fp32", "fused")
+    plain_steps = bench.plain_loop(model, tokenizer, items, items, args, "fp32")
+    assert len(trainer_steps) == len(plain_steps) == 2
+    assert all(tokens > 0 and seconds > 0 for tokens, seconds in trainer_steps + plain_steps)

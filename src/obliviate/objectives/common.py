@@ -101,7 +101,7 @@ def _packable(enc: dict, keep: torch.Tensor) -> bool:
     """Every kept position is a real token, and each row's tokens are one right-padded run
     (so their positions in the padded batch are 0, 1, ... as in the packed row)."""
     real = enc["attention_mask"].bool()
-    return bool((real[:, :-1] >= real[:, 1:]).all()) and not bool((keep & ~real).any())
+    return bool((real[:, :-1] >= real[:, 1:]).all() & ~(keep & ~real).any())  # one read from the device
 
 
 def _packed(enc: dict) -> dict:
