@@ -52,9 +52,9 @@ def test_default_rows_follow_the_memory_budget(tiny_model_and_tokenizer, monkeyp
     seen = {}
     original = settings.decode_rows
 
-    def spy(device, batch_size, requested, row_bytes, processes, precision):
+    def spy(device, batch_size, requested, row_bytes, *, precision, processes):
         seen["row_bytes"] = row_bytes
-        return original(device, batch_size, requested, row_bytes, processes, precision)
+        return original(device, batch_size, requested, row_bytes, precision=precision, processes=processes)
 
     monkeypatch.setattr("obliviate.evaluation.engine.scheduler.decode_rows", spy)
     _run(model, tokenizer, monkeypatch)
@@ -79,7 +79,7 @@ def test_default_rows_follow_the_memory_budget(tiny_model_and_tokenizer, monkeyp
 ])
 def test_decode_rows(monkeypatch, device, batch_size, requested, row_bytes, ram, rows):
     monkeypatch.setattr(settings, "physical_memory", lambda: ram)
-    assert settings.decode_rows(device, batch_size, requested, row_bytes) == rows
+    assert settings.decode_rows(device, batch_size, requested, row_bytes, precision="fp32") == rows
 
 
 def test_bf16_keeps_batch_size_unless_asked(monkeypatch):
@@ -93,8 +93,8 @@ def test_bf16_keeps_batch_size_unless_asked(monkeypatch):
 
 def test_the_processes_of_a_launch_share_the_budget(monkeypatch):
     monkeypatch.setattr(settings, "physical_memory", lambda: 24 * GiB)
-    assert settings.decode_rows(CPU, 16, None, 32 * 2**20, processes=2) == 64  # 2 GiB each
-    assert settings.decode_rows(CPU, 16, None, 32 * 2**20, processes=16) == 16  # never under batch_size
+    assert settings.decode_rows(CPU, 16, None, 32 * 2**20, precision="fp32", processes=2) == 64  # 2 GiB each
+    assert settings.decode_rows(CPU, 16, None, 32 * 2**20, precision="fp32", processes=16) == 16  # never under batch_size
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5])

@@ -19,6 +19,12 @@ MAX_INT_DIGITS = 100  # no field we read needs more; Python refuses > 4300 digit
 MAX_DEPTH = 64  # records are flat; deep nesting is a mistake or an attack, and recursion has limits
 
 
+def written_as_path(text: str | Path) -> bool:
+    """Whether a name is written as a file-system path (``./``, ``../``, ``/``, ``~``): then it is
+    never a hub id, and a missing file or folder is the error to report."""
+    return str(text).startswith((".", "/", "~"))
+
+
 def _umask() -> int:
     """The process umask, read without changing it where /proc allows (threads may be writing)."""
     try:

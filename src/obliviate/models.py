@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from obliviate.errors import UserError
-from obliviate.io import parse_json, read_user_text
+from obliviate.io import parse_json, read_user_text, written_as_path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,7 +70,7 @@ def resolve_model(name: str) -> ModelSource:
         if not isinstance(parse_json(read_user_text(path / "config.json"), str(path / "config.json")), dict):
             raise UserError(f"{path / 'config.json'}: expected a JSON object (a model configuration)")
         return ModelSource(str(path))
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip():
+    if written_as_path(name) or name.count("/") > 1 or not name.strip():
         raise UserError(f"model '{name}': no such file or directory; check the path")
     return ModelSource(name)  # a hub id: transformers resolves it (or fails offline, see below)
 

@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 from obliviate.errors import UserError, os_error_line
-from obliviate.io import parse_json, read_user_text
+from obliviate.io import parse_json, read_user_text, written_as_path
 
 SUFFIXES = {".json", ".jsonl", ".csv", ".parquet"}
 
@@ -39,7 +39,7 @@ def load_records(source: str, *, config: str | None = None, split: str | None = 
             raise UserError(os_error_line(error, path, "cannot read")) from None
     if is_dir:
         return _read_datasets_dir(path, split)
-    if source.startswith((".", "/", "~")) or Path(source).suffix.lower() in SUFFIXES:
+    if written_as_path(source) or Path(source).suffix.lower() in SUFFIXES:
         raise UserError(f"{source}: no such file; check the path")
     return _read_hub_dataset(source, config, split)
 

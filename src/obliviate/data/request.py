@@ -22,7 +22,7 @@ from pathlib import Path
 from obliviate.data.loaders import load_records
 from obliviate.data.refusals import tofu_refusals_file
 from obliviate.errors import UserError
-from obliviate.io import parse_json, parse_yaml, read_user_text, short_repr
+from obliviate.io import parse_json, parse_yaml, read_user_text, short_repr, written_as_path
 
 DEMO_REQUEST = Path(__file__).parent / "demo" / "demo_request.json"
 
@@ -165,7 +165,7 @@ def _passages(records: list, where: str) -> list[str]:
 
 def looks_like_hub_id(source: str | Path) -> bool:
     """Whether a request source names a hub dataset: no file suffix, not a ./ / or ~ path."""
-    return not Path(source).suffix and not str(source).startswith((".", "/", "~"))
+    return not Path(source).suffix and not written_as_path(source)
 
 
 def load_request(source: str | Path | dict | None = None, *, retain: str | None = None) -> UnlearningRequest:

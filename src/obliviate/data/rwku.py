@@ -29,6 +29,7 @@ from obliviate.data.loaders import load_records
 from obliviate.data.passages import passage_items
 from obliviate.data.request import QAItem, UnlearningRequest
 from obliviate.errors import UserError
+from obliviate.io import written_as_path
 
 HUB_NAME = "jinzhuoran/RWKU"
 
@@ -71,7 +72,7 @@ class RwkuTarget:
 def is_local(data: str | Path) -> bool:
     """Whether ``data`` names a local directory (else a hub dataset)."""
     text = str(data)
-    return Path(text).expanduser().is_dir() or text.startswith((".", "/", "~"))
+    return Path(text).expanduser().is_dir() or written_as_path(text)
 
 
 def _target_root(data: str | Path) -> Path:

@@ -142,8 +142,8 @@ class Scheduler:
         bytes of one row's key/value buffers (each layer's ``(heads, tokens, dim)`` template)."""
         runner = self.runner
         row_bytes = self.capacity * sum(t.shape[0] * t.shape[-1] * t.element_size() for kv in template for t in kv)
-        rows = decode_rows(runner.device, runner.batch_size, runner.decode_batch_size, row_bytes, self.shard[1],
-                           runner.precision)
+        rows = decode_rows(runner.device, runner.batch_size, runner.decode_batch_size, row_bytes,
+                           precision=runner.precision, processes=self.shard[1])
         rows = min(rows, self.n_generations) or 1
         return DECODERS[runner.decode_mode](runner, rows, self.capacity, template, self.max_new_tokens)
 

@@ -57,8 +57,8 @@ def precision_context(model, precision: str, cache_enabled: bool = True):
     return contextlib.nullcontext()
 
 
-def decode_rows(device: torch.device, batch_size: int, requested: int | None, row_bytes: int,
-                processes: int = 1, precision: str = "fp32") -> int:
+def decode_rows(device: torch.device, batch_size: int, requested: int | None, row_bytes: int, *,
+                precision: str, processes: int = 1) -> int:
     """Rows decoded together: ``requested`` when given; else, on a CPU at fp32, as many rows of
     ``row_bytes`` key/value buffers as fit ``AUTO_DECODE_MEMORY`` and a quarter of the RAM
     (:func:`~obliviate.hardware.physical_memory`), shared by the ``processes`` of a launch, up to

@@ -8,6 +8,7 @@ from pathlib import Path
 from obliviate.data.loaders import load_records
 from obliviate.data.request import QAItem, items_from_records
 from obliviate.errors import UserError
+from obliviate.io import written_as_path
 
 TASK_KINDS = ("forget", "retain", "options")
 
@@ -39,7 +40,7 @@ def load_split(data: str | Path, split: str) -> list[dict]:
                 return load_records(str(path / f"{split}{suffix}"))
         raise UserError(f"{path / (split + '.json')}: TOFU split '{split}' not found in {path}; "
                         "give a directory holding the TOFU files (e.g. ../shared/data/tofu)")
-    if str(data).startswith((".", "/", "~")):
+    if written_as_path(data):
         raise UserError(f"{data}: no such TOFU directory; check the path")
     return load_records(str(data), config=split, split="train")
 
