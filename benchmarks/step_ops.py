@@ -20,6 +20,9 @@ import collections
 import sys
 from pathlib import Path
 
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import train_throughput  # noqa: E402
@@ -27,33 +30,38 @@ import train_throughput  # noqa: E402
 CONFIGS = ("plain", "trainer", "trainer-fused")
 
 
+class OperatorCounter(TorchDispatchMode):
+    """Counts every aten operator that reaches a kernel while active, by operator (``ops``); a
+    read of a value back from the device is ``aten._local_scalar_dense``."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def reads(self) -> int:
+        return self.ops[torch.ops.aten._local_scalar_dense]
+
+
 def count(config: str, args) -> tuple[float, float]:
     """(operators, device reads) per step: the difference of a 3-step and a 1-step run over 2."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = collections.Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops[func.overloadpacket] += 1
-            return func(*args, **(kwargs or {}))
-
     totals = []
     for steps in (2, 0):  # train_throughput runs steps + 1 (one warm-up)
         run = train_throughput.parse(["--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(steps),
                                       "--device", "cpu"] + (["--shape", args.shape] if args.shape else []))
         model, tokenizer = train_throughput.load(run)
         forget, retain = train_throughput.load_items(400, 3600, run.shape)
-        counter = Counter()
+        counter = OperatorCounter()
         with counter:
             if config == "plain":
                 train_throughput.plain_loop(model, tokenizer, forget, retain, run, "fp32")
             else:
                 train_throughput.trainer_run(model, tokenizer, forget, retain, run, "fp32", config.partition("-")[2])
-        totals.append((sum(counter.ops.values()), counter.ops[torch.ops.aten._local_scalar_dense]))
+        totals.append((sum(counter.ops.values()), counter.reads))
     (ops3, reads3), (ops1, reads1) = totals
     return (ops3 - ops1) / 2, (reads3 - reads1) / 2
 

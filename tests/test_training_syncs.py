@@ -9,37 +9,32 @@ now each check reads one. Counted on the CPU: every read is one `aten._local_sca
 
 from __future__ import annotations
 
-import collections
+import importlib.util
+from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import build_tiny_model
 from obliviate.config import RunConfig
 from obliviate.data.request import QAItem
 from obliviate.training import host_values, train
 
+_spec = importlib.util.spec_from_file_location(
+    "step_ops", Path(__file__).resolve().parents[1] / "benchmarks" / "step_ops.py")
+step_ops = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(step_ops)
+
 FORGET = [QAItem(f"Who wrote novel {i}?", f"Novel {i} was written by author number {i}.") for i in range(8)]
 RETAIN = [QAItem(f"What is {i} plus {i}?", f"It is {2 * i}.") for i in range(8)]
-
-
-class DeviceReads(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def reads_per_step(model, tokenizer, tmp_path, steps: int) -> float:
     config = RunConfig(method="graddiff", seed=0)
     config.train.batch_size, config.train.max_steps, config.train.save_steps = 2, steps, -1
-    counter = DeviceReads()
+    counter = step_ops.OperatorCounter()
     with counter:
         train(model, tokenizer, forget=FORGET, retain=RETAIN, config=config, output_dir=tmp_path / str(steps))
-    return counter.ops[torch.ops.aten._local_scalar_dense]
+    return counter.reads
 
 
 def test_a_step_reads_a_few_values_whatever_the_number_of_weights(tmp_path, tiny_model_and_tokenizer):
@@ -56,8 +51,8 @@ def test_a_step_reads_a_few_values_whatever_the_number_of_weights(tmp_path, tiny
 def test_the_step_log_reads_its_values_in_one_copy():
     terms = {"loss": [torch.tensor(0.5), torch.tensor(0.25)], "forget_nll": [torch.tensor(2.0)],
              "tokens": [torch.tensor(7), torch.tensor(5)], "beta": [0.1]}
-    counter = DeviceReads()
+    counter = step_ops.OperatorCounter()
     with counter:
         values = host_values(terms)
     assert values == {"loss": [0.5, 0.25], "forget_nll": [2.0], "tokens": [7.0, 5.0], "beta": [0.1]}
-    assert counter.ops[torch.ops.aten._local_scalar_dense] == 0  # tolist: one copy, no read per value
+    assert counter.reads == 0  # tolist: one copy, no read per value
