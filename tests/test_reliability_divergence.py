@@ -124,3 +124,21 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path, tiny_mod
     assert "loss is nan" in done.stderr, done.stderr[-3000:]
     assert "non-finite on another process" in done.stderr, done.stderr[-3000:]
     assert "step 3" in done.stderr
+
+
+def huge_but_finite_in_float64(model, batch, ctx):
+    """A float64 loss beyond float32's range, with finite gradients: nothing diverged."""
+    return answer_nll(model, batch["forget"]) + torch.tensor(1e300, dtype=torch.float64)
+
+
+def test_the_guard_checks_each_value_in_its_own_dtype_and_skips_empty_weights(tmp_path, tiny_model_and_tokenizer,
+                                                                              monkeypatch):
+    monkeypatch.setitem(OBJECTIVES, "huge_f64", Objective(huge_but_finite_in_float64, retain="none"))
+    model, tokenizer = tiny_model_and_tokenizer
+    model = model.double()
+    model.register_parameter("empty", torch.nn.Parameter(torch.zeros(0, dtype=torch.float64)))  # no elements
+    config = RunConfig(method="graddiff", seed=3)
+    config.train.batch_size, config.train.max_steps, config.train.save_steps = 2, 2, -1
+    config.train.precision = "fp32"
+    train(model, tokenizer, forget=FORGET, retain=[], config=config, output_dir=tmp_path, objective="huge_f64")
+    assert all(torch.isfinite(p).all() for p in model.parameters())

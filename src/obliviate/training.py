@@ -128,6 +128,7 @@ def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: in
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,  # everything is tokenised up front; workers only add start-up time
+        logging_nan_inf_filter=False,  # its isnan/isinf reads wait on the device twice a batch; DivergenceGuard stops on one
         dataloader_pin_memory=target.type == "cuda",
         use_cpu=target.type == "cpu",
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient each step
@@ -235,11 +236,11 @@ class DivergenceGuard(TrainerCallback):
         losses, trainer.step_losses = trainer.step_losses, []
         grads = [p.grad.detach() for p in trainer.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else None
-        checks = [loss.float().reshape(1) for loss, _ in losses] + ([norm.float().reshape(1)] if grads else [])
+        checks = [loss for loss, _ in losses] + ([norm] if grads else [])
         if not checks:
             return
-        device = checks[0].device
-        bad = (~torch.isfinite(torch.cat([c.to(device) for c in checks]))).any().float()
+        device = checks[0].device  # each value checked in its own dtype (a cast could overflow)
+        bad = torch.stack([~torch.isfinite(c).all().to(device) for c in checks]).any().float()
         if trainer.accelerator.num_processes > 1:  # every process must stop, or the others hang
             bad = trainer.accelerator.reduce(bad, "sum")
         if not bad.item():
@@ -252,7 +253,8 @@ class DivergenceGuard(TrainerCallback):
         raise trainer.diverged(f"the {trainer.objective_name} loss or its gradient is non-finite on another process")
 
     def on_step_end(self, args, state, control, **kwargs):
-        trained = [(name, p.detach()) for name, p in self.trainer.model.named_parameters() if p.requires_grad]
+        trained = [(name, p.detach()) for name, p in self.trainer.model.named_parameters()
+                   if p.requires_grad and p.numel()]  # the inf norm refuses an empty tensor
         # the largest |weight| (no squares: a huge finite weight is not taken for an overflow)
         if not trained or torch.isfinite(torch.nn.utils.get_total_norm([p for _, p in trained], float("inf"))):
             return
@@ -295,7 +297,9 @@ def host_values(terms: dict[str, list]) -> dict[str, list[float]]:
     """The logged values as floats, the device's tensors read in one copy (not one wait each)."""
     tensors = [v for values in terms.values() for v in values if torch.is_tensor(v)]
     if tensors:
-        host = iter(torch.stack([t.float().reshape(()).to(tensors[0].device) for t in tensors]).tolist())
+        device = tensors[0].device
+        exact = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        host = iter(torch.stack([t.to(device, exact).reshape(()) for t in tensors]).tolist())
     return {k: [next(host) if torch.is_tensor(v) else float(v) for v in values] for k, values in terms.items()}
 
 
