@@ -109,8 +109,8 @@ def test_decode_batch_size_reaches_the_engine(tmp_path, tiny_model_and_tokenizer
 
     asked = []
     original = scheduler.decode_rows
-    monkeypatch.setattr(scheduler, "decode_rows", lambda device, batch, requested, *rest: (
-        asked.append(requested) or original(device, batch, requested, *rest)))
+    monkeypatch.setattr(scheduler, "decode_rows", lambda device, batch, requested, *rest, **keywords: (
+        asked.append(requested) or original(device, batch, requested, *rest, **keywords)))
     options = _options(benchmark, rwku_dir)
     if benchmark == "tofu":
         options = dict(data=str(tofu_dir), ds_size=2, max_new_tokens=4, extras=False, cache=False)
