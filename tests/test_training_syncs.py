@@ -31,6 +31,7 @@ RETAIN = [QAItem(f"What is {i} plus {i}?", f"It is {2 * i}.") for i in range(8)]
 def reads_per_step(model, tokenizer, tmp_path, steps: int) -> float:
     config = RunConfig(method="graddiff", seed=0)
     config.train.batch_size, config.train.max_steps, config.train.save_steps = 2, steps, -1
+    config.train.optim = "adamw_torch_fused"  # torch's unfused CPU AdamW reads each weight's step count
     counter = step_ops.OperatorCounter()
     with counter:
         train(model, tokenizer, forget=FORGET, retain=RETAIN, config=config, output_dir=tmp_path / str(steps))
