@@ -70,8 +70,8 @@ step decode_test 40 $PY -m pytest -q -p no:cacheprovider tests/test_engine_decod
 step eval_static 70 $PY "${EVAL[@]}" --decode static --prompts "${P[0]}" --hf-prompts "${P[1]}" \
     --json "$OUT/eval_static.json"
 step train_1b 190 $PY "${TRAIN[@]}" --shape runs/train_shape_1b --batch "${T[1]}" --configs trainer-fused,trainer-compile
-step train_135m 110 $PY "${TRAIN[@]}" --shape runs/train_shape_135m --batch "${T[0]}" \
-    --configs plain,trainer-fused,trainer-packed
+step train_135m 150 $PY "${TRAIN[@]}" --shape runs/train_shape_135m --batch "${T[0]}" \
+    --configs plain,trainer-fused,trainer-shared,trainer-packed
 step eval_plain 60 $PY "${EVAL[@]}" --decode plain --prompts "${P[1]}" --hf-prompts 0 --json "$OUT/eval_plain.json" \
     --texts "$OUT/texts_plain.json"
 # the same prompts in both, so each decodes beside the same neighbours (rows change bf16 rounding)

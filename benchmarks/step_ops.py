@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import train_throughput  # noqa: E402
 
-CONFIGS = ("plain", "trainer", "trainer-fused")
+CONFIGS = ("plain", "trainer", "trainer-fused", "trainer-shared")
 
 
 class OperatorCounter(TorchDispatchMode):

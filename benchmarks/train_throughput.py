@@ -23,6 +23,7 @@ per optimiser step, AdamW, lr 1e-5; every configuration sees the same items.
 * trainer-fused: the same with train.optim=adamw_torch_fused (what train.optim=auto picks on CUDA).
 * trainer-compile: the same with train.torch_compile=true (and train.optim=auto);
 * trainer-packed: trainer with train.packing=true (no padding computed).
+* trainer-shared: trainer-fused with train.shared_forward=true (forget and retain in one forward).
 --precision (auto, fp32, bf16; bf16 = autocast over fp32 weights) applies to every configuration;
 the old names plain-fp32, trainer-fp32, trainer-bf16 still work (config-precision).
 
@@ -52,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from matmul_peak import sync, weight_matmul_flops  # noqa: E402
 TOFU = ROOT.parent / "shared" / "data" / "tofu"
-CONFIGS = ("plain", "trainer", "trainer-fused", "trainer-compile", "trainer-packed")
+CONFIGS = ("plain", "trainer", "trainer-fused", "trainer-compile", "trainer-packed", "trainer-shared")
 #: the issue's targets (#19 item 2), printed beside the figures
 TARGETS = ">= 40% MFU for a 1B model, >= 100k tokens/s for the default model's shape (both on an H100)"
 #: datasheet dense peaks (FLOP/s) by card name and precision; fp32 is TF32 tensor-core
@@ -227,9 +228,11 @@ def trainer_run(model, tokenizer, forget, retain, args, precision: str, option: 
     train_cfg.batch_size, train_cfg.max_length, train_cfg.max_steps = args.batch, args.seq, args.steps + warmup
     train_cfg.learning_rate, train_cfg.precision = 1e-5, precision
     train_cfg.save_steps, train_cfg.logging_steps = -1, 10**9  # no checkpoint inside the timing
-    train_cfg.optim = {"fused": "adamw_torch_fused", "compile": "auto"}.get(option, "adamw_torch")
+    train_cfg.optim = {"fused": "adamw_torch_fused", "compile": "auto", "shared": "adamw_torch_fused"}.get(
+        option, "adamw_torch")
     train_cfg.torch_compile = option == "compile"
     train_cfg.packing = option == "packed"
+    train_cfg.shared_forward = option == "shared"
     with tempfile.TemporaryDirectory() as out:
         train(model, tokenizer, forget=forget, retain=retain, config=config, output_dir=Path(out))
         rows = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]

@@ -36,8 +36,9 @@ from obliviate.data.request import QAItem
 from obliviate.errors import UserError
 from obliviate import hardware
 from obliviate.hardware import bf16_is_fast, resolve_device
-from obliviate.objectives import LossContext, batch_slots, get_objective, needs_reference, needs_retain
-from obliviate.objectives.common import PACKING, check_packing
+from obliviate.objectives import (LossContext, batch_slots, get_objective, needs_reference, needs_retain,
+                                  shared_slots)
+from obliviate.objectives.common import PACKING, SHARED, check_packing, shared_answer_logits
 
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
@@ -157,9 +158,9 @@ class UnlearnTrainer(Trainer):
     """
 
     def __init__(self, *args, objective: str, objective_config, reference_model=None, options=None,
-                 packing: bool = False, **kwargs):
+                 packing: bool = False, shared: tuple[str, ...] = (), **kwargs):
         super().__init__(*args, **kwargs)
-        self.options, self.packing = options, packing
+        self.options, self.packing, self.shared = options, packing, shared
         self.objective_name = objective
         self.objective = get_objective(objective)
         self.objective_config = objective_config
@@ -192,12 +193,19 @@ class UnlearnTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ctx = LossContext(config=self.objective_config, reference=self.reference, options=self.options,
                           step=self.state.global_step, seed=self.args.seed)
-        packing = PACKING.set(self.packing)
+        packing, shared = PACKING.set(self.packing), SHARED.set({})
         try:
             with self.accelerator.autocast():  # also covers the frozen reference copy
+                if self.shared:  # train.shared_forward: one forward for these slots' answers
+                    SHARED.set(shared_answer_logits(model, [inputs[s] for s in self.shared],
+                                                    self.processing_class.pad_token_id or 0))
                 loss = self.objective.loss(model, inputs, ctx)
+            if SHARED.get():
+                raise RuntimeError(f"train.shared_forward: the {self.objective_name} loss did not read slots it "
+                                   "declares (objectives.shared_slots); this is a bug of its registration")
         finally:
             PACKING.reset(packing)
+            SHARED.reset(shared)
         # Kept on the device: reading a value here would make the host wait for the forward pass
         # before it queues the backward (DivergenceGuard checks the losses, TrainLog reads the terms)
         self.step_losses.append((loss.detach(), ctx))
@@ -423,6 +431,7 @@ def train(
         reference_model=reference,
         options=options,
         packing=config.train.packing,
+        shared=shared_slots(name, objective_cfg) if config.train.shared_forward else (),
     )
     resume_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     trainer.add_callback(DivergenceGuard(trainer))  # first: a broken step must not reach the log either

@@ -28,16 +28,18 @@ class Objective(NamedTuple):
     retain: str = "term"  # "term": objective.retain_loss decides; "always": its own; "none": unused
     prepare: Callable | None = None  # prepare(model, ObjectiveConfig, options) before the optimiser is built
     section: str | None = None  # a method config section the loss reads as ctx.options (e.g. "sku")
+    shared: tuple[str, ...] = ()  # slots whose answer logits under the trained model it reads once (see shared_slots)
 
 
 OBJECTIVES: dict[str, Objective] = {
     "ga": Objective(ga.loss, retain="none"),
-    "graddiff": Objective(graddiff.loss),
-    "kl": Objective(kl.loss, needs_reference=True, retain="always"),
-    "npo": Objective(npo.loss, needs_reference=True),
-    "simnpo": Objective(simnpo.loss),
-    "idk_dpo": Objective(idk_dpo.loss, needs_reference=True, slots=("forget", "forget_refusal")),
-    "rt": Objective(rt.loss, slots=("forget_refusal",)),
+    "graddiff": Objective(graddiff.loss, shared=("forget",)),
+    "kl": Objective(kl.loss, needs_reference=True, retain="always", shared=("forget", "retain")),
+    "npo": Objective(npo.loss, needs_reference=True, shared=("forget",)),
+    "simnpo": Objective(simnpo.loss, shared=("forget",)),
+    "idk_dpo": Objective(idk_dpo.loss, needs_reference=True, slots=("forget", "forget_refusal"),
+                         shared=("forget_refusal", "forget")),
+    "rt": Objective(rt.loss, slots=("forget_refusal",), shared=("forget_refusal",)),
     "rmu": Objective(rmu.loss, needs_reference=True, retain="always", prepare=rmu.prepare),
     "finetune": Objective(finetune.loss, retain="none"),
     "sku": Objective(sku.loss, needs_reference=True, slots=("forget", "forget_other_answers"), retain="always", section="sku"),
@@ -67,5 +69,18 @@ def batch_slots(name: str, config: ObjectiveConfig) -> tuple[str, ...]:
     return get_objective(name).slots + (("retain",) if needs_retain(name, config) else ())
 
 
+def shared_slots(name: str, config: ObjectiveConfig) -> tuple[str, ...]:
+    """The slots whose answer logits under the trained model the loss reads exactly once each,
+    when there are two or more: train.shared_forward computes them in one forward pass
+    (common.SHARED). `Objective.shared` names the loss's own; the retain slot joins when the
+    retain term reads the model's answer logits (nll, or kl at the answer positions)."""
+    spec = get_objective(name)
+    answer_kl = getattr(config, "kl_positions", "answer") == "answer"
+    slots = tuple(s for s in spec.shared if s != "retain" or answer_kl)
+    if spec.retain == "term" and needs_retain(name, config) and (config.retain_loss == "nll" or answer_kl):
+        slots += ("retain",)
+    return slots if len(slots) > 1 else ()
+
+
 __all__ = ["OBJECTIVES", "Objective", "LossContext", "get_objective", "needs_reference", "needs_retain",
-           "batch_slots"]
+           "batch_slots", "shared_slots"]

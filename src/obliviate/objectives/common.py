@@ -73,6 +73,11 @@ def check_packing(model) -> None:
                         f"({', '.join(sorted(PACKABLE_MODEL_TYPES))}); set train.packing=false")
 
 
+#: train.shared_forward (set by the Trainer around each loss): id(enc) -> answer_logits(model, enc),
+#: computed for several slots in one forward pass (shared_answer_logits) and taken once each.
+SHARED: ContextVar[dict | None] = ContextVar("obliviate_shared_logits", default=None)
+
+
 def answer_logits(model, enc: dict, *, all_tokens: bool = False):
     """Logits at the positions that predict a label token, flattened over the batch.
 
@@ -80,7 +85,12 @@ def answer_logits(model, enc: dict, *, all_tokens: bool = False):
     `all_tokens=True` predicts every non-pad token after the first instead of only the answer.
     Under PACKING the B padded rows run as one row of their tokens (positions restart at each
     item, so attention stays within it): the same N logits in the same order, no pad computed.
+    Under SHARED an enc's logits with gradients (the trained model's, never the reference's,
+    which runs under no_grad) come from the step's shared forward pass.
     """
+    shared = SHARED.get()
+    if shared and not all_tokens and torch.is_grad_enabled() and id(enc) in shared:
+        return shared.pop(id(enc))
     labels = enc["labels"]
     if all_tokens:
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
@@ -95,6 +105,23 @@ def answer_logits(model, enc: dict, *, all_tokens: bool = False):
         logits = model(**inputs, logits_to_keep=keep).logits
     rows = keep.nonzero()[:, 0]
     return logits, labels[:, 1:][keep[:, :-1]], rows
+
+
+def shared_answer_logits(model, encs: list[dict], pad_id: int = 0) -> dict[int, tuple]:
+    """answer_logits of several sub-batches from one forward pass: each is right-padded to the
+    longest and all are stacked into one batch (or, under PACKING, one row), so the host queues
+    the model's operators once instead of once per sub-batch. Returns id(enc) -> (logits,
+    targets, rows) as answer_logits(model, enc) gives them, to float rounding."""
+    width = max(enc["input_ids"].shape[1] for enc in encs)
+    pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)
+    joint = {"input_ids": torch.cat([pad(e["input_ids"], pad_id) for e in encs]),
+             "attention_mask": torch.cat([pad(e["attention_mask"], 0) for e in encs]),
+             "labels": torch.cat([pad(e["labels"], -100) for e in encs])}
+    logits, targets, rows = answer_logits(model, joint)
+    counts = torch.stack([(e["labels"][:, 1:] != -100).sum() for e in encs]).tolist()  # one read
+    offsets = [sum(e["input_ids"].shape[0] for e in encs[:i]) for i in range(len(encs))]
+    parts = zip(logits.split(counts), targets.split(counts), rows.split(counts), offsets)
+    return {id(enc): (lg, tg, r - offset) for enc, (lg, tg, r, offset) in zip(encs, parts)}
 
 
 def _packable(enc: dict, keep: torch.Tensor) -> bool:
