@@ -55,10 +55,12 @@ def test_answer_logits_takes_each_shared_result_once_and_never_without_gradients
     model, tokenizer = tiny_model_and_tokenizer
     enc = _enc(tokenizer, SHORT)
     planted = (torch.zeros(1), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-    token = SHARED.set({id(enc): planted})
+    other = copy.deepcopy(model)
+    token = SHARED.set((model, {id(enc): planted}))
     try:
         with torch.no_grad():  # the reference's pass: computed, not served
             assert answer_logits(model, enc)[0].shape[0] > 1
+        assert answer_logits(other, enc)[0].shape[0] > 1  # another model: computed
         assert answer_logits(model, enc) is planted
         assert answer_logits(model, enc)[0].shape[0] > 1  # taken once: the next call computes
     finally:
@@ -108,3 +110,25 @@ def train_run(model, tokenizer, cfg, out):
     from obliviate.training import train
 
     return train(model, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=out)
+
+
+@pytest.mark.parametrize("method, overrides", [
+    ("simnpo", {}), ("rt", {}), ("graddiff", {"retain_weight": 0.0}), ("graddiff", {"retain_loss": "kl"}),
+    ("npo", {"retain_loss": "kl", "kl_positions": "all"}), ("kl", {"kl_positions": "all"}), ("ga", {}),
+    ("idk_dpo", {"lora": True}), ("sku", {}),
+])
+def test_every_method_reads_what_it_declares(tmp_path, tiny_model_and_tokenizer, method, overrides):
+    """One step with train.shared_forward under configs that change which slots a loss reads
+    (the Trainer raises on a declared slot left unread): one forward with gradients a step
+    where two or more slots are shared."""
+    model, tokenizer = tiny_model_and_tokenizer
+    cfg = config(max_steps=1, batch_size=2, shared_forward=True, precision="fp32")
+    cfg.method = method
+    cfg.train.lora.enabled = overrides.pop("lora", False)
+    for key, value in overrides.items():
+        setattr(cfg.objective, key, value)
+    calls = []
+    model.register_forward_pre_hook(lambda m, a, kw: calls.append(torch.is_grad_enabled()), with_kwargs=True)
+    train_run(model, tokenizer, cfg, tmp_path / "run")
+    if len(shared_slots(method, cfg.objective)) > 1:
+        assert sum(calls) == 1

@@ -193,14 +193,14 @@ class UnlearnTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ctx = LossContext(config=self.objective_config, reference=self.reference, options=self.options,
                           step=self.state.global_step, seed=self.args.seed)
-        packing, shared = PACKING.set(self.packing), SHARED.set({})
+        packing, shared = PACKING.set(self.packing), SHARED.set(None)
         try:
             with self.accelerator.autocast():  # also covers the frozen reference copy
-                if self.shared:  # train.shared_forward: one forward for these slots' answers
-                    SHARED.set(shared_answer_logits(model, [inputs[s] for s in self.shared],
-                                                    self.processing_class.pad_token_id or 0))
+                if self.shared and torch.is_grad_enabled():  # train.shared_forward: one forward for these answers
+                    SHARED.set((model, shared_answer_logits(model, [inputs[s] for s in self.shared],
+                                                            self.processing_class.pad_token_id or 0)))
                 loss = self.objective.loss(model, inputs, ctx)
-            if SHARED.get():
+            if SHARED.get() and SHARED.get()[1]:
                 raise RuntimeError(f"train.shared_forward: the {self.objective_name} loss did not read slots it "
                                    "declares (objectives.shared_slots); this is a bug of its registration")
         finally:

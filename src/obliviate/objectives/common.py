@@ -73,9 +73,10 @@ def check_packing(model) -> None:
                         f"({', '.join(sorted(PACKABLE_MODEL_TYPES))}); set train.packing=false")
 
 
-#: train.shared_forward (set by the Trainer around each loss): id(enc) -> answer_logits(model, enc),
-#: computed for several slots in one forward pass (shared_answer_logits) and taken once each.
-SHARED: ContextVar[dict | None] = ContextVar("obliviate_shared_logits", default=None)
+#: train.shared_forward (set by the Trainer around each loss): (the trained model, {id(enc) ->
+#: answer_logits(model, enc)}), computed for several slots in one forward pass (shared_answer_logits)
+#: and taken once each by answer_logits for that model.
+SHARED: ContextVar[tuple | None] = ContextVar("obliviate_shared_logits", default=None)
 
 
 def answer_logits(model, enc: dict, *, all_tokens: bool = False):
@@ -85,12 +86,12 @@ def answer_logits(model, enc: dict, *, all_tokens: bool = False):
     `all_tokens=True` predicts every non-pad token after the first instead of only the answer.
     Under PACKING the B padded rows run as one row of their tokens (positions restart at each
     item, so attention stays within it): the same N logits in the same order, no pad computed.
-    Under SHARED an enc's logits with gradients (the trained model's, never the reference's,
-    which runs under no_grad) come from the step's shared forward pass.
+    Under SHARED the trained model's logits with gradients (never the reference's, which runs
+    under no_grad, even where it is the same PEFT model) come from the step's shared forward pass.
     """
     shared = SHARED.get()
-    if shared and not all_tokens and torch.is_grad_enabled() and id(enc) in shared:
-        return shared.pop(id(enc))
+    if shared and shared[0] is model and not all_tokens and torch.is_grad_enabled() and id(enc) in shared[1]:
+        return shared[1].pop(id(enc))
     labels = enc["labels"]
     if all_tokens:
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
