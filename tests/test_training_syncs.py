@@ -17,7 +17,8 @@ import torch
 from conftest import build_tiny_model
 from obliviate.config import RunConfig
 from obliviate.data.request import QAItem
-from obliviate.training import host_values, train
+from obliviate.training import train
+from obliviate.training_callbacks import host_values
 
 _spec = importlib.util.spec_from_file_location(
     "step_ops", Path(__file__).resolve().parents[1] / "benchmarks" / "step_ops.py")
