@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from obliviate.errors import UserError
+
 SPEC = importlib.util.spec_from_file_location(
     "fuzz_readers", Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz_readers.py")
 fuzz = importlib.util.module_from_spec(SPEC)
@@ -45,3 +47,28 @@ def test_any_input_is_a_value_or_one_line(tmp_path, reader, data):
         value, bom = data
         data = (b"\xef\xbb\xbf" if bom else b"") + as_bytes(reader, value)
     assert fuzz.check(reader, data, tmp_path / reader) in ("ok", "refused")
+
+
+@pytest.mark.parametrize("text", ['{"forget": "x.json", "a\\nb": 1}', 'forget: x.json\n"a\\nb": 1\n'])
+def test_an_unknown_request_key_holding_a_newline_stays_on_one_line(tmp_path, text):
+    """Found by the reader fuzz (CI, 2026-11-27): the key was printed raw, newline included."""
+    from obliviate.data.request import load_request
+
+    path = tmp_path / ("request.json" if text.startswith("{") else "request.yaml")
+    path.write_text(text)
+    with pytest.raises(UserError) as caught:
+        load_request(path)
+    message = str(caught.value)
+    assert "\n" not in message and "'a\\nb'" in message and "unknown key" in message
+
+
+def test_an_unknown_bench_or_benchmark_key_holding_a_newline_stays_on_one_line():
+    from obliviate.bench.rows import _no_unknown
+    from obliviate.evaluation.registry import build_options, get_benchmark
+
+    with pytest.raises(UserError) as caught:
+        _no_unknown({"a\nb": 1}, ("rows", "common"), "bench.yaml")
+    assert "\n" not in str(caught.value) and "'a\\nb'" in str(caught.value)
+    with pytest.raises(UserError) as caught:
+        build_options(get_benchmark("tofu"), {"a\nb": 1})
+    assert "\n" not in str(caught.value) and "'a\\nb'" in str(caught.value)

@@ -89,6 +89,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def key_text(key) -> str:
+    """A mapping key as a one-line message shows it: as written when it is a plain name, else its
+    bounded repr (quotes, and newlines or control characters escaped)."""
+    text = str(key)
+    return text if text.isidentifier() else short_repr(text)
+
+
 def short_repr(value) -> str:
     """A bounded repr for error messages: a shared (aliased) structure or a huge number must
     never be expanded into the message."""

@@ -30,7 +30,7 @@ from typing import Any
 
 from obliviate.config import RunConfig, load_config
 from obliviate.errors import UserError
-from obliviate.io import parse_yaml, read_user_text, short_repr
+from obliviate.io import key_text, parse_yaml, read_user_text, short_repr
 
 TOP_KEYS = ("description", "protocol", "teach", "common", "rows")
 ROW_KEYS = ("name", "method", "overrides", "note", "requires")
@@ -108,7 +108,7 @@ def parse_spec(data, where: str, base: Path) -> BenchSpec:
 def _no_unknown(data: dict, allowed, where: str) -> None:
     unknown = sorted(str(k) for k in data if k not in allowed)
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        raise UserError(f"{where}: unknown key(s) {', '.join(key_text(k) for k in unknown)}; allowed: {', '.join(allowed)}")
 
 
 def _mapping(value, where: str) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 from obliviate.data.loaders import load_records
 from obliviate.data.refusals import tofu_refusals_file
 from obliviate.errors import UserError
-from obliviate.io import parse_json, parse_yaml, read_user_text, short_repr, written_as_path
+from obliviate.io import key_text, parse_json, parse_yaml, read_user_text, short_repr, written_as_path
 
 DEMO_REQUEST = Path(__file__).parent / "demo" / "demo_request.json"
 
@@ -189,7 +189,7 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
     if isinstance(spec, dict) and "rwku" in spec:  # an RWKU target (or several): data/rwku.py builds it
         return _rwku_request(spec, base, where)
     if isinstance(spec, dict) and "forget" not in spec and Path(str(source)).suffix.lower() in (".yaml", ".yml"):
-        found = ", ".join(short_repr(k) if not str(k).isidentifier() else str(k) for k in list(spec)[:8]) or "nothing"
+        found = ", ".join(key_text(k) for k in list(spec)[:8]) or "nothing"
         hint = ("; this looks like a run config: pass it as --config" if {"method", "train", "model"} & set(spec)
                 else "; add forget: (a file or a list of items), see docs/request.md")
         raise UserError(f"{where}: a request needs a 'forget:' key (found: {found}){hint}")
@@ -198,7 +198,7 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
         sources = []
     unknown = {str(k) for k in spec} - {"name", "description", "forget", "retain", "neighbors", "passages", "subject"}
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, forget, retain, "
+        raise UserError(f"{where}: unknown key(s) {', '.join(key_text(k) for k in sorted(unknown))}; allowed: name, forget, retain, "
                         "neighbors, passages, subject, description")
     for key in ("name", "subject"):
         if spec.get(key) is not None and not isinstance(spec[key], str):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.errors import UserError
+from obliviate.io import short_repr
 
 SCALARS = (str, int, float, bool)
 TRUE, FALSE, NONE = ("true", "1", "yes", "on"), ("false", "0", "no", "off"), ("none", "null", "")
@@ -157,7 +158,7 @@ def build_options(benchmark: Benchmark, values: Mapping[str, Any], where: str = 
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name not in types_of:
-            raise UserError(f"{where} '{key}' is not known; use one of {', '.join(types_of)}")
+            raise UserError(f"{where} {short_repr(str(key))} is not known; use one of {', '.join(types_of)}")
         kind, nullable = types_of[name]
         kwargs[name] = _coerce(value, kind, nullable, f"{where} '{key}'")
         if kind is int and kwargs[name] is not None and kwargs[name] < 1:  # sizes and counts; 0 would mean nothing
