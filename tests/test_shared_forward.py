@@ -40,7 +40,7 @@ def test_one_forward_gives_each_slots_logits(tiny_model_and_tokenizer, packing):
         with torch.no_grad():
             separate = [answer_logits(model, enc) for enc in (short, long)]
             calls.clear()
-            shared = shared_answer_logits(model, [short, long], tokenizer.pad_token_id)
+            shared = shared_answer_logits(model, [short, long])
     finally:
         PACKING.reset(token)
         hook.remove()

@@ -197,8 +197,7 @@ class UnlearnTrainer(Trainer):
         try:
             with self.accelerator.autocast():  # also covers the frozen reference copy
                 if self.shared and torch.is_grad_enabled():  # train.shared_forward: one forward for these answers
-                    SHARED.set((model, shared_answer_logits(model, [inputs[s] for s in self.shared],
-                                                            self.processing_class.pad_token_id or 0)))
+                    SHARED.set((model, shared_answer_logits(model, [inputs[s] for s in self.shared])))
                 loss = self.objective.loss(model, inputs, ctx)
             if SHARED.get() and SHARED.get()[1]:
                 raise RuntimeError(f"train.shared_forward: the {self.objective_name} loss did not read slots it "

@@ -108,14 +108,15 @@ def answer_logits(model, enc: dict, *, all_tokens: bool = False):
     return logits, labels[:, 1:][keep[:, :-1]], rows
 
 
-def shared_answer_logits(model, encs: list[dict], pad_id: int = 0) -> dict[int, tuple]:
+def shared_answer_logits(model, encs: list[dict]) -> dict[int, tuple]:
     """answer_logits of several sub-batches from one forward pass: each is right-padded to the
     longest and all are stacked into one batch (or, under PACKING, one row), so the host queues
     the model's operators once instead of once per sub-batch. Returns id(enc) -> (logits,
-    targets, rows) as answer_logits(model, enc) gives them, to float rounding."""
+    targets, rows) as answer_logits(model, enc) gives them, to float rounding. The added padding
+    is token 0, masked out and never kept, so which token it is changes nothing."""
     width = max(enc["input_ids"].shape[1] for enc in encs)
     pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)
-    joint = {"input_ids": torch.cat([pad(e["input_ids"], pad_id) for e in encs]),
+    joint = {"input_ids": torch.cat([pad(e["input_ids"], 0) for e in encs]),
              "attention_mask": torch.cat([pad(e["attention_mask"], 0) for e in encs]),
              "labels": torch.cat([pad(e["labels"], -100) for e in encs])}
     logits, targets, rows = answer_logits(model, joint)
