@@ -124,3 +124,26 @@ def test_physical_memory_honours_cgroup_limits(tmp_path, monkeypatch):
     (v1 / "docker" / "abc").mkdir(parents=True)
     (v1 / "docker" / "abc" / "memory.limit_in_bytes").write_text(f"{GiB}\n")
     assert hardware.physical_memory() == GiB  # the lowest of all
+
+
+def test_under_bf16_the_cache_keeps_results_apart_per_batch_shape(tiny_model_and_tokenizer, tmp_path):
+    """bf16 rounding depends on the rows decoded and scored together, so a result computed at one
+    batch size is not served to a run at another; at fp32 on a CPU (where they change no result)
+    one entry serves every batch size."""
+    from obliviate.evaluation.engine.result_cache import ResultCache
+
+    model, tokenizer = tiny_model_and_tokenizer
+    cache = ResultCache(tmp_path, "ns")
+
+    def run(precision, **rows):
+        before = cache.calls
+        engine.score_and_generate(model, tokenizer, PAIRS[:2], QUESTIONS[:2], max_new_tokens=4, precision=precision,
+                                  decode="plain", cache=cache, **rows)
+        return cache.calls - before  # results computed (not served)
+
+    assert run("bf16", batch_size=2) == 4
+    assert run("bf16", batch_size=2) == 0  # the same shapes: served
+    assert run("bf16", batch_size=2, decode_batch_size=4) == 2  # other decoding rows: generations again
+    assert run("bf16", batch_size=3, decode_batch_size=4) == 2  # another scoring batch: scores again
+    assert run("fp32", batch_size=2) == 4
+    assert run("fp32", batch_size=3, decode_batch_size=4) == 0

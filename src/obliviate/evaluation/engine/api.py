@@ -37,7 +37,7 @@ def _formatter(tokenizer, formatter: PromptFormatter | None, system_prompt: str 
 
 
 def _pending_work(pair_keys: list[ScoreKey], gen_prompts: list[str], references: list[str | None], cache,
-          max_new_tokens: int, stops: tuple[str, ...], scoring: str = "answer", decode: str = "plain"):
+                  max_new_tokens: int, runner: ModelRunner):
     """Unique work, cache hits, and what remains: (scores found, texts found, scores to
     compute, generations to compute, reference key per pending generation)."""
     wanted = dict.fromkeys(pair_keys)
@@ -48,10 +48,10 @@ def _pending_work(pair_keys: list[ScoreKey], gen_prompts: list[str], references:
     texts: dict[str, str] = {}
     if cache is not None:
         for key in wanted:
-            if (hit := cache.get(cache.score_key(*key, scoring=scoring))) is not None:
+            if (hit := cache.get(runner.score_key(cache, key))) is not None:
                 scores[key] = AnswerStats.from_json(hit)
         for text in dict.fromkeys(gen_prompts):
-            if (hit := cache.get(cache.generation_key(text, max_new_tokens, stops, decode))) is not None:
+            if (hit := cache.get(runner.generation_key(cache, text, max_new_tokens))) is not None:
                 texts[text] = hit
     todo_scores = [k for k in wanted if k not in scores]
     todo_gens = [t for t in dict.fromkeys(gen_prompts) if t not in texts]
@@ -141,9 +141,8 @@ def score_and_generate(
     prompt_of = {q: runner.formatter(q) for q in dict.fromkeys([q for q, _ in pairs] + questions)}
     pair_keys = [(prompt_of[q], a, d) for (q, a), d in zip(pairs, flags)]
     gen_prompts = [prompt_of[q] for q in questions]
-    stops = runner.stop_strings.strings
     scores, texts, todo_scores, todo_gens, ref_of = _pending_work(pair_keys, gen_prompts, references, cache,
-                                                                  max_new_tokens, stops, scoring, runner.decode_mode)
+                                                                  max_new_tokens, runner)
     _compute(runner, (todo_scores, todo_gens, ref_of), max_new_tokens, cache, scores, texts, progress)
     if timings is not None:
         for phase, seconds in runner.timings.items():

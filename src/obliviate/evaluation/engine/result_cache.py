@@ -43,20 +43,21 @@ class ResultCache:
         text = json.dumps([self.namespace, *parts], ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
-    def score_key(self, prompt: str, answer: str, details: bool, scoring: str = "answer") -> str:
+    def score_key(self, prompt: str, answer: str, details: bool, scoring: str = "answer", *,
+                  batch: int | None = None) -> str:
         """Key of a scored answer: the prompt text (so the formatter is part of it), the answer,
-        whether per-token details were kept and, unless it is the default, the scoring mode."""
-        if scoring == "answer":
-            return self.key("score", prompt, answer, details)
-        return self.key("score", prompt, answer, details, scoring)
+        whether per-token details were kept and, unless it is the default, the scoring mode; with
+        ``batch``, the scoring batch size too (where batch shapes change the rounding: bf16)."""
+        extra = ([] if scoring == "answer" else [scoring]) + ([] if batch is None else [{"batch": batch}])
+        return self.key("score", prompt, answer, details, *extra)
 
     def generation_key(self, prompt: str, max_new_tokens: int, stop_strings: tuple[str, ...],
-                       decode: str = "plain") -> str:
+                       decode: str = "plain", *, rows: int | None = None) -> str:
         """Key of a greedy generation: prompt text, token budget, stop strings and, unless it is
-        the plain path, the decoding path (its rounding may flip a near-tied argmax)."""
-        if decode == "plain":
-            return self.key("generate", prompt, max_new_tokens, list(stop_strings))
-        return self.key("generate", prompt, max_new_tokens, list(stop_strings), decode)
+        the plain path, the decoding path (its rounding may flip a near-tied argmax); with
+        ``rows``, the rows decoded together too (where they change the rounding: bf16)."""
+        extra = ([] if decode == "plain" else [decode]) + ([] if rows is None else [{"rows": rows}])
+        return self.key("generate", prompt, max_new_tokens, list(stop_strings), *extra)
 
     def get(self, key: str) -> Any:
         value = self._data.get(key)

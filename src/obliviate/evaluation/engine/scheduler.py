@@ -92,9 +92,7 @@ class Scheduler:
         text = self.runner.decode(tokens[: self.max_new_tokens])
         self.texts[prompt.text] = text
         if self.cache is not None:
-            stops = self.runner.stop_strings.strings
-            key = self.cache.generation_key(prompt.text, self.max_new_tokens, stops, self.runner.decode_mode)
-            self.pending[key] = text
+            self.pending[self.runner.generation_key(self.cache, prompt.text, self.max_new_tokens)] = text
 
     def _record_scores(self, group: list[Prompt]) -> None:
         for prompt in group:
@@ -105,7 +103,7 @@ class Scheduler:
                 stats = row.result if key[2] else row.result.summary()
                 self.scores[key] = stats
                 if self.cache is not None:
-                    self.pending[self.cache.score_key(*key, scoring=self.runner.scoring)] = stats.to_json()
+                    self.pending[self.runner.score_key(self.cache, key)] = stats.to_json()
             prompt.rows = []
 
     # -- scoring -------------------------------------------------------------------------------
