@@ -24,12 +24,14 @@ per optimiser step, AdamW, lr 1e-5; every configuration sees the same items.
 * trainer-compile: the same with train.torch_compile=true (and train.optim=auto);
 * trainer-packed: trainer with train.packing=true (no padding computed).
 * trainer-shared: trainer-fused with train.shared_forward=true (forget and retain in one forward).
+* trainer-compile-shared: trainer-compile with train.shared_forward=true (both: the fewest operators).
 --precision (auto, fp32, bf16; bf16 = autocast over fp32 weights) applies to every configuration;
 the old names plain-fp32, trainer-fp32, trainer-bf16 still work (config-precision).
 
 tokens/s counts the non-pad tokens of the forget and retain batches over the measured steps, after
 --warmup steps (default 1; 3 for trainer-compile, whose first steps compile the model for the
-first batch shapes and then again with dynamic shapes). MFU = 6 * parameters * tokens/s / peak, where peak is the matmul
+first batch shapes and then again with dynamic shapes); "warm-up s" is their time (trainer-compile:
+mostly compiling, one decoder layer's graph since train.torch_compile compiles the layers apart). MFU = 6 * parameters * tokens/s / peak, where peak is the matmul
 throughput measured on the spot (every distinct weight shape of the model times batch*seq rows,
 at the run's precision) and, on a known CUDA card, also its datasheet dense peak. Peak memory is
 the process's peak resident set (CUDA: max allocated). On a shared machine the figures move with
@@ -53,7 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from matmul_peak import sync, weight_matmul_flops  # noqa: E402
 TOFU = ROOT.parent / "shared" / "data" / "tofu"
-CONFIGS = ("plain", "trainer", "trainer-fused", "trainer-compile", "trainer-packed", "trainer-shared")
+CONFIGS = ("plain", "trainer", "trainer-fused", "trainer-compile", "trainer-packed", "trainer-shared",
+           "trainer-compile-shared")
 #: the issue's targets (#19 item 2), printed beside the figures
 TARGETS = ">= 40% MFU for a 1B model, >= 100k tokens/s for the default model's shape (both on an H100)"
 #: datasheet dense peaks (FLOP/s) by card name and precision; fp32 is TF32 tensor-core
@@ -154,8 +157,8 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def plain_loop(model, tokenizer, forget, retain, args, precision: str) -> list[tuple[int, float]]:
-    """(tokens, seconds) per step of the naive loop."""
+def plain_loop(model, tokenizer, forget, retain, args, precision: str) -> tuple[list[tuple[int, float]], float]:
+    """(tokens, seconds) per measured step of the naive loop, and the warm-up steps' seconds."""
     import contextlib
 
     import torch
@@ -192,7 +195,7 @@ def plain_loop(model, tokenizer, forget, retain, args, precision: str) -> list[t
     profiler.__exit__(None, None, None)
     if args.profile:
         print_profile(profiler, device)
-    return steps[warmup:]
+    return steps[warmup:], sum(seconds for _, seconds in steps[:warmup])
 
 
 def step_profiler(device):
@@ -218,7 +221,10 @@ def print_profile(profiler, device) -> None:
               file=sys.stderr)
 
 
-def trainer_run(model, tokenizer, forget, retain, args, precision: str, option: str) -> list[tuple[int, float]]:
+def trainer_run(model, tokenizer, forget, retain, args, precision: str,
+                option: str) -> tuple[list[tuple[int, float]], float]:
+    """(tokens, seconds) per measured step of `obliviate.training.train`, and the seconds from the
+    start of training to the end of the warm-up steps (trainer-compile: mostly compiling)."""
     from obliviate.config import RunConfig
     from obliviate.training import train
 
@@ -228,16 +234,18 @@ def trainer_run(model, tokenizer, forget, retain, args, precision: str, option: 
     train_cfg.batch_size, train_cfg.max_length, train_cfg.max_steps = args.batch, args.seq, args.steps + warmup
     train_cfg.learning_rate, train_cfg.precision = 1e-5, precision
     train_cfg.save_steps, train_cfg.logging_steps = -1, 10**9  # no checkpoint inside the timing
-    train_cfg.optim = {"fused": "adamw_torch_fused", "compile": "auto", "shared": "adamw_torch_fused"}.get(
-        option, "adamw_torch")
-    train_cfg.torch_compile = option == "compile"
-    train_cfg.packing = option == "packed"
-    train_cfg.shared_forward = option == "shared"
+    options = set(option.split("-"))  # "compile-shared": both
+    train_cfg.optim = ("auto" if "compile" in options else "adamw_torch_fused" if options & {"fused", "shared"}
+                       else "adamw_torch")
+    train_cfg.torch_compile = "compile" in options
+    train_cfg.packing = "packed" in options
+    train_cfg.shared_forward = "shared" in options
     with tempfile.TemporaryDirectory() as out:
         train(model, tokenizer, forget=forget, retain=retain, config=config, output_dir=Path(out))
         rows = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
     # a row's time_s counts from the start of training: step i took rows[i] - rows[i - 1]
-    return [(row["tokens"], row["time_s"] - before["time_s"]) for before, row in zip(rows, rows[1:])][warmup - 1:]
+    steps = [(row["tokens"], row["time_s"] - before["time_s"]) for before, row in zip(rows, rows[1:])]
+    return steps[warmup - 1:], rows[warmup - 1]["time_s"]
 
 
 def split_config(config: str, default_precision: str) -> tuple[str, str]:
@@ -262,14 +270,15 @@ def worker(args) -> None:
     params = sum(p.numel() for p in model.parameters())
     peak = matmul_peak(model, precision, rows=2 * args.batch * args.seq)
     if name == "plain":
-        steps = plain_loop(model, tokenizer, forget, retain, args, precision)
+        steps, warmup_s = plain_loop(model, tokenizer, forget, retain, args, precision)
     else:
-        steps = trainer_run(model, tokenizer, forget, retain, args, precision, name.partition("-")[2])
+        steps, warmup_s = trainer_run(model, tokenizer, forget, retain, args, precision, name.partition("-")[2])
     tokens, seconds = sum(t for t, _ in steps), sum(s for _, s in steps)
     card, sheet = datasheet_peak(device, precision)
     print("RESULT " + json.dumps({
         "config": args.worker, "precision": precision, "tokens_per_s": tokens / seconds,
-        "s_per_step": seconds / len(steps), "tokens_per_step": tokens / len(steps), "peak_mb": peak_mb(),
+        "s_per_step": seconds / len(steps), "tokens_per_step": tokens / len(steps), "warmup_s": warmup_s,
+        "peak_mb": peak_mb(),
         "threads": torch.get_num_threads(), "params": params, "measured_peak": peak, "card": card,
         "datasheet_peak": sheet, "model_flops": 6 * params * tokens / seconds,
     }), flush=True)
@@ -296,6 +305,10 @@ def parse(argv=None):
                         help="plain: torch.profiler tables of the measured steps (host operators, device kernels)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = [c for c in args.configs.split(",") if c.strip() and split_config(c.strip(), "auto")[0] not in CONFIGS]
+    if unknown:
+        parser.error(f"--configs: {', '.join(unknown)} unknown; use {', '.join(CONFIGS)} (a -fp32 / -bf16 suffix "
+                     "sets the precision)")
     if args.warmup is not None and args.warmup < 1:
         parser.error("--warmup: at least 1 (the first step's time is not known apart from the set-up)")
     return args
@@ -331,8 +344,8 @@ def print_table(results: dict, configs: list[str], args) -> None:
           f"{args.batch} retain, max {args.seq} tokens, {args.steps} measured steps, best of {args.repeats}; "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs, device {any_r['card']}\n")
     print("| config | precision | tokens/s | s/step | tokens/step | vs plain | MFU (measured peak) | "
-          "MFU (datasheet) | peak MB | threads | load avg |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "MFU (datasheet) | warm-up s | peak MB | threads | load avg |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for config in configs:
         if config in results:
             r = results[config]
@@ -340,6 +353,7 @@ def print_table(results: dict, configs: list[str], args) -> None:
             sheet = f"{r['model_flops'] / r['datasheet_peak']:.1%}" if r["datasheet_peak"] else "-"
             print(f"| {config} | {r['precision']} | {r['tokens_per_s']:.1f} | {r['s_per_step']:.2f} | "
                   f"{r['tokens_per_step']:.0f} | {ratio} | {r['model_flops'] / r['measured_peak']:.1%} | {sheet} | "
+                  f"{r['warmup_s']:.1f} | "
                   f"{r['peak_mb']:.0f} | {r['threads']} | {r['load']:.1f} |")
     peaks = {f"{r['precision']} matmul {r['measured_peak'] / 1e12:.3g} TFLOP/s measured"
              + (f", datasheet {r['datasheet_peak'] / 1e12:.0f}" if r["datasheet_peak"] else "") for r in results.values()}

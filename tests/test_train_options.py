@@ -78,7 +78,7 @@ def test_benchmark_worker_runs_on_a_tiny_shape(tmp_path, tiny_model_and_tokenize
                        "--batch", "2", "--seq", "32", "--steps", "1", "--threads", "1"])
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("RESULT "))
     result = json.loads(line[7:])
-    assert result["tokens_per_s"] > 0 and result["tokens_per_step"] > 0
+    assert result["tokens_per_s"] > 0 and result["tokens_per_step"] > 0 and result["warmup_s"] > 0
     assert result["model_flops"] == pytest.approx(6 * result["params"] * result["tokens_per_s"])
     assert result["measured_peak"] > 0 and result["datasheet_peak"] is None  # no card datasheet on a CPU
 
@@ -92,7 +92,32 @@ def test_benchmark_measures_the_steps_after_the_warmup(tiny_model_and_tokenizer,
     model, tokenizer = tiny_model_and_tokenizer
     items = [QAItem(f"Who wrote book {i}?", f"Author number {i} wrote it.") for i in range(8)]
     args = bench.parse(["--batch", "2", "--seq", "32", "--steps", "2", "--warmup", str(warmup), "--device", "cpu"])
-    trainer_steps = bench.trainer_run(model, tokenizer, items, items, args, "fp32", "fused")
-    plain_steps = bench.plain_loop(model, tokenizer, items, items, args, "fp32")
+    trainer_steps, trainer_warmup = bench.trainer_run(model, tokenizer, items, items, args, "fp32", "fused")
+    plain_steps, plain_warmup = bench.plain_loop(model, tokenizer, items, items, args, "fp32")
     assert len(trainer_steps) == len(plain_steps) == 2
     assert all(tokens > 0 and seconds > 0 for tokens, seconds in trainer_steps + plain_steps)
+    # the warm-up's time (compiling, for trainer-compile) is printed apart: at least one step's worth
+    assert trainer_warmup >= min(s for _, s in trainer_steps) * 0.5 and plain_warmup > 0
+
+
+def test_benchmark_configs_set_their_options_and_unknown_ones_are_refused(monkeypatch, capsys):
+    bench = _benchmark()
+    seen = {}
+
+    def fake_train(model, tokenizer, *, config, output_dir, **kwargs):
+        seen[config.train.optim] = config.train
+        rows = [{"tokens": 10, "time_s": float(i)} for i in range(1, 6)]
+        (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    monkeypatch.setattr(training, "train", fake_train)
+    args = bench.parse(["--configs", "trainer-compile-shared,plain-fp32", "--steps", "2", "--warmup", "3",
+                       "--device", "cpu"])
+    steps, warmup_s = bench.trainer_run(None, None, [], [], args, "fp32", "compile-shared")
+    cfg = seen["auto"]
+    assert cfg.torch_compile and cfg.shared_forward and not cfg.packing
+    assert len(steps) == 2 and warmup_s == 3.0  # 3 warm-up steps for compile: the third row's time
+    bench.trainer_run(None, None, [], [], args, "fp32", "shared")
+    assert seen["adamw_torch_fused"].shared_forward and not seen["adamw_torch_fused"].torch_compile
+    with pytest.raises(SystemExit):
+        bench.parse(["--configs", "trainer,trainer-bogus"])
+    assert "trainer-bogus unknown" in capsys.readouterr().err
