@@ -162,6 +162,9 @@ def test_hf_flags_set_the_config_keys(captured_config, tmp_path):
     assert (train.gradient_accumulation_steps, train.lora.enabled, train.lora.r, train.lora.alpha) == (5, True, 4, 9)
     assert (config.seed, train.max_steps, train.weight_decay, config.output_dir) == (7, 11, 0.5, str(tmp_path / "o"))
     assert captured_config["resume"] is True
+    assert main(["unlearn", "--torch_compile", "--packing", "--shared_forward"]) == 0
+    train = captured_config["config"].train
+    assert (train.torch_compile, train.packing, train.shared_forward) == (True, True, True)
     assert main(["unlearn", "--method", "rt", "--num-train-epochs", "2", "--use_peft", "false"]) == 0  # kebab alias
     config = captured_config["config"]
     assert (config.method, config.train.num_epochs, config.train.lora.enabled) == ("rt", 2.0, False)

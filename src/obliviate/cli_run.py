@@ -56,10 +56,13 @@ def _flags(parser) -> None:
     flag("seed", "seed", int, "random seed", metavar="N")
     flag("report_to", "train.report_to", str, "training logs to", choices=REPORT_TO)
     add_bool_flag(parser, "torch_compile", dest="flag.train.torch_compile", default=argparse.SUPPRESS,
-                  help="torch.compile the model [train.torch_compile] (config default: false)")
+                  help="torch.compile each decoder layer [train.torch_compile] (config default: false)")
     add_bool_flag(parser, "packing", dest="flag.train.packing", default=argparse.SUPPRESS,
                   help="answer-token losses run each batch as one row of its tokens, no padding; pays "
                        "with flash_attention_2 [train.packing] (config default: false)")
+    add_bool_flag(parser, "shared_forward", dest="flag.train.shared_forward", default=argparse.SUPPRESS,
+                  help="the forget and retain answers a loss reads come from one forward pass; for GPUs where "
+                       "the host bounds a step [train.shared_forward] (config default: false)")
     flag("optim", "train.optim", str, "optimizer: auto (fused AdamW on CUDA) or a TrainingArguments optim name",
          metavar="NAME")
     flag("device", "device", str, "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps", metavar="DEVICE")
