@@ -121,3 +121,33 @@ def test_an_unreachable_hub_fails_fast_in_one_line(monkeypatch):
     assert time.perf_counter() - started < 5 and "someone/not-cached-model" in message
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     one_line(check_hub_reachable, "someone/not-cached-model", match="HF_HUB_OFFLINE")
+
+
+def test_a_hub_dataset_without_the_hub_comes_from_the_cache_or_fails_fast(monkeypatch):
+    """Where the hub cannot be reached, datasets runs offline for the call (its cache, or an error at
+    once instead of half a minute of retries); where it can, online as before."""
+    import datasets
+    from huggingface_hub import constants
+
+    from obliviate.data import loaders
+
+    with socket.socket() as sock:  # a local port nothing listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    offline_during_call = []
+
+    def load_dataset(name, config, split):
+        offline_during_call.append(datasets.config.HF_HUB_OFFLINE)
+        if datasets.config.HF_HUB_OFFLINE:
+            raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
+        return [{"question": "q", "answer": "a"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    message = one_line(loaders._read_hub_dataset, "someone/data", "forget01", None, match="cannot be reached")
+    assert "not in the local cache" in message and f"127.0.0.1:{port}" in message
+    assert offline_during_call == [True] and datasets.config.HF_HUB_OFFLINE is False  # restored after the call
+    monkeypatch.setattr("obliviate.models.hub_unreachable", lambda timeout_s=3.0: None)
+    assert loaders._read_hub_dataset("someone/data", "forget01", None) == [{"question": "q", "answer": "a"}]
+    assert offline_during_call == [True, False]

@@ -188,14 +188,24 @@ def check_hub_reachable(repo_id: str, timeout_s: float = 3.0) -> None:
     hint = "give a local model directory, a .gguf file or 'smollm2-135m-instruct', or download it first"
     if constants.HF_HUB_OFFLINE:
         raise UserError(f"model '{repo_id}' could not be loaded: not in the local cache and HF_HUB_OFFLINE is set; {hint}")
+    if (reason := hub_unreachable(timeout_s)) is not None:
+        raise UserError(f"model '{repo_id}' could not be loaded: not in the local cache and {reason}; {hint}")
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the hub's endpoint cannot be reached ("huggingface.co:443 cannot be reached (...)"),
+    or None when a connection opens within ``timeout_s``: one TCP connect, where the hub client
+    would retry for half a minute."""
+    from huggingface_hub import constants
+
     endpoint = urllib.parse.urlparse(constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
     except OSError as error:
         cause = (error.strerror or str(error) or type(error).__name__).lower()
-        raise UserError(f"model '{repo_id}' could not be loaded: not in the local cache and {endpoint.hostname}:{port} cannot be "
-                        f"reached ({cause}); {hint}") from None
+        return f"{endpoint.hostname}:{port} cannot be reached ({cause})"
+    return None
 
 
 def _parse_dtype(dtype: str) -> torch.dtype:

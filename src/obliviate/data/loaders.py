@@ -8,6 +8,7 @@ JSON may be one array, or one array per line (TOFU's `full.json`, the `datasets.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from pathlib import Path
@@ -152,15 +153,35 @@ def _read_datasets_dir(path: Path, split: str | None) -> list[dict]:
     return _pick_split(loaded, split, str(path))
 
 
-def _read_hub_dataset(name: str, config: str | None, split: str | None) -> list[dict]:
+@contextlib.contextmanager
+def _datasets_offline():
+    """datasets' offline mode (HF_HUB_OFFLINE, read at its import) for the calls inside."""
     import datasets
 
+    before, datasets.config.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE, True
     try:
-        loaded = datasets.load_dataset(name, config, split=split or "train")
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE = before
+
+
+def _read_hub_dataset(name: str, config: str | None, split: str | None) -> list[dict]:
+    """A hub dataset's records; where the hub cannot be reached, from the local cache alone
+    (datasets' offline mode for this call), so a missing copy fails at once instead of after
+    the hub client's half a minute of retries."""
+    import datasets
+
+    from obliviate.models import hub_unreachable
+
+    unreachable = None if datasets.config.HF_HUB_OFFLINE else hub_unreachable()
+    try:
+        with _datasets_offline() if unreachable else contextlib.nullcontext():
+            loaded = datasets.load_dataset(name, config, split=split or "train")
     except Exception as error:  # offline, unknown name, unknown config: all one message to the user
+        why = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise UserError(
             f"dataset '{name}' (config {config!r}, split {split or 'train'!r}) could not be loaded "
-            f"({str(error).splitlines()[0][:160] if str(error) else type(error).__name__}); "
+            f"({why}{'; not in the local cache and ' + unreachable if unreachable else ''}); "
             "give a local file or directory, or check the name"
         ) from None
     return list(loaded)
