@@ -70,7 +70,7 @@ step decode_test 40 $PY -m pytest -q -p no:cacheprovider tests/test_engine_decod
 step eval_static 70 $PY "${EVAL[@]}" --decode static --prompts "${P[0]}" --hf-prompts "${P[1]}" \
     --json "$OUT/eval_static.json"
 # trainer-compile compiles one decoder layer since train.torch_compile compiles the layers apart
-# (warm-up 61 s instead of 232 s on the CPU, docs/speed-training.md); the whole 1B model did not compile in 150 s.
+# (warm-up 50 s instead of 232 s on the CPU, docs/speed-training.md); the whole 1B model did not compile in 150 s.
 step train_1b 190 $PY "${TRAIN[@]}" --shape runs/train_shape_1b --batch "${T[1]}" \
     --configs trainer-compile,trainer-compile-shared
 step train_135m 150 $PY "${TRAIN[@]}" --shape runs/train_shape_135m --batch "${T[0]}" \

@@ -18,7 +18,7 @@ LAYERS = [
                     "__init__")),
     ("request", ("data",)),
     ("prepare", ("prepare",)),
-    ("train", ("objectives", "training", "training_callbacks")),
+    ("train", ("objectives", "training", "training_callbacks", "training_compile")),
     ("weights", ("weights",)),
     ("methods", ("methods",)),
     ("evaluate", ("evaluation",)),  # a benchmark writes its own tables (evaluation/report.py)

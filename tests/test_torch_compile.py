@@ -1,6 +1,6 @@
-"""train.torch_compile compiles each decoder layer (accelerate's regional compilation: the layers
-share one compiled graph, so the first step compiles one layer instead of the whole model), trains
-as the uncompiled model does, and saves and returns the plain model."""
+"""train.torch_compile compiles each decoder layer apart (training_compile.py: the layers share one
+compiled graph, so the first step compiles one layer instead of the whole model), trains as the
+uncompiled model does, and saves and returns the plain model."""
 
 from __future__ import annotations
 
@@ -9,68 +9,65 @@ import copy
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import FORGET, RETAIN, config, state
+from test_training import FORGET, RETAIN, state
 
-from obliviate import training
+from obliviate import training, training_compile
 from obliviate.config import load_config
-from obliviate.training import REGIONAL_COMPILATION, train
+from obliviate.objectives.common import find_decoder_layers
+from obliviate.training import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def _run(model, tokenizer, out, compiled: bool):
-    cfg = config(max_steps=2, save_steps=2, precision="fp32", optim="adamw_torch", torch_compile=compiled)
-    cfg.device = "cpu"
-    return train(model, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=out)
+def _config(method: str, compiled: bool, **options):
+    # SGD: Adam would turn rounding noise in near-zero gradients (compiled kernels round differently)
+    # into steps of +-lr, and the weights could not be compared.
+    return load_config(None, [f"method={method}", "device=cpu", "seed=3", "train.max_steps=2", "train.batch_size=2",
+                              "train.save_steps=2", "train.precision=fp32", "train.optim=sgd",
+                              "train.learning_rate=1e-3", f"train.torch_compile={str(compiled).lower()}"]
+                       + [f"train.{key}={str(value).lower()}" for key, value in options.items()])
 
 
-def _layers(model):
-    return list(model.get_decoder().layers)
+def _compiled(layer) -> bool:
+    return "forward" in vars(layer)  # the compiled forward shadows the class's for the time of training
 
 
 @pytest.fixture
-def models_seen(monkeypatch):
-    """The model object each compute_loss call received (the Trainer's wrapped model)."""
+def layers_seen(monkeypatch):
+    """Per compute_loss call: whether each decoder layer of the model it received was compiled."""
     seen = []
     compute_loss = training.UnlearnTrainer.compute_loss
 
     def spy(self, model, *args, **kwargs):
-        seen.append(model)
+        seen.append([_compiled(layer) for layer in find_decoder_layers(model)])
         return compute_loss(self, model, *args, **kwargs)
 
     monkeypatch.setattr(training.UnlearnTrainer, "compute_loss", spy)
-    monkeypatch.delenv(REGIONAL_COMPILATION, raising=False)
     return seen
 
 
-def test_compile_compiles_each_layer_and_trains_as_uncompiled(tmp_path, tiny_model_and_tokenizer, models_seen):
-    model, tokenizer = tiny_model_and_tokenizer
-    plain = _run(copy.deepcopy(model), tokenizer, tmp_path / "plain", compiled=False)
-    models_seen.clear()
-    compiled = _run(model, tokenizer, tmp_path / "compiled", compiled=True)
-    wrapped = models_seen[0]
-    assert wrapped is not compiled  # the loss ran on the compiled copy; the plain module is returned
-    assert all(isinstance(layer, torch._dynamo.eval_frame.OptimizedModule) for layer in _layers(wrapped))
-    assert not any(isinstance(layer, torch._dynamo.eval_frame.OptimizedModule) for layer in _layers(compiled))
+def _train_both(model, tokenizer, tmp_path, method="graddiff", **options):
+    return [train(copy.deepcopy(model), tokenizer, forget=FORGET, retain=RETAIN,
+                  config=_config(method, compiled, **options), output_dir=tmp_path / str(compiled))
+            for compiled in (False, True)]
+
+
+def _assert_same_weights(plain, compiled):
     assert state(compiled).keys() == state(plain).keys()
     for name, value in state(plain).items():
-        torch.testing.assert_close(state(compiled)[name], value, rtol=1e-4, atol=1e-5, msg=name)
-    saved = load_file(tmp_path / "compiled" / "checkpoints" / "checkpoint-2" / "model.safetensors")
-    assert not any("_orig_mod" in key for key in saved)  # a checkpoint loads into the plain model
-    assert set(saved) <= set(state(plain))
+        torch.testing.assert_close(state(compiled)[name], value, rtol=1e-4, atol=1e-5,
+                                   msg=lambda message: f"{name}: {message}")
 
 
-def _eager_backend(monkeypatch):
-    """dynamo's capture without inductor's code generation (seconds, not a minute): for tests of
-    what is compiled and how it trains, not of inductor's kernels."""
-    build = training.build_training_args
-
-    def eager(*args, **kwargs):
-        training_args = build(*args, **kwargs)
-        training_args.torch_compile_backend = "eager"
-        return training_args
-
-    monkeypatch.setattr(training, "build_training_args", eager)
+def test_compile_compiles_each_layer_and_trains_as_uncompiled(tmp_path, tiny_model_and_tokenizer, layers_seen):
+    """inductor, as users run it."""
+    model, tokenizer = tiny_model_and_tokenizer
+    plain, compiled = _train_both(model, tokenizer, tmp_path)
+    assert layers_seen[0] == [False, False] and layers_seen[-1] == [True, True]
+    assert not any(_compiled(layer) for layer in find_decoder_layers(compiled))  # removed after training
+    _assert_same_weights(plain, compiled)
+    saved = load_file(tmp_path / "True" / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    assert set(saved) <= set(state(plain)) and not any("_orig_mod" in key for key in saved)
 
 
 @pytest.mark.parametrize("method, options", [
@@ -79,29 +76,19 @@ def _eager_backend(monkeypatch):
     ("simnpo", {"shared_forward": True, "packing": True}),
     ("graddiff", {"gradient_checkpointing": True}),
 ])
-def test_methods_and_options_train_compiled_as_uncompiled(tmp_path, tiny_model_and_tokenizer, models_seen,
+def test_methods_and_options_train_compiled_as_uncompiled(tmp_path, tiny_model_and_tokenizer, layers_seen,
                                                           monkeypatch, method, options):
-    _eager_backend(monkeypatch)
+    monkeypatch.setattr(training_compile, "BACKEND", "eager")  # dynamo's capture alone: seconds, not a minute
     model, tokenizer = tiny_model_and_tokenizer
-    trained = []
-    for compiled in (False, True):
-        cfg = load_config(None, [f"method={method}", "device=cpu", "seed=3", "train.max_steps=2", "train.batch_size=2",
-                                 "train.save_steps=-1", "train.precision=fp32", "train.optim=adamw_torch",
-                                 "train.learning_rate=1e-3", f"train.torch_compile={str(compiled).lower()}"]
-                          + [f"train.{key}={str(value).lower()}" for key, value in options.items()])
-        trained.append(train(copy.deepcopy(model), tokenizer, forget=FORGET, retain=RETAIN, config=cfg,
-                             output_dir=tmp_path / str(compiled)))
-    assert all(isinstance(layer, torch._dynamo.eval_frame.OptimizedModule) for layer in _layers(models_seen[-1]))
-    assert state(trained[1]).keys() == state(trained[0]).keys()
-    for name, value in state(trained[0]).items():
-        torch.testing.assert_close(state(trained[1])[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    plain, compiled = _train_both(model, tokenizer, tmp_path, method, **options)
+    assert layers_seen[-1] == [True, True]
+    _assert_same_weights(plain, compiled)
 
 
-def test_the_environment_can_compile_the_whole_model_instead(tmp_path, tiny_model_and_tokenizer, models_seen,
-                                                            monkeypatch):
-    monkeypatch.setenv(REGIONAL_COMPILATION, "false")
-    _eager_backend(monkeypatch)
-    model, tokenizer = tiny_model_and_tokenizer
-    _run(model, tokenizer, tmp_path / "whole", compiled=True)
-    assert isinstance(models_seen[0], torch._dynamo.eval_frame.OptimizedModule)
-    assert not any(isinstance(layer, torch._dynamo.eval_frame.OptimizedModule) for layer in _layers(models_seen[0]))
+def test_the_compiled_forward_is_removed_when_training_fails(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer
+    with pytest.raises(RuntimeError, match="planted"):
+        with training_compile.compiled_decoder_layers(model):
+            assert all(_compiled(layer) for layer in find_decoder_layers(model))
+            raise RuntimeError("planted")
+    assert not any(_compiled(layer) for layer in find_decoder_layers(model))

@@ -39,10 +39,9 @@ from obliviate.objectives import (LossContext, batch_slots, get_objective, needs
                                   shared_slots)
 from obliviate.objectives.common import PACKING, SHARED, check_packing, shared_answer_logits
 from obliviate.training_callbacks import DivergenceGuard, TrainLog
+from obliviate.training_compile import compiled_decoder_layers
 
 CHECKPOINTS = "checkpoints"
-#: accelerate's switch for compiling repeated blocks; set, it overrides our default (on)
-REGIONAL_COMPILATION = "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"
 TRAIN_LOG = "train_log.jsonl"
 
 
@@ -135,7 +134,6 @@ def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: in
         dataloader_pin_memory=target.type == "cuda",
         use_cpu=target.type == "cpu",
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient each step
-        torch_compile=bool(train_cfg.torch_compile),
         optim=resolve_optim(train_cfg.optim, target.type),
     )
 
@@ -186,14 +184,6 @@ class UnlearnTrainer(Trainer):
                     yield model
             finally:
                 model.train(was_training)
-
-    def create_accelerator_and_postprocess(self) -> None:
-        super().create_accelerator_and_postprocess()
-        if self.args.torch_compile and REGIONAL_COMPILATION not in os.environ:
-            # train.torch_compile compiles each decoder layer (accelerate's regional compilation): the
-            # layers share one compiled graph, so compiling takes about one layer's time instead of
-            # the whole model's (a 135M model on this CPU: 64 s instead of 288 s, docs/speed-training.md)
-            self.accelerator.state.dynamo_plugin.use_regional_compilation = True
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -362,7 +352,8 @@ def train(
     resume_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     trainer.add_callback(DivergenceGuard(trainer))  # first: a broken step must not reach the log either
     trainer.add_callback(TrainLog(trainer, output_dir / TRAIN_LOG, resume_step))
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with compiled_decoder_layers(model, config.train.torch_compile):  # train.torch_compile: training_compile.py
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     model = trainer.model
     if hasattr(model, "merge_and_unload"):

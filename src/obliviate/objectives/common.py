@@ -47,6 +47,13 @@ def unwrap(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def find_decoder_layers(model) -> torch.nn.ModuleList | None:
+    """The model's list of decoder layers (the ModuleList as long as config.num_hidden_layers), or None."""
+    base = unwrap(model)
+    count = base.config.num_hidden_layers
+    return next((m for m in base.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count), None)
+
+
 def supports_logits_to_keep(model) -> bool:
     """Whether forward takes `logits_to_keep` (every transformers causal LM of v5 does, masks included)."""
     base = unwrap(model)

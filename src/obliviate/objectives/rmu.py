@@ -24,19 +24,19 @@ from __future__ import annotations
 import torch
 
 from obliviate.errors import UserError
-from obliviate.objectives.common import supports_logits_to_keep, unwrap
+from obliviate.objectives.common import find_decoder_layers, supports_logits_to_keep, unwrap
 
 WMDP_DEPTH = 7 / 32  # WMDP steers layer 7 of Zephyr-7B's 32
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
-    """The model's list of decoder layers (the ModuleList as long as config.num_hidden_layers)."""
-    base = unwrap(model)
-    count = base.config.num_hidden_layers
-    for module in base.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return module
-    raise UserError(f"RMU: cannot find the {count} decoder layers of {type(base).__name__}; use another method")
+    """The model's list of decoder layers (objectives.common.find_decoder_layers)."""
+    layers = find_decoder_layers(model)
+    if layers is None:
+        base = unwrap(model)
+        raise UserError(f"RMU: cannot find the {base.config.num_hidden_layers} decoder layers of "
+                        f"{type(base).__name__}; use another method")
+    return layers
 
 
 def chosen_layers(model, config) -> tuple[int, list[int]]:

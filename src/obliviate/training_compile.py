@@ -1,0 +1,46 @@
+"""`train.torch_compile`: each decoder layer compiled apart ("regional compilation").
+
+The decoder layers share their code, so `torch.compile` builds one layer's graph and every layer
+reuses it: the first steps pay about one layer's compile instead of the whole model's (50 s of
+warm-up instead of 232 s on the default model's shape on a CPU, docs/speed-training.md), and a
+step dispatches a few fused kernels per layer instead of dozens of operators, which is what bounds
+a small model's step on a GPU. The embeddings, final norm, head and the loss run uncompiled (a few
+operators beside the layers'). The compiled forward is an attribute of each layer instance for the
+time of training and is removed after it, so state dicts, checkpoints and the returned model are
+the plain ones.
+
+Why not `TrainingArguments.torch_compile`: it compiles the whole model (with transformers 5.23 on
+torch 2.6 that fails inside the mask code), and accelerate's regional variant also compiles the
+leaf modules, whose embedding backward trained wrong on torch 2.6 (tests/test_torch_compile.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from obliviate.errors import UserError
+from obliviate.objectives.common import find_decoder_layers, unwrap
+
+#: torch.compile's backend (tests use "eager": dynamo's capture without code generation)
+BACKEND = "inductor"
+
+
+@contextlib.contextmanager
+def compiled_decoder_layers(model, enabled: bool = True):
+    """Inside: each decoder layer of ``model`` (under DDP / PEFT wrappers) runs a compiled forward."""
+    if not enabled:
+        yield
+        return
+    layers = find_decoder_layers(model)
+    if layers is None:
+        raise UserError(f"train.torch_compile: cannot find the decoder layers of {type(unwrap(model)).__name__}; "
+                        "set train.torch_compile=false")
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, backend=BACKEND)  # shadows the class's forward
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
