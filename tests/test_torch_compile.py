@@ -92,3 +92,18 @@ def test_the_compiled_forward_is_removed_when_training_fails(tiny_model_and_toke
             assert all(_compiled(layer) for layer in find_decoder_layers(model))
             raise RuntimeError("planted")
     assert not any(_compiled(layer) for layer in find_decoder_layers(model))
+
+
+def test_one_compiled_graph_serves_every_layer(tmp_path, tiny_tokenizer, monkeypatch):
+    """Graphs are compiled per distinct shape, not per layer: 6 layers cost what one does (dynamo's
+    cache holds 8 entries per function; a graph per layer would leave deep models partly eager)."""
+    from conftest import build_tiny_model
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(training_compile, "BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    model = build_tiny_model(tiny_tokenizer, num_hidden_layers=6)
+    train(model, tiny_tokenizer, forget=FORGET, retain=RETAIN, config=_config("graddiff", True),
+          output_dir=tmp_path)
+    assert 1 <= counters["stats"]["unique_graphs"] <= 3  # the first shape, then one dynamic-shape graph
