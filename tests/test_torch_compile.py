@@ -85,13 +85,16 @@ def test_methods_and_options_train_compiled_as_uncompiled(tmp_path, tiny_model_a
     _assert_same_weights(plain, compiled)
 
 
-def test_the_compiled_forward_is_removed_when_training_fails(tiny_model_and_tokenizer):
+def test_the_compiled_forward_is_removed_when_training_fails_and_a_hooks_forward_kept(tiny_model_and_tokenizer):
     model, _ = tiny_model_and_tokenizer
+    first, second = find_decoder_layers(model)
+    hooked = first.forward  # as accelerate's device-map / offload hooks set an instance forward
+    first.forward = hooked
     with pytest.raises(RuntimeError, match="planted"):
         with training_compile.compiled_decoder_layers(model):
-            assert all(_compiled(layer) for layer in find_decoder_layers(model))
+            assert first.forward is not hooked and _compiled(second)
             raise RuntimeError("planted")
-    assert not any(_compiled(layer) for layer in find_decoder_layers(model))
+    assert vars(first)["forward"] is hooked and not _compiled(second)
 
 
 def test_one_compiled_graph_serves_every_layer(tmp_path, tiny_tokenizer, monkeypatch):
@@ -107,3 +110,32 @@ def test_one_compiled_graph_serves_every_layer(tmp_path, tiny_tokenizer, monkeyp
     train(model, tiny_tokenizer, forget=FORGET, retain=RETAIN, config=_config("graddiff", True),
           output_dir=tmp_path)
     assert 1 <= counters["stats"]["unique_graphs"] <= 3  # the first shape, then one dynamic-shape graph
+
+
+@pytest.mark.parametrize("method, options", [("rmu", {}), ("npo", {"lora.enabled": True})])
+def test_no_layer_falls_back_to_eager_at_dynamos_cache_limit(tmp_path, tiny_tokenizer, monkeypatch, method, options):
+    """Gradients on and off (a LoRA model's reference pass), trainable and frozen layers (RMU) and the
+    shapes each need a compiled variant; dynamo's default limit (8) runs the rest uncompiled."""
+    from conftest import build_tiny_model
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(training_compile, "BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    model = build_tiny_model(tiny_tokenizer, num_hidden_layers=12)
+    train(model, tiny_tokenizer, forget=FORGET, retain=RETAIN, output_dir=tmp_path,
+          config=_config(method, True, max_steps=8, **options))
+    assert counters["frames"]["total"] == counters["frames"]["ok"]  # a frame past the limit is not compiled
+
+
+def test_a_multimodal_models_language_layers_are_found():
+    """Gemma-3 4B+ loads as Gemma3ForConditionalGeneration, whose config keeps num_hidden_layers in
+    its text config (it was an AttributeError traceback for RMU and torch_compile)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("gemma3")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    layers = find_decoder_layers(model)
+    assert layers is not None and len(layers) == config.get_text_config().num_hidden_layers
+    assert type(layers[0]).__name__ == "Gemma3DecoderLayer"

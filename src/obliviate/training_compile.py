@@ -27,11 +27,17 @@ from obliviate.objectives.common import find_decoder_layers, unwrap
 
 #: torch.compile's backend (tests use "eager": dynamo's capture without code generation)
 BACKEND = "inductor"
+#: Compiled variants dynamo keeps per function. Its default (8) is reached by the variants one run
+#: needs: gradients on and off (the reference pass of a LoRA model is the same layers under
+#: no_grad), trainable and frozen layers (RMU), each shape; past it the layers run uncompiled.
+RECOMPILE_LIMIT = 64
+_MISSING = object()
 
 
 @contextlib.contextmanager
 def compiled_decoder_layers(model, enabled: bool = True):
-    """Inside: each decoder layer of ``model`` (under DDP / PEFT wrappers) runs a compiled forward."""
+    """Inside: each decoder layer of ``model`` (under DDP / PEFT wrappers) runs a compiled forward;
+    afterwards each layer has the forward it had (a hook's, e.g. accelerate's device map, is kept)."""
     if not enabled:
         yield
         return
@@ -39,10 +45,16 @@ def compiled_decoder_layers(model, enabled: bool = True):
     if layers is None:
         raise UserError(f"train.torch_compile: cannot find the decoder layers of {type(unwrap(model)).__name__}; "
                         "set train.torch_compile=false")
-    for layer in layers:
-        layer.forward = torch.compile(layer.forward, backend=BACKEND)  # shadows the class's forward
-    try:
-        yield
-    finally:
+    own = [layer.__dict__.get("forward", _MISSING) for layer in layers]
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    with torch._dynamo.config.patch({limit: max(RECOMPILE_LIMIT, getattr(torch._dynamo.config, limit))}):
         for layer in layers:
-            layer.__dict__.pop("forward", None)
+            layer.forward = torch.compile(layer.forward, backend=BACKEND)  # shadows the class's (or a hook's)
+        try:
+            yield
+        finally:
+            for layer, forward in zip(layers, own):
+                if forward is _MISSING:
+                    del layer.forward
+                else:
+                    layer.forward = forward

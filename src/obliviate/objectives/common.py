@@ -48,9 +48,13 @@ def unwrap(model):
 
 
 def find_decoder_layers(model) -> torch.nn.ModuleList | None:
-    """The model's list of decoder layers (the ModuleList as long as config.num_hidden_layers), or None."""
+    """The model's list of decoder layers (the ModuleList as long as the text config's
+    num_hidden_layers: a multimodal model's language layers), or None."""
     base = unwrap(model)
-    count = base.config.num_hidden_layers
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    count = getattr(config, "num_hidden_layers", None)
+    if count is None:
+        return None
     return next((m for m in base.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count), None)
 
 

@@ -34,8 +34,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     layers = find_decoder_layers(model)
     if layers is None:
         base = unwrap(model)
-        raise UserError(f"RMU: cannot find the {base.config.num_hidden_layers} decoder layers of "
-                        f"{type(base).__name__}; use another method")
+        raise UserError(f"RMU: cannot find the decoder layers of {type(base).__name__}; use another method")
     return layers
 
 
