@@ -151,3 +151,24 @@ def test_a_hub_dataset_without_the_hub_comes_from_the_cache_or_fails_fast(monkey
     monkeypatch.setattr("obliviate.models.hub_unreachable", lambda timeout_s=3.0: None)
     assert loaders._read_hub_dataset("someone/data", "forget01", None) == [{"question": "q", "answer": "a"}]
     assert offline_during_call == [True, False]
+
+
+def test_behind_a_proxy_the_hub_check_connects_to_the_proxy(monkeypatch):
+    """The hub client goes through HTTPS_PROXY; so does the check (a direct connection would find
+    the hub unreachable and make datasets run offline on a machine that can download)."""
+    from huggingface_hub import constants
+
+    from obliviate.models import hub_unreachable
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.example.invalid")  # no direct route
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert hub_unreachable(timeout_s=2.0) is None
+        closed = proxy.getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{closed}")  # now nothing listens there
+    reason = hub_unreachable(timeout_s=2.0)
+    assert reason.startswith("hub.example.invalid:443 cannot be reached through the proxy 127.0.0.1:")

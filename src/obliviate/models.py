@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import urllib.parse
+import urllib.request
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,17 +195,25 @@ def check_hub_reachable(repo_id: str, timeout_s: float = 3.0) -> None:
 
 def hub_unreachable(timeout_s: float = 3.0) -> str | None:
     """Why the hub's endpoint cannot be reached ("huggingface.co:443 cannot be reached (...)"),
-    or None when a connection opens within ``timeout_s``: one TCP connect, where the hub client
+    or None when a connection opens within ``timeout_s``: one TCP connect (to the proxy where
+    HTTPS_PROXY / ALL_PROXY covers the endpoint, as the hub client goes), where the hub client
     would retry for half a minute."""
     from huggingface_hub import constants
 
     endpoint = urllib.parse.urlparse(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    target = f"{endpoint.hostname}:{endpoint.port or (443 if endpoint.scheme == 'https' else 80)}"
+    host, port, via = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80), ""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(endpoint.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(endpoint.hostname or ""):
+        parsed = urllib.parse.urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+        via = f" through the proxy {host}:{port}"
     try:
-        socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
+        socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as error:
         cause = (error.strerror or str(error) or type(error).__name__).lower()
-        return f"{endpoint.hostname}:{port} cannot be reached ({cause})"
+        return f"{target} cannot be reached{via} ({cause})"
     return None
 
 

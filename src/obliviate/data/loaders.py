@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import threading
 from pathlib import Path
 
 from obliviate.errors import UserError, os_error_line
@@ -153,6 +154,9 @@ def _read_datasets_dir(path: Path, split: str | None) -> list[dict]:
     return _pick_split(loaded, split, str(path))
 
 
+_HUB_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _datasets_offline():
     """datasets' offline mode (HF_HUB_OFFLINE, read at its import) for the calls inside."""
@@ -173,10 +177,12 @@ def _read_hub_dataset(name: str, config: str | None, split: str | None) -> list[
 
     from obliviate.models import hub_unreachable
 
-    unreachable = None if datasets.config.HF_HUB_OFFLINE else hub_unreachable()
+    unreachable = None
     try:
-        with _datasets_offline() if unreachable else contextlib.nullcontext():
-            loaded = datasets.load_dataset(name, config, split=split or "train")
+        with _HUB_LOCK:  # the offline switch is process-wide: one hub load at a time
+            unreachable = None if datasets.config.HF_HUB_OFFLINE else hub_unreachable()
+            with _datasets_offline() if unreachable else contextlib.nullcontext():
+                loaded = datasets.load_dataset(name, config, split=split or "train")
     except Exception as error:  # offline, unknown name, unknown config: all one message to the user
         why = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise UserError(
