@@ -58,7 +58,7 @@ class TrainConfig:
     logging_steps: int = 5
     gradient_checkpointing: bool = False
     report_to: str = "none"  # none | tensorboard | wandb (comma-separated for several): TrainingArguments.report_to
-    torch_compile: bool = False  # torch.compile each decoder layer (TrainingArguments.torch_compile); pays on CUDA, long runs
+    torch_compile: bool = False  # torch.compile each decoder layer (training_compile.py); pays on CUDA, long runs
     optim: str = "auto"  # auto: adamw_torch_fused on CUDA, adamw_torch elsewhere; or any TrainingArguments optim
     packing: bool = False  # answer-token losses run a batch as one row of its tokens, no padding (TRL's packing)
     shared_forward: bool = False  # one forward pass for a step's forget and retain answers (objectives.shared_slots)

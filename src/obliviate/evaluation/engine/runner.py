@@ -76,7 +76,9 @@ class ModelRunner:
         docs/speed.md) and moves scores (up to 0.03 nats an answer between batch 4 and 24 on a
         6-layer model of the default shape); on a CPU at fp32 scores moved by ~1e-5 and no greedy
         output changed where measured. Where they do, cached results are kept apart per scoring
-        batch size and per decoding rows (off the CPU too: not measured there)."""
+        batch size and per configured decoding rows (off the CPU too: not measured there). Not a
+        guarantee of bit-identical reruns: which prompts share a batch, and how many rows are
+        left to decode (fewer in a resumed run), also change bf16 rounding (docs/metrics.md)."""
         return not (self.precision == "fp32" and self.device.type == "cpu")
 
     def score_key(self, cache, key: tuple[str, str, bool]) -> str:
