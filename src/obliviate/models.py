@@ -201,13 +201,12 @@ def hub_unreachable(timeout_s: float = 3.0) -> str | None:
     from huggingface_hub import constants
 
     endpoint = urllib.parse.urlparse(constants.ENDPOINT)
-    target = f"{endpoint.hostname}:{endpoint.port or (443 if endpoint.scheme == 'https' else 80)}"
-    host, port, via = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80), ""
+    host, port = _address(endpoint)
+    target, via = f"{host}:{port}", ""
     proxies = urllib.request.getproxies()
     proxy = proxies.get(endpoint.scheme) or proxies.get("all")
     if proxy and not urllib.request.proxy_bypass(endpoint.hostname or ""):
-        parsed = urllib.parse.urlparse(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+        host, port = _address(urllib.parse.urlparse(proxy if "://" in proxy else f"http://{proxy}"))
         via = f" through the proxy {host}:{port}"
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
@@ -215,6 +214,11 @@ def hub_unreachable(timeout_s: float = 3.0) -> str | None:
         cause = (error.strerror or str(error) or type(error).__name__).lower()
         return f"{target} cannot be reached{via} ({cause})"
     return None
+
+
+def _address(url: urllib.parse.ParseResult) -> tuple[str | None, int]:
+    """(host, port) of a parsed URL, the port defaulting to its scheme's."""
+    return url.hostname, url.port or (443 if url.scheme == "https" else 80)
 
 
 def _parse_dtype(dtype: str) -> torch.dtype:
