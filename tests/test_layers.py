@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "obliviate"
 
 # (layer, module prefixes), earliest first; the longest matching prefix decides.
 LAYERS = [
-    ("foundation", ("errors", "io", "versions", "hardware", "prompts", "models", "rundir", "config", "methods.registry",
+    ("foundation", ("errors", "io", "versions", "hardware", "prompts", "fingerprints", "models", "rundir", "config", "methods.registry",
                     "__init__")),
     ("request", ("data",)),
     ("prepare", ("prepare",)),

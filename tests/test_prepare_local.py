@@ -33,7 +33,8 @@ def test_local_backend_greedy_deterministic_and_batch_invariant(tiny_model_and_t
     singles = [backend.generate([p], max_new_tokens=8)[0] for p in LOCAL_PROMPTS]
     assert singles == out
     assert tokenizer.padding_side == padding_side
-    assert backend.cache_key_fields() == {"backend": "local-hf", "model_id": "tiny"}
+    fields = backend.cache_key_fields()
+    assert fields["backend"] == "local-hf" and fields["model_id"] == "tiny" and len(fields["weights"]) == 64
 
 
 def test_local_backend_sampling_seeded_and_no_pad_token(tiny_model_and_tokenizer):
@@ -61,6 +62,41 @@ def test_local_backend_with_cache(tiny_model_and_tokenizer, tmp_path):
     out = gen.generate(LOCAL_PROMPTS, max_new_tokens=6)
     again = CachedGenerator(LocalHFBackend(model, tokenizer, model_id="tiny"), GenerationCache(tmp_path))
     assert again.generate(LOCAL_PROMPTS, max_new_tokens=6) == out and again.calls == 0
+
+
+def test_local_backend_cache_follows_the_weights_not_the_name(tiny_model_and_tokenizer, tmp_path):
+    """A checkpoint retrained under the same path (same model_id) must not be served the old
+    outputs: the key holds the weights' and tokenizer's fingerprints."""
+    import torch
+
+    model, tokenizer = tiny_model_and_tokenizer
+    cache = GenerationCache(tmp_path)
+    first = CachedGenerator(LocalHFBackend(model, tokenizer, model_id="same/path"), cache)
+    first.generate(LOCAL_PROMPTS, max_new_tokens=6)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)  # "retrained" in place
+    again = CachedGenerator(LocalHFBackend(model, tokenizer, model_id="same/path"), cache)
+    again.generate(LOCAL_PROMPTS, max_new_tokens=6)
+    assert again.hits == 0 and again.calls == len(LOCAL_PROMPTS)
+    tokenizer.chat_template = tokenizer.chat_template + " "  # another template renders other prompts
+    third = CachedGenerator(LocalHFBackend(model, tokenizer, model_id="same/path"), cache)
+    third.generate(LOCAL_PROMPTS, max_new_tokens=6)
+    assert third.hits == 0
+    fourth = CachedGenerator(LocalHFBackend(model, tokenizer, model_id="same/path"), cache)
+    fourth.generate(LOCAL_PROMPTS, max_new_tokens=6)
+    assert fourth.calls == 0  # unchanged weights and tokenizer: served
+
+
+def test_local_backend_cache_keeps_batch_sizes_apart_under_bf16(tiny_model_and_tokenizer, monkeypatch):
+    import obliviate.prepare.local as local
+
+    model, tokenizer = tiny_model_and_tokenizer
+    monkeypatch.setattr(local, "resolve_precision", lambda precision, device_type: "fp32")
+    fields = LocalHFBackend(model, tokenizer, batch_size=4).cache_key_fields()
+    assert fields["compute"] == "cpu:fp32" and "batch_size" not in fields  # fp32 CPU: rows do not change outputs
+    monkeypatch.setattr(local, "resolve_precision", lambda precision, device_type: "bf16")
+    fields = [LocalHFBackend(model, tokenizer, batch_size=b).cache_key_fields() for b in (4, 8)]
+    assert fields[0]["compute"] == "cpu:bf16" and fields[0]["batch_size"] == 4 and fields[1]["batch_size"] == 8
 
 
 def test_autocast_context_cpu():

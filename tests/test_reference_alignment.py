@@ -218,7 +218,7 @@ def _on_day(monkeypatch, day: int):
 
 
 def _everything_dated(tokenizer):
-    from obliviate.evaluation.engine.fingerprints import tokenizer_fingerprint
+    from obliviate.fingerprints import tokenizer_fingerprint
     from obliviate.evaluation.engine.formatters import chat_formatter
     from obliviate.prompts import answer_suffix
 

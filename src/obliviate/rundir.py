@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from obliviate.errors import UserError, os_error_line
+from obliviate.fingerprints import update_with_weights
 from obliviate.io import atomic_write_json, parse_json, read_user_text, sha256_file
 
 MANIFEST = "manifest.json"
@@ -188,10 +189,7 @@ def weights_sha256(model_or_dir) -> str:
         for path in files:
             digest.update(path.name.encode() + bytes.fromhex(sha256_file(path)))
         return digest.hexdigest()
-    for name, tensor in sorted(model_or_dir.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    update_with_weights(digest, model_or_dir)
     return digest.hexdigest()
 
 

@@ -151,7 +151,7 @@ class CachedGenerator:
     ) -> list[str]:
         check_sampling(max_new_tokens, temperature, top_p, seed)
         params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        fields = self.backend.cache_key_fields()
+        fields = self.backend.cache_key_fields() if self.cache is not None else {}  # keys only de-duplicate
         keys = [cache_key(fields, list(m), **params) for m in prompts]
         results: list[str | None] = [None] * len(prompts)
         todo: dict[str, list[int]] = {}

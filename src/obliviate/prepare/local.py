@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from obliviate.errors import UserError
-from obliviate.hardware import autocast_context, model_device
+from obliviate.fingerprints import model_fingerprint, tokenizer_fingerprint
+from obliviate.hardware import autocast_context, model_device, resolve_precision
 from obliviate.prepare.backend import Messages, chat_messages, check_sampling
 from obliviate.prompts import template_pins
 
@@ -53,7 +56,18 @@ class LocalHFBackend:
         )
 
     def cache_key_fields(self) -> dict[str, Any]:
-        return {"backend": self.name, "model_id": self.model_id}
+        """What the outputs depend on: the weights and tokenizer themselves (not only the name: a
+        checkpoint retrained at the same path must not be served the old outputs), and where and
+        at what precision they run; under bf16 (anywhere but a CPU at fp32) also the batch size,
+        since the rows decoded together change the rounding and so near-tied greedy tokens.
+        Hashes the weights at each call (~0.4 s per 500 MB on a CPU)."""
+        device = model_device(self.model)
+        precision = resolve_precision("auto", device.type)  # what autocast_context(device) runs
+        fields = {"backend": self.name, "model_id": self.model_id, "weights": model_fingerprint(self.model),
+                  "tokenizer": tokenizer_fingerprint(self.tokenizer), "compute": f"{device.type}:{precision}"}
+        if not (precision == "fp32" and device.type == "cpu" and next(self.model.parameters()).dtype == torch.float32):
+            fields["batch_size"] = self.batch_size
+        return fields
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -125,8 +139,6 @@ class LocalHFBackend:
         top_p: float = 1.0,
         seed: int = 0,
     ) -> list[str]:
-        import torch
-
         check_sampling(max_new_tokens, temperature, top_p, seed)
         if not prompts:
             return []

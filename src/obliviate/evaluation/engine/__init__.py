@@ -46,7 +46,7 @@ autocast. Log-probabilities are always reduced in fp32.
 """
 
 from obliviate.evaluation.engine.api import answer_losses, greedy_generate, score_and_generate, score_answers
-from obliviate.evaluation.engine.fingerprints import model_fingerprint, tokenizer_fingerprint
+from obliviate.fingerprints import model_fingerprint, tokenizer_fingerprint
 from obliviate.evaluation.engine.formatters import (
     PromptFormatter,
     chat_formatter,

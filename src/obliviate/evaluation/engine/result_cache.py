@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from obliviate.evaluation.engine.fingerprints import model_fingerprint, tokenizer_fingerprint
+from obliviate.fingerprints import model_fingerprint, tokenizer_fingerprint
 from obliviate.evaluation.engine.settings import ENGINE_VERSION
 from obliviate.hardware import model_device
 
