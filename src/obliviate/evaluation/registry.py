@@ -66,6 +66,12 @@ def decode_rows_option():
                 "as they are; elsewhere and under bf16 batch_size, as bf16 rounding depends on the rows)"})
 
 
+def cache_option():
+    """The `cache` option of every benchmark that keeps per-item results (engine.result_cache)."""
+    return dataclasses.field(default=True, metadata={
+        "help": "keep per-item results in $OBLIVIATE_CACHE/eval so a rerun or resume skips finished work"})
+
+
 _REGISTRY: dict[str, Benchmark] = {}
 _BUILTINS_LOADED = False
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obliviate.evaluation.registry import Benchmark, decode_option, decode_rows_option, register_benchmark
+from obliviate.evaluation.registry import Benchmark, cache_option, decode_option, decode_rows_option, register_benchmark
 from obliviate.evaluation.results import json_safe
 from obliviate.evaluation.rwku.report import render_rwku
 from obliviate.evaluation.rwku.suite import evaluate_rwku
@@ -30,8 +30,7 @@ class RwkuOptions:
     max_length: int = field(default=2048, metadata={"help": "tokens kept per scored text or prompt + answer"})
     decode: str = decode_option()
     decode_batch_size: int | None = decode_rows_option()
-    cache: bool = field(default=True, metadata={
-        "help": "keep per-item results in $OBLIVIATE_CACHE/eval so a rerun or resume skips finished work"})
+    cache: bool = cache_option()
 
 
 def run_rwku(model, tokenizer, options: RwkuOptions, *, out_dir: Path, model_name: str, precision: str) -> dict:

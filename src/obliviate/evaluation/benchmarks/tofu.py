@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obliviate.evaluation.registry import Benchmark, decode_option, decode_rows_option, missing_path, register_benchmark
+from obliviate.evaluation.registry import (Benchmark, cache_option, decode_option, decode_rows_option, missing_path,
+                                          register_benchmark)
 from obliviate.evaluation.report import render_report
 from obliviate.evaluation.results import json_safe
 from obliviate.evaluation.tofu import evaluate_tofu
@@ -37,8 +38,7 @@ class TofuOptions:
                 "renders it (open-unlearning's)"})
     decode: str = decode_option()
     decode_batch_size: int | None = decode_rows_option()
-    cache: bool = field(default=True, metadata={
-        "help": "keep per-item results in $OBLIVIATE_CACHE/eval so a rerun or resume skips finished work"})
+    cache: bool = cache_option()
 
 
 def run_tofu(model, tokenizer, options: TofuOptions, *, out_dir: Path, model_name: str, precision: str) -> dict:
