@@ -208,6 +208,24 @@ def test_model_fingerprint_changes_with_any_weight(tiny_model_and_tokenizer):
     assert engine.model_fingerprint(model) != before
 
 
+def test_model_fingerprint_follows_the_config_not_where_it_was_loaded_from(tiny_model_and_tokenizer, tmp_path):
+    """The result cache is keyed by the fingerprint: a model whose config changes the forward pass
+    (rms_norm_eps, rope) or stopping (generation eos ids) with the same weights must not be served
+    the other's results; the same model saved and loaded again keeps its fingerprint."""
+    from transformers import AutoModelForCausalLM
+
+    model, _ = tiny_model_and_tokenizer
+    before = engine.model_fingerprint(model)
+    model.save_pretrained(tmp_path / "m")
+    assert engine.model_fingerprint(AutoModelForCausalLM.from_pretrained(tmp_path / "m")) == before
+    for config, key, value in [(model.config, "rms_norm_eps", 0.9), (model.generation_config, "eos_token_id", 7)]:
+        old = getattr(config, key)
+        setattr(config, key, value)
+        assert engine.model_fingerprint(model) != before, key
+        setattr(config, key, old)
+    assert engine.model_fingerprint(model) == before
+
+
 # ---------------------------------------------------------------------------------------------
 # TOFU evaluation
 # ---------------------------------------------------------------------------------------------

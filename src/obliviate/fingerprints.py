@@ -24,11 +24,29 @@ def update_with_weights(digest, model) -> None:
         digest.update(memoryview(data.numpy()))
 
 
+#: config entries that do not change what the model computes (where it was loaded from, which
+#: transformers wrote it, the class (hashed apart), the weights' dtype (the weights' hash holds it),
+#: output switches)
+VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype", "use_cache",
+                   "return_dict", "output_attentions", "output_hidden_states")
+
+
+def config_text(config) -> str:
+    """A model's or generation config as sorted JSON without VOLATILE_CONFIG ("" for None)."""
+    if config is None or not hasattr(config, "to_dict"):
+        return ""
+    entries = {k: v for k, v in config.to_dict().items() if k not in VOLATILE_CONFIG}
+    return json.dumps(entries, sort_keys=True, default=str)
+
+
 def model_fingerprint(model) -> str:
-    """sha256 over the model's class name and every parameter and buffer: changes whenever any
-    weight changes."""
+    """sha256 over the model's class name, its config and generation config (what the forward
+    pass and stopping read besides the weights: rms_norm_eps, rope parameters, eos ids, ...) and
+    every parameter and buffer: changes whenever any of them changes."""
     digest = hashlib.sha256()
     digest.update(type(model).__name__.encode())
+    for config in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        digest.update(config_text(config).encode() + b"\0")
     update_with_weights(digest, model)
     return digest.hexdigest()
 
