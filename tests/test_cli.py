@@ -168,6 +168,9 @@ def test_hf_flags_set_the_config_keys(captured_config, tmp_path):
     assert main(["unlearn", "--method", "rt", "--num-train-epochs", "2", "--use_peft", "false"]) == 0  # kebab alias
     config = captured_config["config"]
     assert (config.method, config.train.num_epochs, config.train.lora.enabled) == ("rt", 2.0, False)
+    assert main(["unlearn", "--packing", "--use_peft", "train.lora.r=8", "train.weight_decay=0.2"]) == 0
+    train = captured_config["config"].train  # a bool flag does not swallow the override after it
+    assert (train.lora.enabled, train.lora.r, train.packing, train.weight_decay) == (True, 8, True, 0.2)
     assert main(["finetune", "--num_train_epochs", "3"]) == 0
     assert captured_config["config"].method == "finetune" and captured_config["config"].train.num_epochs == 3.0
 
@@ -187,7 +190,13 @@ def test_hf_flags_set_the_config_keys(captured_config, tmp_path):
     (["unlearn", "--learning_rate", "-1"], "config key 'train.learning_rate' = -1.0 is invalid"),
     (["unlearn", "--learning_rate", "1e-4", "train.learning_rate=2e-4"],
      "'train.learning_rate=2e-4' and the flag for 'train.learning_rate'"),
-    (["unlearn", "train.num_train_epochs=2", "train.num_epochs=3", "train.lr=1"], "config key 'train.lr' is not known"),
+    (["unlearn", "train.num_train_epochs=2", "train.lr=1"], "config key 'train.lr' is not known"),
+    (["unlearn", "train.num_train_epochs=2", "train.num_epochs=3"],
+     "overrides 'train.num_train_epochs' and 'train.num_epochs' name the same setting; keep one"),
+    (["unlearn", "--per_device_train_batch_size", "1", "train.per_device_train_batch_size=3"],
+     "'train.per_device_train_batch_size=3' and the flag for 'train.batch_size' (= 1) set the same config key"),
+    (["unlearn", "--output_dir", ""], "config key 'output_dir' = '' is invalid"),
+    (["eval", "--model", "m", "--output_dir", " "], "output_dir is empty"),
     (["model", "info"], "model info: which model?"),
     (["eval", "--forget_split", "forget05"], "eval: no model to evaluate"),
     (["eval", "--config", "no-such-eval.yaml", "--model", "m"], "no-such-eval.yaml: no such config file"),

@@ -1,5 +1,7 @@
 """Run configuration: YAML + key=value overrides, validated with the dotted key in the message."""
 
+import re
+
 import pytest
 import yaml
 
@@ -35,11 +37,31 @@ def test_resolved_config_round_trips(tmp_path):
         ("train.learning_rate=-1", "config key 'train.learning_rate' = -1.0 is invalid"),
         ("noequals", "expected key=value"),
         ("train=3", "config key 'train': expected a mapping"),
+        # each of these was a traceback after the run directory was made (a user review)
+        ("train.lr_scheduler=foo", "config key 'train.lr_scheduler' = 'foo' is invalid; expected one of linear"),
+        ("train.logging_steps=0", "config key 'train.logging_steps' = 0 is invalid"),
+        ("objective.beta=0", "config key 'objective.beta' = 0.0 is invalid"),
+        ("objective.beta=-1", "config key 'objective.beta' = -1.0 is invalid"),
+        ("train.lora.dropout=1.5", "config key 'train.lora.dropout' = 1.5 is invalid"),
+        ("output_dir=", "config key 'output_dir' = '' is invalid"),
+        ("ulmr.negative_prompt=Say {foo} {question}", "config key 'ulmr.negative_prompt' = 'Say {foo} {question}' is"),
+        ('ulmr.rewrite_prompt=Reply as JSON {"q": {question}}', "config key 'ulmr.rewrite_prompt'"),
+        ("ulmr.rewrite_prompt=Rewrite {question", "config key 'ulmr.rewrite_prompt'"),
+        ("snap.instruction_prompt=Ask about {question}", "config key 'snap.instruction_prompt'"),
+        ("snap.obliterated_prompt=Reply to {0}", "config key 'snap.obliterated_prompt'"),
+        ("train.num_train_epochs=1 train.num_epochs=2", "overrides 'train.num_train_epochs' and 'train.num_epochs' name "
+                                                       "the same setting"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_config(None, [override])
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(None, override.split(" ") if " train." in override else [override])
+
+
+def test_prompt_templates_with_their_own_fields_and_doubled_braces_are_accepted():
+    config = load_config(None, ['ulmr.rewrite_prompt=As JSON {{"q": "{question}"}} about {subject}',
+                                "snap.obliterated_prompt={instruction} / {subject}"])
+    assert config.sections["ulmr"].rewrite_prompt.format(question="Q", subject="S") == 'As JSON {"q": "Q"} about S'
 
 
 def test_bad_yaml_names_file_and_line(tmp_path):

@@ -179,3 +179,40 @@ def test_retain_records_must_be_questions():
     """The retain slot encodes question + answer: a raw text there is refused, not trained with an empty question."""
     with pytest.raises(UserError, match=r"\[retain\]: record 1 has no 'question' field"):
         load_request({"forget": [{"text": "a b c"}], "retain": [{"text": "d e f"}]})
+
+
+def test_a_run_that_crashes_before_its_first_log_line_leaves_no_run_directory(tmp_path, tiny_model_dir,
+                                                                               monkeypatch):
+    """A crash (not only a refusal) before anything worth keeping was written removes the
+    directory with its empty checkpoints/ and train log, so a corrected rerun is not refused
+    ("already holds a run") nor its resume ("config differs"); after a log line it is kept."""
+    from obliviate.config import load_config
+    from obliviate.methods import pipeline
+
+    out = tmp_path / "run"
+    config = load_config(None, [f"model={tiny_model_dir}", f"output_dir={out}", "method=ga", "train.max_steps=2",
+                                "train.batch_size=2", "train.precision=fp32", "train.save_steps=-1",
+                                "train.logging_steps=1"])
+    request = {"forget": [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(4)]}
+    real_train = pipeline.train
+
+    def crash_at_start(*args, output_dir, **kwargs):
+        (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_log.jsonl").touch()
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(pipeline, "train", crash_at_start)
+    with pytest.raises(ZeroDivisionError):
+        pipeline.run(config, request=request)
+    assert not out.exists()
+
+    def crash_after_a_step(*args, output_dir, **kwargs):
+        (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_log.jsonl").write_text('{"step": 1}\n')
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(pipeline, "train", crash_after_a_step)
+    with pytest.raises(ZeroDivisionError):
+        pipeline.run(config, request=request)
+    assert (out / "train_log.jsonl").is_file()  # something to look at: kept
+    monkeypatch.setattr(pipeline, "train", real_train)

@@ -138,6 +138,9 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     given = {"benchmark": benchmark, "device": device, "precision": precision,
              "trust_remote_code": trust_remote_code, "output_dir": output_dir}
     settings.update({key: value for key, value in given.items() if value is not None})
+    if settings["output_dir"] is not None and not str(settings["output_dir"]).strip():
+        raise UserError("output_dir is empty (it would write into the current directory); name a folder, or leave "
+                        "it out for a fresh one")
     spec = get_benchmark(settings["benchmark"])
     built = build_options(spec, {**file_options, **options}, where=f"benchmark '{spec.name}' option")
     if spec.check is not None:

@@ -19,7 +19,13 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
     def parse_args(self, args=None, namespace=None):
-        """Unknown options are named with the closest known ones of the subcommand given."""
+        """Unknown options are named with the closest known ones of the subcommand given. A bool
+        flag followed by a `key=value` override (`--use_peft train.lora.r=8`) is the flag alone:
+        argparse would take the override for the flag's optional value."""
+        args = list(sys.argv[1:] if args is None else args)
+        flags = self._bool_flags()
+        args = [f"{arg}=true" if arg in flags and i + 1 < len(args) and "=" in args[i + 1]
+                and not args[i + 1].startswith("-") else arg for i, arg in enumerate(args)]
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             command = self._subcommand(getattr(parsed, "command", None))
@@ -28,6 +34,16 @@ class OneLineParser(argparse.ArgumentParser):
                 extra.split("=", 1)[0], known, n=1, cutoff=0.75)) else extra for extra in extras]
             self.error(f"unrecognized arguments: {' '.join(hints)}", prog=command.prog)
         return parsed
+
+    def _bool_flags(self) -> set[str]:
+        """Option strings of every `add_bool_flag` flag, in this parser and its subcommands."""
+        found = set()
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found.update(*(sub._bool_flags() for sub in action.choices.values()))
+            elif action.type is parse_bool and action.nargs == "?":
+                found.update(action.option_strings)
+        return found
 
     def _subcommand(self, name):
         for action in self._actions:

@@ -98,8 +98,7 @@ def _presets_listing(registered: dict) -> str:
 
 def run(args, command: str) -> int:
     from obliviate.api import unlearn
-    from obliviate.config import load_config
-    from obliviate.config import _parse_override
+    from obliviate.config import _parse_override, canonical_key, load_config
 
     flags = [(key.split(".", 1)[1], value) for key, value in vars(args).items() if key.startswith("flag.")]
     if command == "finetune":
@@ -108,7 +107,7 @@ def run(args, command: str) -> int:
         flags.insert(0, ("method", args.method))
     given = {key: value for key, value in flags}
     for override in args.overrides:
-        key = _parse_override(override)[0]
+        key = canonical_key(_parse_override(override)[0])
         if command == "finetune" and key == "method":
             raise UserError(f"'{override}': finetune always trains plain fine-tuning; drop it, or run "
                             "`obliviate unlearn` for another method")

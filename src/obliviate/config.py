@@ -152,6 +152,12 @@ TRAIN_ALIASES = {"num_train_epochs": "num_epochs", "per_device_train_batch_size"
 REPORT_TO = ("none", "tensorboard", "wandb")
 
 
+def canonical_key(dotted: str) -> str:
+    """The dotted key under our names: `train.num_train_epochs` -> `train.num_epochs` (TRAIN_ALIASES)."""
+    section, _, name = dotted.partition(".")
+    return f"train.{TRAIN_ALIASES[name]}" if section == "train" and name in TRAIN_ALIASES else dotted
+
+
 def _coerce(value, annotation, key: str):
     """Check and convert one value to the field's type; UserError names the dotted key."""
     hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
@@ -250,13 +256,14 @@ def load_config(path: str | Path | None = None, overrides: list = (), base: dict
         _set_dotted(data, key, value)
     if path is not None:
         _merge(data, _train_aliases(_read_yaml(Path(path)), str(path)))
+    spelled: dict[str, str] = {}  # key under our names -> how an override spelled it
     for override in overrides:
         key, value = override if isinstance(override, tuple) else _parse_override(override)
         for dotted, leaf in _leaves(key, value) if isinstance(override, tuple) else [(key, value)]:
-            parts = dotted.split(".")
-            if len(parts) == 2 and parts[0] == "train" and parts[1] in TRAIN_ALIASES:
-                dotted = "train." + TRAIN_ALIASES[parts[1]]
-            _set_dotted(data, dotted, leaf)
+            name = canonical_key(dotted)
+            if spelled.setdefault(name, dotted) != dotted:
+                raise UserError(f"overrides '{spelled[name]}' and '{dotted}' name the same setting; keep one")
+            _set_dotted(data, name, leaf)
     method = data.get("method", RunConfig.__dataclass_fields__["method"].default)
     if not isinstance(method, str) or method not in registry.methods():
         raise UserError(f"config key 'method' = {short_repr(method)} is invalid; expected one of "
@@ -331,8 +338,13 @@ def _merge(into: dict, new: dict) -> None:
 
 def validate(config: RunConfig) -> None:
     """Refuse values no run can use, naming the dotted key and what is expected."""
+    from transformers.trainer_utils import SchedulerType
+
+    schedulers = [kind.value for kind in SchedulerType]
     checks = [
         (config.method in registry.methods(), "method", f"one of {', '.join(registry.methods())}"),
+        (bool(str(config.output_dir).strip()), "output_dir", "a directory path (empty would write into the current "
+                                                               "directory)"),
         (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device) is not None, "device",
          "auto, cpu, cuda, cuda:N or mps"),
         (config.train.learning_rate > 0, "train.learning_rate", "a positive number"),
@@ -341,6 +353,9 @@ def validate(config: RunConfig) -> None:
         (config.train.num_epochs > 0 or config.train.max_steps > 0, "train.num_epochs", "a positive number"),
         (config.train.max_length >= 16, "train.max_length", "an integer >= 16"),
         (config.train.precision in ("auto", "bf16", "fp32"), "train.precision", "auto, bf16 or fp32"),
+        (config.train.lr_scheduler in schedulers, "train.lr_scheduler", f"one of {', '.join(schedulers)}"),
+        (config.train.logging_steps >= 1, "train.logging_steps", "an integer >= 1"),
+        (config.objective.beta > 0, "objective.beta", "a positive number (NPO / SimNPO / IDK-DPO divide by it)"),
         (config.objective.retain_loss in ("nll", "kl", "none"), "objective.retain_loss", "nll, kl or none"),
         (config.objective.refusal_draw in ("each_epoch", "once"), "objective.refusal_draw", "each_epoch or once"),
         (config.objective.kl_positions in ("answer", "all"), "objective.kl_positions", "answer or all"),
@@ -350,6 +365,7 @@ def validate(config: RunConfig) -> None:
         (config.generation.backend in ("local", "openai", "template"), "generation.backend",
          "local, openai or template"),
         (config.train.lora.r >= 1, "train.lora.r", "an integer >= 1"),
+        (0 <= config.train.lora.dropout < 1, "train.lora.dropout", "a number in [0, 1)"),
         (bool(config.train.report_to) and set(config.train.report_to.split(",")) <= set(REPORT_TO),
          "train.report_to", f"{', '.join(REPORT_TO)} (or a comma list of them)"),
     ]

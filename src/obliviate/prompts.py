@@ -25,6 +25,8 @@ rendered as they are (SmolLM2's prints its own default system prompt).
 
 from __future__ import annotations
 
+import string
+
 import torch
 
 from obliviate.errors import UserError
@@ -37,6 +39,22 @@ _SENTINEL = "OBLIVIATE-ANSWER-SENTINEL"
 #: open-unlearning's pins for templates that print a date (Llama 3.x), see the module docstring.
 PINNED_DATE = "10 Apr 2025"
 PINNED_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def fills(template: str, fields: tuple[str, ...]) -> bool:
+    """Whether ``template.format(**{name: ... for name in fields})`` fills it: every ``{name}``
+    is one of `fields` (no positional ``{}``, no ``{name.attr}``) and a literal brace is doubled."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError:  # a single { or }
+        return False
+    return names <= set(fields)
+
+
+def fill_check(template: str, key: str, fields: tuple[str, ...]) -> tuple[bool, str, str]:
+    """A config section's check (ok, key, expected) that `template` fills with `fields`."""
+    names = " and ".join("{" + name + "}" for name in fields)
+    return fills(template, fields), key, f"text whose placeholders are {names} (write a literal brace as {{{{ or }}}})"
 
 
 def prints_date(tokenizer) -> bool:

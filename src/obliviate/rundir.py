@@ -35,6 +35,8 @@ from obliviate.io import atomic_write_json, parse_json, read_user_text, sha256_f
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 STARTED_FROM = "started_from.json"  # base weights and inputs a run started from (check_started_from)
+TRAIN_LOG = "train_log.jsonl"  # one line per logged step (training.TrainLog)
+CHECKPOINTS = "checkpoints"
 #: config keys a resumed run may change: where and how often it saves and logs, which device,
 #: how it reaches a generation server, and a method section's `*_sweep` list (the extra models
 #: saved after training: ulmr.alpha_sweep, sku.lambda_sweep); anything else would make the run
@@ -127,14 +129,23 @@ def config_agrees(run_dir: str | Path, config: dict) -> bool:
 
 
 def discard_unstarted_run(run_dir: str | Path) -> bool:
-    """Remove a run directory that holds nothing but its config.yaml and started_from.json (a run refused before it
-    trained or wrote anything else); True if removed. Anything else in it keeps it."""
+    """Remove a run directory that holds nothing but its config.yaml and started_from.json, an
+    empty checkpoints/ and an empty train log (a run refused or failed before its first log line
+    or checkpoint: nothing to resume, and it would refuse a corrected rerun); True if removed.
+    Anything else in it (a checkpoint, a generation cache, a log line) keeps it."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {CONFIG, STARTED_FROM}:
+    if not run_dir.is_dir():
         return False
+    for path in run_dir.iterdir():
+        empty = (path.name == CHECKPOINTS and path.is_dir() and not any(path.iterdir())) or (
+            path.name == TRAIN_LOG and path.is_file() and path.stat().st_size == 0)
+        if path.name not in (CONFIG, STARTED_FROM) and not empty:
+            return False
     with contextlib.suppress(OSError):
-        (run_dir / CONFIG).unlink(missing_ok=True)
-        (run_dir / STARTED_FROM).unlink(missing_ok=True)
+        for name in (CONFIG, STARTED_FROM, TRAIN_LOG):
+            (run_dir / name).unlink(missing_ok=True)
+        if (run_dir / CHECKPOINTS).is_dir():
+            (run_dir / CHECKPOINTS).rmdir()
         run_dir.rmdir()
     return not run_dir.exists()
 

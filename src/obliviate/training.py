@@ -38,12 +38,9 @@ from obliviate.hardware import bf16_is_fast, resolve_device
 from obliviate.objectives import (LossContext, batch_slots, get_objective, needs_reference, needs_retain,
                                   shared_slots)
 from obliviate.objectives.common import PACKING, SHARED, check_packing, shared_answer_logits
+from obliviate.rundir import CHECKPOINTS, TRAIN_LOG
 from obliviate.training_callbacks import DivergenceGuard, TrainLog
 from obliviate.training_compile import compiled_decoder_layers
-
-CHECKPOINTS = "checkpoints"
-TRAIN_LOG = "train_log.jsonl"
-
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""

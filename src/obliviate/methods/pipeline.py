@@ -31,8 +31,9 @@ from obliviate.errors import UserError
 from obliviate.hardware import resolve_device
 from obliviate.methods.registry import get_method
 from obliviate.models import load_model, remove_stale_saves, save_model
-from obliviate.rundir import (MANIFEST, check_resume_config, check_run_dir, check_started_from, discard_unstarted_run,
-                              lock_run_dir, prepare_run_dir, started_from, weights_sha256, write_manifest)
+from obliviate.rundir import (CHECKPOINTS, MANIFEST, check_resume_config, check_run_dir, check_started_from,
+                              discard_unstarted_run, lock_run_dir, prepare_run_dir, started_from, weights_sha256,
+                              write_manifest)
 from obliviate.training import process_state, resolve_precision, train
 
 
@@ -79,19 +80,19 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
     fresh = not resume and not (Path(config.output_dir).is_dir() and any(Path(config.output_dir).iterdir()))
     # one lock per launch: process 0 holds it, the others wait until it has it
     lock = lock_run_dir(config.output_dir, resume=resume) if state.is_main_process else None
-    refused = False
+    failed = False
     try:
         state.wait_for_everyone()
         run_dir = prepare_run_dir(config.output_dir, resume=resume)
         return _locked_run(config, method, request, model, tokenizer, run_dir, device, state, resume, started)
-    except UserError:
-        refused = True
+    except BaseException:  # a refusal, a crash or Ctrl-C before anything worth keeping was written
+        failed = True
         raise
     finally:
         if lock is not None:
             lock.release()
-            if refused and fresh:
-                discard_unstarted_run(config.output_dir)  # a refusal leaves no half-written run behind
+            if failed and fresh:
+                discard_unstarted_run(config.output_dir)  # leaves no half-written run behind to block a rerun
 
 
 def _say_what_resumes(run_dir: Path) -> None:
@@ -100,7 +101,7 @@ def _say_what_resumes(run_dir: Path) -> None:
     if (run_dir / MANIFEST).is_file():
         raise UserError(f"output_dir '{run_dir}' holds a finished run ({MANIFEST} is written last): nothing to "
                         "resume; use its model, or drop --resume and choose another output_dir")
-    if not (run_dir / "checkpoints").is_dir():
+    if not (run_dir / CHECKPOINTS).is_dir():
         print(f"[obliviate] --resume: no checkpoint in {run_dir} yet; starting from the beginning", flush=True)
 
 

@@ -29,6 +29,7 @@ from obliviate.methods.registry import Method, register_method
 from obliviate.methods.snap_data import hard_positives, negative_instructions, obliterated_responses
 from obliviate.objectives import snap as snap_objective
 from obliviate.prepare.factory import make_generator
+from obliviate.prompts import fill_check
 
 
 @dataclass
@@ -61,7 +62,9 @@ class SnapConfig:
                 (self.sw_tensors in ("all", "matrices"), "sw_tensors", "all or matrices"),
                 (self.initial_weights in ("fp32", "bf16", "cpu"), "initial_weights", "fp32, bf16 or cpu"),
                 (self.hard_positive_answers in ("model", "given"), "hard_positive_answers", "model or given"),
-                (self.max_attempts >= 1, "max_attempts", "an integer >= 1")]
+                (self.max_attempts >= 1, "max_attempts", "an integer >= 1"),
+                fill_check(self.instruction_prompt, "instruction_prompt", ("subject", "aspect")),
+                fill_check(self.obliterated_prompt, "obliterated_prompt", ("subject", "instruction"))]
 
 
 # the official training (METHODS.md C.3): lr 1e-5, linear schedule without warmup, weight decay 0.01,

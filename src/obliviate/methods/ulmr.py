@@ -37,6 +37,7 @@ from obliviate.prepare.checks import clean_rewrite, is_refusal, is_valid_rewrite
 from obliviate.prepare.factory import make_generator
 from obliviate.prepare.retry import generate_until_valid
 from obliviate.prepare.templates import TemplateBackend
+from obliviate.prompts import fill_check
 from obliviate.weights import interpolate_
 
 
@@ -60,7 +61,9 @@ class UlmrConfig:
     def checks(self) -> list[tuple[bool, str, str]]:
         return [(self.n_rewrites >= 0, "n_rewrites", "an integer >= 0"),
                 (0.0 <= self.alpha <= 1.0, "alpha", "a number in [0, 1]"),
-                (all(0.0 <= a <= 1.0 for a in self.alpha_sweep), "alpha_sweep", "numbers in [0, 1]")]
+                (all(0.0 <= a <= 1.0 for a in self.alpha_sweep), "alpha_sweep", "numbers in [0, 1]"),
+                fill_check(self.rewrite_prompt, "rewrite_prompt", ("question", "subject")),
+                fill_check(self.negative_prompt, "negative_prompt", ("question", "subject"))]
 
 
 def rewrite_questions(items: list[QAItem], cfg: UlmrConfig, gen: GenerationConfig, generator, seed: int,
