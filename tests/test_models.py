@@ -41,6 +41,20 @@ def test_save_and_load_back_as_plain_hf_directory(tiny_model_and_tokenizer, tmp_
     assert loaded_tok.chat_template == tok.chat_template
 
 
+def test_pickle_weights_are_never_loaded(tiny_model_and_tokenizer, tmp_path, monkeypatch):
+    """Safetensors only: a directory with only pytorch_model.bin is refused in one line naming the
+    way out, and torch.load (which unpickles) is never called."""
+    model, tok = tiny_model_and_tokenizer
+    save_model(model, tok, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    torch.save(model.state_dict(), tmp_path / "m" / "pytorch_model.bin")
+    weights.unlink()
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle file was loaded"))
+    with pytest.raises(UserError, match=r"has only pickle weights \(\*\.bin\).*save_pretrained") as refusal:
+        load_model(str(tmp_path / "m"))
+    assert "\n" not in str(refusal.value)
+
+
 def test_unknown_models_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no such file or directory"):
         resolve_model("./does/not/exist")

@@ -157,11 +157,11 @@ def load_model(
         check_hub_reachable(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            source.path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        model = AutoModelForCausalLM.from_pretrained(  # never unpickles a .bin (arbitrary code)
+            source.path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except OSError as error:
-        raise UserError(_load_error(name, error)) from None
+        raise UserError(_pickle_only(name, source.path) or _load_error(name, error)) from None
     except ValueError as error:
         if "trust_remote_code" in str(error):
             raise UserError(
@@ -227,6 +227,16 @@ def _parse_dtype(dtype: str) -> torch.dtype:
     if dtype not in table:
         raise UserError(f"model dtype '{dtype}' is not known; use one of float32, bfloat16, float16")
     return table[dtype]
+
+
+def _pickle_only(name: str, path: str) -> str | None:
+    """The refusal for a local directory whose weights are pickle files only (None otherwise)."""
+    folder = Path(path)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or not any(folder.glob("*.bin")):
+        return None
+    return (f"model '{name}' has only pickle weights (*.bin), which obliviate does not load (unpickling can run "
+            "code); convert them once where you trust the file: AutoModelForCausalLM.from_pretrained(dir)"
+            ".save_pretrained(new_dir)")
 
 
 def _load_error(name: str, error: Exception) -> str:
