@@ -254,3 +254,16 @@ def test_missing_reference_log_raises_user_error(tmp_path):
         reference_logs.forget_truth_ratios(tmp_path / "absent.json")
     with pytest.raises(UserError, match="not a TOFU"):
         reference_logs.aggregate_from_tofu_log(_write(tmp_path, "x.json", {"tasks": {}}))
+
+
+def test_rouge_scorer_leaves_the_root_logger_alone():
+    """rouge_score logs through absl, which ran logging.basicConfig() on first use: a root handler
+    for the process, and every obliviate progress line printed twice after the first ROUGE.
+    (A subprocess: pytest's own handlers sit on the root logger here.)"""
+    import subprocess
+    import sys
+
+    code = ("import logging; from obliviate.evaluation import rouge; "
+            "assert rouge.rouge_l_recall_tofu('a b c', 'a b') > 0; print(len(logging.getLogger().handlers))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0", out.stderr

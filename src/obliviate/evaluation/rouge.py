@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 VARIANTS = ("tofu", "rwku")
@@ -20,9 +21,21 @@ VARIANTS = ("tofu", "rwku")
 
 @functools.lru_cache(maxsize=1)
 def _rouge_scorer() -> Any:
+    """The scorer. Its constructor logs through absl, whose first log call runs
+    ``logging.basicConfig()`` when the root logger has no handler: a root handler for the whole
+    process, which printed every later obliviate progress line twice. A handler that drops
+    records stands on the root for that call."""
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    root = logging.getLogger()
+    quiet = logging.NullHandler() if not root.handlers else None
+    if quiet is not None:
+        root.addHandler(quiet)
+    try:
+        return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    finally:
+        if quiet is not None:
+            root.removeHandler(quiet)
 
 
 def rouge_l_recall_tofu(ground_truth: str, generated: str) -> float:
