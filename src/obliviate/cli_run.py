@@ -37,7 +37,7 @@ def _flags(parser) -> None:
         add_flag(parser, f"--{name}", dest=f"flag.{key}", type=kind, default=argparse.SUPPRESS,
                  help=f"{helptext} [{key}] (config default: {shown(_default(key))})", **kwargs)
 
-    flag("model", "model", str, "hub id, local directory or .gguf file", metavar="MODEL")
+    flag("model", "model", str, "hub id, local directory or .gguf file (also --model_name_or_path)", metavar="MODEL")
     add_flag(parser, "--model_name_or_path", dest="flag.model", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     flag("request", "request", str, "request file or data file; unset: the built-in demo request", metavar="FILE")
     flag("output_dir", "output_dir", str, "the run directory", metavar="DIR")
