@@ -168,8 +168,9 @@ def test_hf_flags_set_the_config_keys(captured_config, tmp_path):
     assert main(["unlearn", "--method", "rt", "--num-train-epochs", "2", "--use_peft", "false"]) == 0  # kebab alias
     config = captured_config["config"]
     assert (config.method, config.train.num_epochs, config.train.lora.enabled) == ("rt", 2.0, False)
-    assert main(["unlearn", "--packing", "--use_peft", "train.lora.r=8", "train.weight_decay=0.2"]) == 0
-    train = captured_config["config"].train  # a bool flag does not swallow the override after it
+    assert main(["unlearn", "--use_peft", "train.lora.r=8", "--packing", "train.weight_decay=0.2"]) == 0
+    train = captured_config["config"].train  # a bool flag does not swallow the override after it; overrides
+    # may stand between flags
     assert (train.lora.enabled, train.lora.r, train.packing, train.weight_decay) == (True, 8, True, 0.2)
     assert main(["finetune", "--num_train_epochs", "3"]) == 0
     assert captured_config["config"].method == "finetune" and captured_config["config"].train.num_epochs == 3.0

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
+
+
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")  # a dotted `key=value` override
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -27,6 +31,10 @@ class OneLineParser(argparse.ArgumentParser):
         args = [f"{arg}=true" if arg in flags and i + 1 < len(args) and "=" in args[i + 1]
                 and not args[i + 1].startswith("-") else arg for i, arg in enumerate(args)]
         parsed, extras = self.parse_known_args(args, namespace)
+        if isinstance(getattr(parsed, "overrides", None), list):  # `key=value` between flags: argparse
+            overrides = [e for e in extras if OVERRIDE.match(e)]  # takes one run of positionals only
+            parsed.overrides += overrides
+            extras = [e for e in extras if e not in overrides]
         if extras:
             command = self._subcommand(getattr(parsed, "command", None))
             known = [o for a in command._actions for o in a.option_strings if a.help != argparse.SUPPRESS]
