@@ -69,6 +69,12 @@ def test_bad_yaml_names_file_and_line(tmp_path):
     path.write_text("method: npo\ntrain: [\n")
     with pytest.raises(UserError, match=r"run\.yaml:\d+: invalid YAML"):
         load_config(path)
+    path.write_text("method: npo\ntrain:\n  learning_rate: 1.0e-5\n  max_steps: 3\n  learning_rate: 1.0e-3\n")
+    with pytest.raises(UserError, match=r"run\.yaml:5: invalid YAML \(key 'learning_rate' appears twice"):
+        load_config(path)  # PyYAML would keep the last one silently
+    path.write_text("? [a, b]\n: 1\nmethod: npo\n")  # a complex key is not a duplicate
+    with pytest.raises(UserError, match=r"run\.yaml:1: invalid YAML \(found unhashable key\)"):
+        load_config(path)
 
 
 def test_hf_names_are_aliases_inside_train(tmp_path):
