@@ -66,6 +66,7 @@ def run(args) -> int:
         if value is not None:
             if name in ("ds_size", "max_new_tokens") and value < (0 if name == "ds_size" else 1):
                 raise UserError(f"--{name} {value}: expected a positive integer")
+            spec.given[name] = (f"--{name}", value, "")  # errors name the flag, not the file's key
             if name in ("data", "target", "oracle"):
                 value = str(Path(value))
             setattr(spec.protocol, name, None if (name == "ds_size" and value == 0) else value)

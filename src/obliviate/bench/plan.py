@@ -28,12 +28,22 @@ from obliviate.rundir import take_lock
 
 
 def check_data(spec: BenchSpec) -> Path:
+    """The protocol's TOFU folder, resolved; a missing folder, split file or given model is refused
+    naming where its value came from: the flag (`--data DIR`) or the row file's key."""
     data = Path(spec.protocol.data)
+    elsewhere = "" if spec.from_flag("data") else ", or pass --data"
     if not data.is_dir():
-        raise UserError(f"--data {data}: no such directory; give the TOFU data folder (e.g. ../shared/data/tofu)")
-    for split in (spec.protocol.forget_split, spec.protocol.retain_split, spec.protocol.forget_split + "_perturbed"):
+        raise UserError(f"{spec.named('data')}: no such directory; give the TOFU data folder "
+                        f"(e.g. ../shared/data/tofu){elsewhere}")
+    for key, suffix in (("forget_split", ""), ("retain_split", ""), ("forget_split", "_perturbed")):
+        split = getattr(spec.protocol, key) + suffix
         if not (data / f"{split}.json").is_file():
-            raise UserError(f"--data {data}: no {split}.json there; check --data, --forget_split and --retain_split")
+            fix = f"--{key}" if spec.from_flag(key) else f"protocol.{key} or --{key}"
+            raise UserError(f"{spec.named(key)}: no {split}.json in {data.absolute()}; give a split that "
+                            f"folder has ({fix}), or another data folder")
+    for key in ("target", "oracle"):
+        if getattr(spec.protocol, key):
+            _given_model_key(getattr(spec.protocol, key), spec.named(key))
     return data.resolve()
 
 
@@ -49,11 +59,13 @@ def write_requests(root: Path, data: Path, spec: BenchSpec) -> dict[str, Path]:
     return paths
 
 
-def _given_model_key(path: str) -> dict:
-    """Identity of a model the user passed (--target/--oracle): its path and weight files' sizes/mtimes."""
+def _given_model_key(path: str, named: str) -> dict:
+    """Identity of a model the user passed (--target/--oracle or the file's protocol.target/oracle,
+    `named` for the error): its path and weight files' sizes/mtimes."""
     model = Path(path)
     if not model.exists():
-        raise UserError(f"{path}: no such model directory; check --target / --oracle")
+        raise UserError(f"{named}: no such model directory; give a trained model's folder, or leave it out "
+                        "to train it here")
     files = sorted(model.glob("*.safetensors")) if model.is_dir() else []
     weights = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
     return {"path": str(model.resolve()), "weights": weights}
@@ -167,7 +179,8 @@ def _weights_mtime(model: str) -> float:
 def base_model(name: str, spec: BenchSpec, book: StageBook, requests: dict, given: str | None) -> dict:
     """The target or the oracle: the given model, or a fine-tune of protocol.model on its request."""
     if given:
-        return {"model": given, "key": fingerprint(_given_model_key(given)), "given": True, "wall_s": None}
+        return {"model": given, "key": fingerprint(_given_model_key(given, spec.named(name))), "given": True,
+                "wall_s": None}
     config = teach_config(spec, model=spec.protocol.model, request=str(requests[name]),
                           output_dir=str(book.root / name))
     return {**train_stage(book, name, config), "given": False}

@@ -72,6 +72,19 @@ class BenchSpec:
     rows: list[Row]
     source: str  # the file (or "packaged default")
     description: str = ""
+    # protocol key -> (who gave it, the value as given, a note) for errors: ("FILE: protocol.data:",
+    # "../tofu", " (relative to DIR)") from the file, ("--data", "/x", "") from a flag (bench/cli.py)
+    given: dict[str, tuple[str, Any, str]] = field(default_factory=dict)
+
+    def named(self, key: str) -> str:
+        """Protocol `key` as the user gave it, for an error: `--data /x`, `FILE: protocol.data: ../tofu`
+        (with the note, e.g. the folder it is relative to) or `FILE: protocol.data (default): ...`."""
+        label, value, note = self.given.get(key, (f"{self.source}: protocol.{key} (default):",
+                                                  getattr(self.protocol, key), ""))
+        return f"{label} {value}{note}"
+
+    def from_flag(self, key: str) -> bool:
+        return self.given.get(key, ("",))[0].startswith("--")
 
 
 def load_spec(path: str | Path | None) -> BenchSpec:
@@ -90,7 +103,8 @@ def parse_spec(data, where: str, base: Path) -> BenchSpec:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping with keys {', '.join(TOP_KEYS)}")
     _no_unknown(data, TOP_KEYS, where)
-    protocol = _protocol(data.get("protocol") or {}, f"{where}: protocol", base)
+    given: dict[str, tuple[str, Any, str]] = {}
+    protocol = _protocol(data.get("protocol") or {}, f"{where}: protocol", base, given)
     rows_data = data.get("rows")
     if not isinstance(rows_data, list) or not rows_data:
         raise UserError(f"{where}: 'rows' must be a non-empty list of rows (name, method, overrides)")
@@ -102,7 +116,8 @@ def parse_spec(data, where: str, base: Path) -> BenchSpec:
                             f"'{row.slug}'; rename one")
         seen[row.slug] = row.name
     return BenchSpec(protocol, _mapping(data.get("teach"), f"{where}: teach"),
-                     _mapping(data.get("common"), f"{where}: common"), rows, where, str(data.get("description", "")))
+                     _mapping(data.get("common"), f"{where}: common"), rows, where, str(data.get("description", "")),
+                     given)
 
 
 def _no_unknown(data: dict, allowed, where: str) -> None:
@@ -119,7 +134,7 @@ def _mapping(value, where: str) -> dict:
     return dict(value)
 
 
-def _protocol(data, where: str, base: Path) -> Protocol:
+def _protocol(data, where: str, base: Path, given: dict) -> Protocol:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping, got {short_repr(data)}")
     names = [f.name for f in dataclasses.fields(Protocol)]
@@ -129,8 +144,11 @@ def _protocol(data, where: str, base: Path) -> Protocol:
         expected, what = TYPES.get(key, ((str, type(None)), "a text or null"))
         if isinstance(value, bool) or not isinstance(value, expected):
             raise UserError(f"{where}.{key} = {short_repr(value)} is invalid; expected {what}")
+        note = ""
         if key in ("data", "target", "oracle") and value is not None and not Path(value).is_absolute():
+            note = f" (relative to {base.absolute()})"
             value = str(base / value)
+        given[key] = (f"{where}.{key}:", data[key], note)
         values[key] = value
     return Protocol(**values)
 
@@ -182,7 +200,23 @@ def row_config(spec: BenchSpec, row: Row, *, model: str, request: str, output_di
     try:
         return load_config(None, overrides)
     except UserError as error:
+        _check_common(spec, row, [("model", model), ("request", request), ("output_dir", output_dir)])
         raise UserError(f"{spec.source}: row '{row.name}': {error}") from None
+
+
+def _check_common(spec: BenchSpec, row: Row, fixed: list) -> None:
+    """Blame `common:` when it fails without the row's overrides (under the row's method, when
+    that is a method: else the row is the one to fix): its keys are under every row."""
+    from obliviate.methods import registry
+
+    if not spec.common or row.method not in registry.methods():
+        return
+    data = str(spec.protocol.data)
+    try:
+        load_config(None, [("method", row.method), *((k, substitute(v, data)) for k, v in spec.common.items()),
+                           *fixed])
+    except UserError as error:
+        raise UserError(f"{spec.source}: common: {error}") from None
 
 
 def teach_config(spec: BenchSpec, *, model: str, request: str, output_dir: str) -> RunConfig:

@@ -122,7 +122,7 @@ def _passage_item(record: dict, where: str) -> QAItem:
     return PassageItem(answer=text, subject=subject)
 
 
-def _load_set(spec, base: Path, where: str, sources: list[str]) -> list[dict]:
+def _load_set(spec, base: Path | None, where: str, sources: list[str]) -> list[dict]:
     if spec is None:
         return []
     if isinstance(spec, list) and spec and all(isinstance(s, str) or (isinstance(s, dict) and "dataset" in s)
@@ -134,15 +134,10 @@ def _load_set(spec, base: Path, where: str, sources: list[str]) -> list[dict]:
     if isinstance(spec, str):
         if "\x00" in spec or not spec.strip() or len(spec) > 4096:
             raise UserError(f"{where}: {short_repr(spec)} is not a usable path; give a file name")
-        try:
-            path = Path(spec).expanduser()
-            resolved = path if path.is_absolute() or not (base / path).exists() else base / path
-            exists = resolved.exists()
-        except (OSError, RuntimeError, ValueError) as error:  # a name too long, an unknown ~user
-            raise UserError(f"{where}: {short_repr(spec)} is not a usable path ({type(error).__name__})") from None
-        if exists:
-            sources.append(str(resolved))
-        return load_records(str(resolved))
+        resolved = resolve_source(spec, base, where)
+        if Path(resolved).exists():  # a file or folder read (not a hub dataset)
+            sources.append(resolved)
+        return load_records(resolved)
     if isinstance(spec, dict) and "dataset" in spec:
         for key in ("dataset", "config", "split"):
             if not isinstance(spec.get(key), str) and (key == "dataset" or spec.get(key) is not None):
@@ -166,6 +161,34 @@ def _passages(records: list, where: str) -> list[str]:
 def looks_like_hub_id(source: str | Path) -> bool:
     """Whether a request source names a hub dataset: no file suffix, not a ./ / or ~ path."""
     return not Path(source).suffix and not written_as_path(source)
+
+
+def resolve_source(spec: str, base: Path | None, where: str, *, what: str = "file") -> str:
+    """The path a request names, or `spec` itself for a hub dataset id. An absolute (or ~) path as
+    it is; a relative one under `base`, the request file's folder, and never in the working
+    directory instead (None: no request file, the name is relative to the working directory). A
+    name written like a hub id (no file suffix, not ./ / ~) that is not under `base` is a hub id.
+    A missing file or folder raises UserError naming `where` (the request file and key)."""
+    try:
+        path = Path(spec).expanduser()  # a YAML value gets no shell to expand ~
+        if path.is_absolute() or base is None:
+            if path.exists():
+                return str(path)
+            if looks_like_hub_id(spec):
+                return spec  # a hub dataset
+            raise UserError(f"{where}: {spec}: no such {what}; check the path")
+        candidate = base / path
+        if candidate.exists():
+            return str(candidate)
+        in_cwd = path.exists()
+    except (OSError, RuntimeError, ValueError) as error:  # a name too long, an unknown ~user
+        raise UserError(f"{where}: {short_repr(spec)} is not a usable path ({type(error).__name__})") from None
+    if looks_like_hub_id(spec) and not in_cwd:
+        return spec  # a hub dataset
+    hint = ("; the one in the working directory is not read: paths in a request file are relative to its "
+            "folder, so write the path from there or give an absolute one" if in_cwd else
+            "; paths in a request file are relative to its folder: check the path, or give an absolute one")
+    raise UserError(f"{where}: {spec}: no such {what} (relative to {base.absolute()}){hint}")
 
 
 def load_request(source: str | Path | dict | None = None, *, retain: str | None = None) -> UnlearningRequest:
@@ -195,7 +218,7 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
         raise UserError(f"{where}: a request needs a 'forget:' key (found: {found}){hint}")
     if not isinstance(spec, dict) or "forget" not in spec:  # a plain data file: it is the forget set
         spec = {"forget": str(source), "retain": retain, "name": Path(str(source)).stem}
-        sources = []
+        sources, base = [], None  # names given on the command line: relative to the working directory
     unknown = {str(k) for k in spec} - {"name", "description", "forget", "retain", "neighbors", "passages", "subject"}
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(key_text(k) for k in sorted(unknown))}; allowed: name, forget, retain, "
@@ -248,7 +271,7 @@ def describe(request: UnlearningRequest) -> dict:
     return summary
 
 
-def _rwku_request(spec: dict, base: Path, where: str) -> UnlearningRequest:
+def _rwku_request(spec: dict, base: Path | None, where: str) -> UnlearningRequest:
     """`rwku: {data: DIR or hub name, targets: 1 | "1-3" | [names], forget: probes | refusals,
     passages: positive | passage | none}` -> the target's request (data/rwku.py)."""
     from obliviate.data.rwku import target_request  # the RWKU loader builds on this module
@@ -258,9 +281,11 @@ def _rwku_request(spec: dict, base: Path, where: str) -> UnlearningRequest:
     if not isinstance(options, dict) or not {"data", "targets"} <= set(options) or set(options) - allowed:
         raise UserError(f"{where}: 'rwku' must be a mapping with data and targets (and optionally forget, "
                         f"passages), got {short_repr(options)}")
-    data = str(options["data"])
-    if not Path(data).is_absolute() and (base / data).exists():
-        data = str(base / data)  # a local copy named relative to the request file
+    data = str(options["data"]) if isinstance(options["data"], Path) else options["data"]
+    if not isinstance(data, str) or not data.strip() or "\x00" in data:
+        raise UserError(f"{where}: rwku.data must be a folder or a hub dataset name, got {short_repr(data)}")
+    # a local copy named relative to the request file (never the working directory), or a hub name
+    data = resolve_source(data, base, f"{where} [rwku.data]", what="directory")
     passages = options.get("passages", "positive")
     request = target_request(data, options["targets"], forget=options.get("forget", "probes"),
                              passages=None if passages in (None, "none") else passages)

@@ -1,0 +1,106 @@
+"""`obliviate bench` errors name what the user wrote: the row file and its key when a value came
+from the file (`bench.yaml: protocol.data: ...`), the flag when it came from a flag (`--data ...`),
+`common:` for a bad key there (not the first row). One line, exit 2, nothing written. No model is
+loaded: every check here runs before the first stage."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from obliviate.bench import cli
+
+SPLITS = ("forget01", "forget01_perturbed", "retain_perturbed")
+ROWS = [{"name": "GA", "method": "ga"}, {"name": "NPO", "method": "npo"}]
+
+
+@pytest.fixture
+def bench(tmp_path):
+    """(row file, output dir): a folder with the split files the checks look for, two rows."""
+    (tmp_path / "tofu").mkdir()
+    for split in SPLITS:
+        (tmp_path / "tofu" / f"{split}.json").write_text("[]")
+    path = tmp_path / "bench.yaml"
+    write(path, {"protocol": {"model": "some-model", "data": "tofu"}, "common": {"train.max_steps": 2}, "rows": ROWS})
+    return path, tmp_path / "out"
+
+
+def write(path: Path, spec: dict) -> None:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def refused(capsys, config: Path | None, out: Path, *flags) -> str:
+    """The one error line of a refused bench; checks exit 2, no traceback, nothing written."""
+    argv = (["--config", str(config)] if config else []) + ["--output_dir", str(out), *flags]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert not out.exists()
+    return err.strip()[len("error: "):]
+
+
+def change(path: Path, section: str, **values) -> None:
+    spec = yaml.safe_load(path.read_text())
+    spec[section].update(values)
+    write(path, spec)
+
+
+def test_a_missing_data_folder_names_the_file_and_key_it_came_from(bench, capsys):
+    config, out = bench
+    change(config, "protocol", data="/nope/tofu")
+    assert refused(capsys, config, out).startswith(f"{config}: protocol.data: /nope/tofu: no such directory;")
+    change(config, "protocol", data="elsewhere")  # relative: the folder it was looked for in is named
+    message = refused(capsys, config, out)
+    assert message.startswith(f"{config}: protocol.data: elsewhere (relative to {config.parent}): no such directory")
+    assert "--data" in message  # how to fix: the flag overrides the file
+    message = refused(capsys, config, out, "--data", "/nope2")  # the flag's value: the flag is named
+    assert message.startswith("--data /nope2: no such directory;") and "protocol" not in message
+
+
+def test_a_missing_split_names_the_file_key_or_the_flag(bench, capsys):
+    config, out = bench
+    folder = config.parent / "tofu"
+    change(config, "protocol", retain_split="retain99")
+    message = refused(capsys, config, out)
+    assert message.startswith(f"{config}: protocol.retain_split: retain99: no retain99.json in {folder};")
+    assert not message.startswith("--")
+    message = refused(capsys, config, out, "--retain_split", "retain95")
+    assert message.startswith(f"--retain_split retain95: no retain95.json in {folder};")
+    (folder / "forget01_perturbed.json").unlink()
+    change(config, "protocol", retain_split="retain_perturbed")
+    assert refused(capsys, config, out).startswith(f"{config}: protocol.forget_split (default): forget01: "
+                                                   f"no forget01_perturbed.json in {folder};")
+
+
+def test_a_missing_given_model_names_where_it_was_given_before_anything_is_written(bench, capsys):
+    config, out = bench
+    change(config, "protocol", target="no-model")
+    assert refused(capsys, config, out).startswith(
+        f"{config}: protocol.target: no-model (relative to {config.parent}): no such model directory;")
+    assert refused(capsys, config, out, "--target", "/no/oracle").startswith("--target /no/oracle: no such model")
+
+
+def test_a_bad_common_key_names_common_not_the_first_row(bench, capsys):
+    config, out = bench
+    change(config, "common", **{"train.max_step": 3})
+    message = refused(capsys, config, out)
+    assert message.startswith(f"{config}: common: config key 'train.max_step' is not known")
+    assert "row '" not in message
+    spec = yaml.safe_load(config.read_text())
+    spec["common"] = {"train.max_steps": 2}
+    spec["rows"][1]["overrides"] = {"train.max_step": 3}  # a bad key in a row still names that row
+    write(config, spec)
+    assert refused(capsys, config, out).startswith(f"{config}: row 'NPO': config key 'train.max_step'")
+    spec["rows"][1] = {"name": "NPO", "method": "nope"}  # a bad method is the row's, even with a common:
+    write(config, spec)
+    assert refused(capsys, config, out).startswith(f"{config}: row 'NPO': config key 'method' = 'nope'")
+
+
+def test_the_packaged_rows_name_themselves_and_the_flag(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no ../shared/data/tofu from here
+    message = refused(capsys, None, tmp_path / "out")
+    assert re.match(rf"packaged default rows: protocol\.data: \.\./shared/data/tofu \(relative to {tmp_path}\): "
+                    r"no such directory; .*--data", message)
