@@ -104,3 +104,12 @@ def test_the_packaged_rows_name_themselves_and_the_flag(tmp_path, monkeypatch, c
     message = refused(capsys, None, tmp_path / "out")
     assert re.match(rf"packaged default rows: protocol\.data: \.\./shared/data/tofu \(relative to {tmp_path}\): "
                     r"no such directory; .*--data", message)
+
+
+@pytest.mark.parametrize("key, value", [("max_new_tokens", 0), ("ds_size", -1), ("eval_batch_size", 0)])
+def test_protocol_integers_below_their_least_value_are_refused(bench, capsys, key, value):
+    """The flags were range-checked, the file's keys only type-checked (max_new_tokens: 0 ran)."""
+    config, out = bench
+    change(config, "protocol", **{key: value})
+    assert refused(capsys, config, out) == f"{config}: protocol.{key} = {value} is invalid; expected an integer >= " \
+                                           f"{0 if key == 'ds_size' else 1}"

@@ -404,14 +404,14 @@ def test_file_options_expand_home_as_the_check_does(tmp_path, monkeypatch):
     from obliviate.data.request import load_request
     from obliviate.evaluation.benchmarks.harmful import HarmfulOptions, check_harmful
     from obliviate.evaluation.harmful.data import load_labels
-    from obliviate.evaluation.reference_logs import _load_json
+    from obliviate.evaluation.reference_logs import load_json
 
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "log.json").write_text('{"ok": 1}')
     (tmp_path / "labels.json").write_text(json.dumps({"items": [
         {"prompt": "p", "unwanted": "u", "output": "o", "label": True}]}))
     (tmp_path / "forget.json").write_text(json.dumps([{"question": "Who?", "answer": "Me."}]))
-    assert _load_json("~/log.json") == {"ok": 1}
+    assert load_json("~/log.json") == {"ok": 1}
     assert len(load_labels("~/labels.json")) == 1
     assert [i.question for i in load_request("~/forget.json").forget] == ["Who?"]
     check_harmful(HarmfulOptions(labels="~/labels.json", request="~/forget.json"))  # passes: the files are there

@@ -36,6 +36,8 @@ TOP_KEYS = ("description", "protocol", "teach", "common", "rows")
 ROW_KEYS = ("name", "method", "overrides", "note", "requires")
 TYPES = {"ds_size": ((int, type(None)), "an integer or null"), "max_new_tokens": (int, "an integer"),
          "eval_batch_size": (int, "an integer")}
+#: the least value of each integer key (ds_size 0 or null: every item)
+LEAST = {"ds_size": 0, "max_new_tokens": 1, "eval_batch_size": 1}
 
 
 @dataclass
@@ -144,6 +146,8 @@ def _protocol(data, where: str, base: Path, given: dict) -> Protocol:
         expected, what = TYPES.get(key, ((str, type(None)), "a text or null"))
         if isinstance(value, bool) or not isinstance(value, expected):
             raise UserError(f"{where}.{key} = {short_repr(value)} is invalid; expected {what}")
+        if isinstance(value, int) and value < LEAST.get(key, value):
+            raise UserError(f"{where}.{key} = {value} is invalid; expected an integer >= {LEAST[key]}")
         note = ""
         if key in ("data", "target", "oracle") and value is not None and not Path(value).is_absolute():
             note = f" (relative to {base.absolute()})"

@@ -41,7 +41,7 @@ UTILITY_TASKS = ("retain", "real_authors", "world_facts")
 NORMALISED_PROB_TASKS = ("real_authors", "world_facts")
 
 
-def _load_json(path: str | Path) -> Any:
+def load_json(path: str | Path) -> Any:
     path = Path(path).expanduser()
     try:
         with path.open(encoding="utf-8") as handle:
@@ -52,7 +52,7 @@ def _load_json(path: str | Path) -> Any:
         raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); {FIX_HINT}") from None
 
 
-def _detect_format(data: Any) -> str:
+def detect_format(data: Any) -> str:
     if not isinstance(data, dict):
         return "unknown"
     if isinstance(data.get("tasks"), dict):
@@ -77,7 +77,7 @@ def _by_index(task: dict, stat: str, path: Path, where: str) -> list[Any]:
         raise UserError(f"{path}: {where} '{stat}' has a non-integer index; {FIX_HINT}") from None
 
 
-def _legacy_truth_ratios(task: dict, path: Path, where: str) -> list[float]:
+def legacy_truth_ratios(task: dict, path: Path, where: str) -> list[float]:
     correct = _by_index(task, "avg_paraphrased_loss", path, where)
     perturbed = _by_index(task, "average_perturb_loss", path, where)
     if len(correct) != len(perturbed):
@@ -90,7 +90,7 @@ def _legacy_truth_ratios(task: dict, path: Path, where: str) -> list[float]:
                         f"{FIX_HINT}") from None
 
 
-def _open_unlearning_truth_ratios(data: dict, path: Path) -> list[float]:
+def open_unlearning_truth_ratios(data: dict, path: Path) -> list[float]:
     by_index = data["forget_truth_ratio"].get("value_by_index")
     if not isinstance(by_index, dict) or not by_index:
         raise UserError(f"{path}: 'forget_truth_ratio' has no 'value_by_index'; {FIX_HINT}")
@@ -103,7 +103,7 @@ def _open_unlearning_truth_ratios(data: dict, path: Path) -> list[float]:
                         f'{{"score": number}} under integer keys; {FIX_HINT}') from None
 
 
-def _obliviate_truth_ratios(data: dict, path: Path) -> list[float]:
+def obliviate_truth_ratios(data: dict, path: Path) -> list[float]:
     items = (data["tasks"].get("forget") or {}).get("items")
     if not isinstance(items, list) or not items:
         raise UserError(f"{path}: no 'tasks.forget.items' list; {FIX_HINT}")
@@ -126,18 +126,18 @@ def forget_truth_ratios(path: str | Path) -> list[float]:
     unknown file.
     """
     path = Path(path)
-    data = _load_json(path)
-    kind = _detect_format(data)
+    data = load_json(path)
+    kind = detect_format(data)
     if kind == "tofu_legacy":
         if not isinstance(data.get("eval_log_forget.json"), dict):
             raise UserError(f"{path}: TOFU log without an 'eval_log_forget.json' task; {FIX_HINT}")
-        return _legacy_truth_ratios(data["eval_log_forget.json"], path, "eval_log_forget.json")
+        return legacy_truth_ratios(data["eval_log_forget.json"], path, "eval_log_forget.json")
     if kind == "tofu_legacy_task":
-        return _legacy_truth_ratios(data, path, "the task log")
+        return legacy_truth_ratios(data, path, "the task log")
     if kind == "open_unlearning":
-        return _open_unlearning_truth_ratios(data, path)
+        return open_unlearning_truth_ratios(data, path)
     if kind == "obliviate":
-        return _obliviate_truth_ratios(data, path)
+        return obliviate_truth_ratios(data, path)
     raise UserError(f"{path}: unknown log format (no 'eval_log_forget.json', "
                     f"'forget_truth_ratio' or 'tasks' key); {FIX_HINT}")
 
@@ -152,7 +152,7 @@ def _legacy_task_aggregates(task: dict, name: str, path: Path) -> dict[str, floa
         prob = metrics.normalised_probability(gt_nll, perturbed)
     else:
         prob = metrics.probability(gt_nll)
-    ratios = _legacy_truth_ratios(task, path, where)
+    ratios = legacy_truth_ratios(task, path, where)
     aggregate_tr = metrics.truth_ratio_forget if name == "forget" else metrics.truth_ratio_retain
     return {
         "rouge_l_recall": float(sum(rouge) / len(rouge)),
@@ -170,8 +170,8 @@ def aggregate_from_tofu_log(path: str | Path) -> dict[str, Any]:
     "ROUGE/Prob./Truth Ratio" x "Retain/Real Authors/Real World/Forget", "Model Utility".
     """
     path = Path(path)
-    data = _load_json(path)
-    if _detect_format(data) != "tofu_legacy":
+    data = load_json(path)
+    if detect_format(data) != "tofu_legacy":
         raise UserError(f"{path}: not a TOFU eval_log_aggregated.json (needs task keys such as "
                         f"'eval_log.json'); {FIX_HINT}")
     result: dict[str, Any] = {}

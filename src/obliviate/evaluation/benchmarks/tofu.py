@@ -50,13 +50,18 @@ def run_tofu(model, tokenizer, options: TofuOptions, *, out_dir: Path, model_nam
 
 
 def check_tofu(options: TofuOptions) -> None:
-    """Before the model loads: a local data directory holds the forget split; the retain log exists."""
+    """Before the model loads: a local data directory holds the forget split; the retain log
+    exists and (with local data) holds the evaluated forget items and no other split's
+    (:func:`~obliviate.evaluation.tofu.retain_log.aligned_truth_ratios`)."""
     from obliviate.data.rwku import is_local
-    from obliviate.evaluation.tofu.data import load_split
+    from obliviate.evaluation.tofu.data import load_items
+    from obliviate.evaluation.tofu.retain_log import aligned_truth_ratios
 
-    if is_local(options.data):
-        load_split(options.data, f"{options.forget_split}_perturbed")
+    split_items = load_items(options.data, f"{options.forget_split}_perturbed") if is_local(options.data) else None
     missing_path(options.retain_logs, "benchmark 'tofu' option 'retain_logs'", "eval log")
+    if options.retain_logs is not None and split_items is not None:
+        aligned_truth_ratios(options.retain_logs, split_items[:options.ds_size], forget_split=options.forget_split,
+                             split_items=split_items)
 
 
 TOFU = register_benchmark(Benchmark(

@@ -2,31 +2,35 @@
 
 Forget Quality is the KS-test p-value between this model's and the retain model's per-item
 forget truth ratios; PrivLeak compares the two models' min-k MIA AUCs. The retain model's
-values come from its eval log (``retain_logs``: TOFU, open-unlearning or obliviate format)
-or from scoring the retain model itself (``retain_model``) with the same engine.
+values come from its eval log (``retain_logs``: TOFU, open-unlearning or obliviate format),
+taken for the same items as the evaluated ones (:mod:`.retain_log`: by question, else by
+index), or from scoring the retain model itself (``retain_model``) on the evaluated items
+with the same engine.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from obliviate.data.request import QAItem
-from obliviate.evaluation import metrics, reference_logs
+from obliviate.evaluation import metrics
 from obliviate.evaluation.engine.result_cache import ResultCache, result_cache_for
 from obliviate.evaluation.plan import WorkPlan
 from obliviate.evaluation.tofu.extras import forget_extras
 from obliviate.evaluation.tofu.items import assemble, engine_settings, plan_items
+from obliviate.evaluation.tofu.retain_log import aligned_truth_ratios
 from obliviate.hardware import model_device
 
 
 @dataclass
 class RetainReference:
-    truth_ratios: list[float] | None = None  # per forget item, R = P̃_perturbed / P̃_correct
+    truth_ratios: list[float] | None = None  # per evaluated forget item, R = P̃_perturbed / P̃_correct
     min_k_auc: float | None = None
     source: str | None = None  # "log <path>" or "model <path>"
+    notes: list[str] = field(default_factory=list)  # how the log's values were matched to the items
 
 
 def reference_min_k_auc(path: str | Path) -> float | None:
@@ -68,11 +72,15 @@ def score_retain_model(model, tokenizer, forget_items: Sequence[QAItem], holdout
 
 def retain_reference(model, forget_items, holdout_items, *, retain_logs, retain_model,
                      **engine_options) -> RetainReference:
-    """Read the retain model's log, or load and score the retain model (on the evaluated
-    model's device); an empty reference when neither is given."""
+    """The retain model's truth ratios on ``forget_items`` (the evaluated ones, ``ds_size``
+    applied): its log's values for the same items (:func:`.retain_log.aligned_truth_ratios`;
+    a log that lacks one is refused with a UserError), or the retain model loaded and scored on
+    those items (on the evaluated model's device); an empty reference when neither is given.
+    Items the reference has no truth ratio for are left out of its sample."""
     if retain_logs is not None:
-        return RetainReference(reference_logs.forget_truth_ratios(retain_logs), reference_min_k_auc(retain_logs),
-                               f"log {retain_logs}")
+        values, notes = aligned_truth_ratios(retain_logs, forget_items)
+        return RetainReference([value for value in values if value is not None], reference_min_k_auc(retain_logs),
+                               f"log {retain_logs}", notes)
     if retain_model is None:
         return RetainReference()
     from obliviate.models import load_model
@@ -90,6 +98,7 @@ def compare_with_retain(forget_rows: list[dict], reference: RetainReference, ext
     figure it cannot compute."""
     forget_ratios = [row["truth_ratio"] for row in forget_rows if row.get("truth_ratio") is not None]
     forget_quality = None
+    notes.extend(reference.notes)
     if reference.truth_ratios:
         forget_quality = metrics.forget_quality(forget_ratios, reference.truth_ratios)
         if len(reference.truth_ratios) != len(forget_ratios):
