@@ -113,3 +113,27 @@ def test_protocol_integers_below_their_least_value_are_refused(bench, capsys, ke
     change(config, "protocol", **{key: value})
     assert refused(capsys, config, out) == f"{config}: protocol.{key} = {value} is invalid; expected an integer >= " \
                                            f"{0 if key == 'ds_size' else 1}"
+
+
+def test_a_row_sets_a_common_key_in_its_other_spelling(bench, tmp_path):
+    """common: train.num_train_epochs, a row: train.num_epochs (the same setting): the row wins,
+    as over any common key (the overrides' both-spellings check refused it); both spellings in
+    one section are still refused, naming the section."""
+    from obliviate.bench.rows import load_spec, row_config
+    from obliviate.errors import UserError
+
+    config, _ = bench
+    spec = yaml.safe_load(config.read_text())
+    spec["common"] = {"train.num_train_epochs": 2}
+    spec["rows"][1]["overrides"] = {"train.num_epochs": 5}
+    write(config, spec)
+    loaded = load_spec(config)
+    where = dict(model="m", request="r.json", output_dir=str(tmp_path / "o"))
+    assert row_config(loaded, loaded.rows[1], **where).train.num_epochs == 5.0
+    assert row_config(loaded, loaded.rows[0], **where).train.num_epochs == 2.0
+    spec["common"] = {"train.num_train_epochs": 2, "train.num_epochs": 3}
+    write(config, spec)
+    loaded = load_spec(config)
+    with pytest.raises(UserError, match=re.escape(f"{config}: common: 'train.num_train_epochs' and 'train.num_epochs' "
+                                                  "name the same setting")):
+        row_config(loaded, loaded.rows[0], **where)

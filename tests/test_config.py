@@ -39,6 +39,8 @@ def test_resolved_config_round_trips(tmp_path):
         ("train=3", "config key 'train': expected a mapping"),
         # each of these was a traceback after the run directory was made (a user review)
         ("train.lr_scheduler=foo", "config key 'train.lr_scheduler' = 'foo' is invalid; expected one of linear"),
+        ("train.lr_scheduler=cosine_with_min_lr", "config key 'train.lr_scheduler' = 'cosine_with_min_lr' is invalid"),
+        ("train.lr_scheduler=reduce_lr_on_plateau", "config key 'train.lr_scheduler' = 'reduce_lr_on_plateau' is"),
         ("train.logging_steps=0", "config key 'train.logging_steps' = 0 is invalid"),
         ("objective.beta=0", "config key 'objective.beta' = 0.0 is invalid"),
         ("objective.beta=-1", "config key 'objective.beta' = -1.0 is invalid"),
@@ -72,6 +74,9 @@ def test_bad_yaml_names_file_and_line(tmp_path):
     path.write_text("method: npo\ntrain:\n  learning_rate: 1.0e-5\n  max_steps: 3\n  learning_rate: 1.0e-3\n")
     with pytest.raises(UserError, match=r"run\.yaml:5: invalid YAML \(key 'learning_rate' appears twice"):
         load_config(path)  # PyYAML would keep the last one silently
+    from obliviate.io import parse_yaml
+
+    assert parse_yaml('1: int\n"1": text\n', "f") == {1: "int", "1": "text"}  # two keys, not one twice
     path.write_text("? [a, b]\n: 1\nmethod: npo\n")  # a complex key is not a duplicate
     with pytest.raises(UserError, match=r"run\.yaml:1: invalid YAML \(found unhashable key\)"):
         load_config(path)

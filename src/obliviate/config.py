@@ -150,6 +150,10 @@ HF_NAMES = {
 #: aliases accepted inside `train:` (the TrainingArguments names), stored under our names
 TRAIN_ALIASES = {"num_train_epochs": "num_epochs", "per_device_train_batch_size": "batch_size"}
 REPORT_TO = ("none", "tensorboard", "wandb")
+#: transformers schedulers that run without lr_scheduler_kwargs or an eval loop (cosine_with_min_lr,
+#: warmup_stable_decay and reduce_lr_on_plateau need them, which a run config does not pass)
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
 
 
 def canonical_key(dotted: str) -> str:
@@ -338,9 +342,6 @@ def _merge(into: dict, new: dict) -> None:
 
 def validate(config: RunConfig) -> None:
     """Refuse values no run can use, naming the dotted key and what is expected."""
-    from transformers.trainer_utils import SchedulerType
-
-    schedulers = [kind.value for kind in SchedulerType]
     checks = [
         (config.method in registry.methods(), "method", f"one of {', '.join(registry.methods())}"),
         (bool(str(config.output_dir).strip()), "output_dir", "a directory path (empty would write into the current "
@@ -353,7 +354,7 @@ def validate(config: RunConfig) -> None:
         (config.train.num_epochs > 0 or config.train.max_steps > 0, "train.num_epochs", "a positive number"),
         (config.train.max_length >= 16, "train.max_length", "an integer >= 16"),
         (config.train.precision in ("auto", "bf16", "fp32"), "train.precision", "auto, bf16 or fp32"),
-        (config.train.lr_scheduler in schedulers, "train.lr_scheduler", f"one of {', '.join(schedulers)}"),
+        (config.train.lr_scheduler in SCHEDULERS, "train.lr_scheduler", f"one of {', '.join(SCHEDULERS)}"),
         (config.train.logging_steps >= 1, "train.logging_steps", "an integer >= 1"),
         (config.objective.beta > 0, "objective.beta", "a positive number (NPO / SimNPO / IDK-DPO divide by it)"),
         (config.objective.retain_loss in ("nll", "kl", "none"), "objective.retain_loss", "nll, kl or none"),

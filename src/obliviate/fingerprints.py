@@ -36,7 +36,21 @@ def config_text(config) -> str:
     if config is None or not hasattr(config, "to_dict"):
         return ""
     entries = {k: v for k, v in config.to_dict().items() if k not in VOLATILE_CONFIG}
-    return json.dumps(entries, sort_keys=True, default=str)
+    return json.dumps(_plain(entries), sort_keys=True)
+
+
+def _plain(value):
+    """`value` as JSON can hold it, the same for equal values: mapping keys as text (a config may
+    key by tuple or mix int and str keys), sets sorted, other objects by their text."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(str(_plain(item)) for item in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 def model_fingerprint(model) -> str:

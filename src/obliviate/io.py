@@ -185,10 +185,11 @@ class NoAliasSafeLoader(yaml.SafeLoader):
             for key_node, _ in node.value:
                 if not isinstance(key_node, yaml.ScalarNode):
                     continue
-                if key_node.value in seen:
+                key = self.construct_object(key_node)  # 1 and "1" differ, true and True do not
+                if (type(key), key) in seen:
                     raise yaml.constructor.ConstructorError(
                         None, None, f"key '{key_node.value[:80]}' appears twice in one mapping", key_node.start_mark)
-                seen.add(key_node.value)
+                seen.add((type(key), key))
         return super().construct_mapping(node, deep=deep)
 
 

@@ -161,7 +161,7 @@ def load_model(
             source.path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except OSError as error:
-        raise UserError(_pickle_only(name, source.path) or _load_error(name, error)) from None
+        raise UserError(_pickle_only(name, source.path, error) or _load_error(name, error)) from None
     except ValueError as error:
         if "trust_remote_code" in str(error):
             raise UserError(
@@ -229,13 +229,17 @@ def _parse_dtype(dtype: str) -> torch.dtype:
     return table[dtype]
 
 
-def _pickle_only(name: str, path: str) -> str | None:
-    """The refusal for a local directory whose weights are pickle files only (None otherwise)."""
+def _pickle_only(name: str, path: str, error: Exception) -> str | None:
+    """The refusal for weights that are pickle files only (None otherwise): a local directory
+    with *.bin and no *.safetensors, or a hub repository transformers says has no safetensors."""
     folder = Path(path)
-    if not folder.is_dir() or any(folder.glob("*.safetensors")) or not any(folder.glob("*.bin")):
+    if folder.is_dir():
+        if any(folder.glob("*.safetensors")) or not any(folder.glob("*.bin")):
+            return None
+    elif "safetensors" not in str(error):
         return None
     return (f"model '{name}' has only pickle weights (*.bin), which obliviate does not load (unpickling can run "
-            "code); convert them once where you trust the file: AutoModelForCausalLM.from_pretrained(dir)"
+            f"code); convert them once where you trust the file: AutoModelForCausalLM.from_pretrained('{name}')"
             ".save_pretrained(new_dir)")
 
 

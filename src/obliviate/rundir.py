@@ -128,26 +128,28 @@ def config_agrees(run_dir: str | Path, config: dict) -> bool:
     return True
 
 
-def discard_unstarted_run(run_dir: str | Path) -> bool:
-    """Remove a run directory that holds nothing but its config.yaml and started_from.json, an
-    empty checkpoints/ and an empty train log (a run refused or failed before its first log line
-    or checkpoint: nothing to resume, and it would refuse a corrected rerun); True if removed.
-    Anything else in it (a checkpoint, a generation cache, a log line) keeps it."""
+def discard_unstarted_run(run_dir: str | Path, *, created: bool = True) -> bool:
+    """After a fresh run failed (a refusal, a crash, Ctrl-C): remove an empty checkpoints/ and an
+    empty train log (any checkpoints/ makes check_run_dir take the folder for a started run, which
+    refused the corrected rerun), then config.yaml and started_from.json when nothing else is left,
+    and the folder itself if this run `created` it; True if nothing of the run is left. Anything
+    else (a checkpoint, a log line, ULMR's generation cache) stays, and the folder with it."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return False
-    for path in run_dir.iterdir():
-        empty = (path.name == CHECKPOINTS and path.is_dir() and not any(path.iterdir())) or (
-            path.name == TRAIN_LOG and path.is_file() and path.stat().st_size == 0)
-        if path.name not in (CONFIG, STARTED_FROM) and not empty:
-            return False
     with contextlib.suppress(OSError):
-        for name in (CONFIG, STARTED_FROM, TRAIN_LOG):
-            (run_dir / name).unlink(missing_ok=True)
-        if (run_dir / CHECKPOINTS).is_dir():
+        if (run_dir / CHECKPOINTS).is_dir() and not any((run_dir / CHECKPOINTS).iterdir()):
             (run_dir / CHECKPOINTS).rmdir()
-        run_dir.rmdir()
-    return not run_dir.exists()
+        if (run_dir / TRAIN_LOG).is_file() and (run_dir / TRAIN_LOG).stat().st_size == 0:
+            (run_dir / TRAIN_LOG).unlink()
+    if {p.name for p in run_dir.iterdir()} - {CONFIG, STARTED_FROM}:
+        return False
+    with contextlib.suppress(OSError):
+        for name in (CONFIG, STARTED_FROM):
+            (run_dir / name).unlink(missing_ok=True)
+        if created:
+            run_dir.rmdir()
+    return not any(run_dir.iterdir()) if run_dir.exists() else True
 
 
 def take_lock(path: Path, *, busy: str) -> RunLock:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from obliviate.config import RunConfig, load_config
+from obliviate.config import RunConfig, canonical_key, load_config
 from obliviate.errors import UserError
 from obliviate.io import key_text, parse_yaml, read_user_text, short_repr
 
@@ -198,14 +198,28 @@ def row_config(spec: BenchSpec, row: Row, *, model: str, request: str, output_di
     """The row's run config: common <- row overrides <- (model, request, output_dir); a bad key or
     value is refused naming the file and the row."""
     data = str(spec.protocol.data)
-    overrides = [("method", row.method), *((k, substitute(v, data)) for k, v in spec.common.items()),
-                 *((k, substitute(v, data)) for k, v in row.overrides.items()),
+    common = _one_spelling(spec.common, f"{spec.source}: common")  # a row may set common's key in its
+    mine = _one_spelling(row.overrides, f"{spec.source}: row '{row.name}'")  # other spelling: it wins
+    overrides = [("method", row.method), *((k, substitute(v, data)) for k, v in common.items()),
+                 *((k, substitute(v, data)) for k, v in mine.items()),
                  ("model", model), ("request", request), ("output_dir", output_dir)]
     try:
         return load_config(None, overrides)
     except UserError as error:
         _check_common(spec, row, [("model", model), ("request", request), ("output_dir", output_dir)])
         raise UserError(f"{spec.source}: row '{row.name}': {error}") from None
+
+
+def _one_spelling(overrides: dict, where: str) -> dict:
+    """`overrides` under our key names (config.canonical_key: train.num_train_epochs ->
+    train.num_epochs); both spellings of one key in the same section are refused."""
+    out, spelled = {}, {}
+    for key, value in overrides.items():
+        name = canonical_key(str(key))
+        if name in spelled:
+            raise UserError(f"{where}: '{spelled[name]}' and '{key}' name the same setting; keep one")
+        out[name], spelled[name] = value, key
+    return out
 
 
 def _check_common(spec: BenchSpec, row: Row, fixed: list) -> None:

@@ -77,6 +77,7 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
         _say_what_resumes(Path(config.output_dir))
     if model is None:
         model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    created = not Path(config.output_dir).exists()  # an empty folder the user made is not removed
     fresh = not resume and not (Path(config.output_dir).is_dir() and any(Path(config.output_dir).iterdir()))
     # one lock per launch: process 0 holds it, the others wait until it has it
     lock = lock_run_dir(config.output_dir, resume=resume) if state.is_main_process else None
@@ -92,7 +93,17 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
         if lock is not None:
             lock.release()
             if failed and fresh:
-                discard_unstarted_run(config.output_dir)  # leaves no half-written run behind to block a rerun
+                discard_unstarted_run(config.output_dir, created=created)  # nothing to block the rerun
+
+
+def _generator_files(config: RunConfig) -> list[str]:
+    """A local generation model's weight files (generation.model): a resumed run refuses one
+    retrained since it started, as it refuses changed base weights, instead of training on
+    data prepared by two different models."""
+    gen = config.generation
+    if gen.backend != "local" or not gen.model or not Path(gen.model).is_dir():
+        return []
+    return sorted(str(path) for path in Path(gen.model).glob("*.safetensors"))
 
 
 def _say_what_resumes(run_dir: Path) -> None:
@@ -115,7 +126,7 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
     model.to(device)
     base_weights = weights_sha256(model)  # before training changes the weights in place
     if state.is_main_process:
-        check_started_from(run_dir, started_from(base_weights, request.sources), resume)
+        check_started_from(run_dir, started_from(base_weights, [*request.sources, *_generator_files(config)]), resume)
     context = Run(config, request, model, tokenizer, run_dir, device, resume)
     models = method.recipe(context)
     if "model" not in models:

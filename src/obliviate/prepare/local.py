@@ -14,7 +14,7 @@ import torch
 
 from obliviate.errors import UserError
 from obliviate.fingerprints import model_fingerprint, tokenizer_fingerprint
-from obliviate.hardware import autocast_context, model_device, resolve_precision
+from obliviate.hardware import autocast_context, model_device
 from obliviate.prepare.backend import Messages, chat_messages, check_sampling
 from obliviate.prompts import template_pins
 
@@ -57,17 +57,11 @@ class LocalHFBackend:
 
     def cache_key_fields(self) -> dict[str, Any]:
         """What the outputs depend on: the weights and tokenizer themselves (not only the name: a
-        checkpoint retrained at the same path must not be served the old outputs), and where and
-        at what precision they run; under bf16 (anywhere but a CPU at fp32) also the batch size,
-        since the rows decoded together change the rounding and so near-tied greedy tokens.
+        checkpoint retrained at the same path must not be served the old outputs). Not the device
+        or precision: a run resumed on another device (allowed) is served the outputs it trained on.
         Hashes the weights at each call (~0.4 s per 500 MB on a CPU)."""
-        device = model_device(self.model)
-        precision = resolve_precision("auto", device.type)  # what autocast_context(device) runs
-        fields = {"backend": self.name, "model_id": self.model_id, "weights": model_fingerprint(self.model),
-                  "tokenizer": tokenizer_fingerprint(self.tokenizer), "compute": f"{device.type}:{precision}"}
-        if not (precision == "fp32" and device.type == "cpu" and next(self.model.parameters()).dtype == torch.float32):
-            fields["batch_size"] = self.batch_size
-        return fields
+        return {"backend": self.name, "model_id": self.model_id, "weights": model_fingerprint(self.model),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer)}
 
     # -- helpers --------------------------------------------------------------------------
 
