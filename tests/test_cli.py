@@ -199,6 +199,9 @@ def test_hf_flags_set_the_config_keys(captured_config, tmp_path):
     (["unlearn", "--output_dir", ""], "config key 'output_dir' = '' is invalid"),
     (["eval", "--model", "m", "--output_dir", " "], "output_dir is empty"),
     (["model", "info"], "model info: which model?"),
+    (["probe", "--model", "m", "--ds_size", "0"], "--ds_size 0: expected an integer >= 1"),  # a traceback after scoring
+    (["probe", "--model", "m", "--top", "-1"], "--top -1: expected an integer >= 1"),  # printed all rows but one
+    (["probe", "--model", "m", "--output", "."], "--output .: is a folder"),
     (["eval", "--forget_split", "forget05"], "eval: no model to evaluate"),
     (["eval", "--config", "no-such-eval.yaml", "--model", "m"], "no-such-eval.yaml: no such config file"),
     (["eval", "--model", "m", "--extras", "sometimes"], "argument --extras: expected true or false"),

@@ -44,6 +44,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("train.logging_steps=0", "config key 'train.logging_steps' = 0 is invalid"),
         ("objective.beta=0", "config key 'objective.beta' = 0.0 is invalid"),
         ("objective.beta=-1", "config key 'objective.beta' = -1.0 is invalid"),
+        ("objective.rmu_layer=-2", "config key 'objective.rmu_layer' = -2 is invalid"),  # trained as -1 silently
         ("train.lora.dropout=1.5", "config key 'train.lora.dropout' = 1.5 is invalid"),
         ("output_dir=", "config key 'output_dir' = '' is invalid"),
         ("ulmr.negative_prompt=Say {foo} {question}", "config key 'ulmr.negative_prompt' = 'Say {foo} {question}' is"),

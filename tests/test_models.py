@@ -110,3 +110,22 @@ def test_a_hub_repository_with_pickle_weights_only_is_refused_with_the_conversio
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.startswith("UserError model 'someorg/pickle-only' has only pickle weights (*.bin)"), out
     assert "from_pretrained('someorg/pickle-only').save_pretrained(new_dir)" in out
+
+
+def test_a_model_folder_without_tokenizer_or_with_torn_weights_is_one_line(tiny_model_dir, tmp_path):
+    """Both were tracebacks (ValueError from the tokenizer, SafetensorError from the weights)."""
+    import shutil
+
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(tiny_model_dir, no_tokenizer)
+    for path in no_tokenizer.iterdir():
+        if path.name.startswith("tokenizer") or path.name == "chat_template.jinja":
+            path.unlink()
+    with pytest.raises(UserError, match="has no usable tokenizer beside its weights"):
+        load_model(str(no_tokenizer))
+    torn = tmp_path / "torn"
+    shutil.copytree(tiny_model_dir, torn)
+    weights = torn / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match="its weights file is unreadable"):
+        load_model(str(torn))

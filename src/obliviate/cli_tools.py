@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from obliviate.cli_args import HelpFormatter, add_flag
 from obliviate.errors import UserError
@@ -88,9 +89,9 @@ def add_probe(parser) -> None:
     parser.add_argument("--model", required=True, help="hub id, local directory or .gguf file")
     parser.add_argument("--data", default="jinzhuoran/RWKU", help="RWKU: hub name or local directory")
     parser.add_argument("--targets", default="1-200", help="ids, ranges or names, e.g. 1-10 or 'Stephen King'")
-    add_flag(parser, "--ds_size", type=int, default=None, help="first N probes of each set per target")
+    add_flag(parser, "--ds_size", type=int, default=None, help="first N probes of each set per target (default: all)")
     parser.add_argument("--top", type=int, default=20, help="rows to print")
-    parser.add_argument("--output", default=None, help="also write the ranking as JSON here")
+    parser.add_argument("--output", default=None, help="also write the ranking as JSON to this file (default: none)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                         help="auto: bf16 autocast where fast, else fp32")
@@ -105,6 +106,12 @@ def run_probe(args) -> int:
     from obliviate.io import atomic_write_json
     from obliviate.models import load_model
 
+    for flag, value, least in (("--ds_size", args.ds_size, 1), ("--top", args.top, 1)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} {value}: expected an integer >= {least}")
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output {args.output}: is a folder; give the JSON file to write, e.g. "
+                        f"{Path(args.output) / 'ranking.json'}")
     model, tokenizer = load_model(args.model, device=resolve_device(args.device, key="--device"))
     rows = screen_targets(model, tokenizer, data=args.data, targets=args.targets, ds_size=args.ds_size,
                           precision=args.precision)

@@ -77,7 +77,7 @@ class ObjectiveConfig:
     refusals: str | None = None  # file of refusal strings for IDK-DPO / RT (default: built-in list)
     refusal_draw: str = "each_epoch"  # each_epoch: a refusal drawn afresh per epoch (the reference) | once
     kl_positions: str = "answer"  # KL terms over answer tokens | all: every padded position (open-unlearning)
-    rmu_layer: int = -1  # -1: a layer at ~40% depth
+    rmu_layer: int = -1  # -1: round(7/32 x depth), WMDP's layer 7 of 32 (objectives/rmu.py); else a layer index
     rmu_steering_coeff: float = 6.5
     rmu_alpha: float = 1200.0
     rmu_train_layers: list[int] = field(default_factory=list)  # default: rmu_layer and the two below
@@ -357,6 +357,7 @@ def validate(config: RunConfig) -> None:
         (config.train.lr_scheduler in SCHEDULERS, "train.lr_scheduler", f"one of {', '.join(SCHEDULERS)}"),
         (config.train.logging_steps >= 1, "train.logging_steps", "an integer >= 1"),
         (config.objective.beta > 0, "objective.beta", "a positive number (NPO / SimNPO / IDK-DPO divide by it)"),
+        (config.objective.rmu_layer >= -1, "objective.rmu_layer", "-1 (WMDP's relative depth) or a layer index >= 0"),
         (config.objective.retain_loss in ("nll", "kl", "none"), "objective.retain_loss", "nll, kl or none"),
         (config.objective.refusal_draw in ("each_epoch", "once"), "objective.refusal_draw", "each_epoch or once"),
         (config.objective.kl_positions in ("answer", "all"), "objective.kl_positions", "answer or all"),

@@ -144,6 +144,7 @@ def load_model(
 ):
     """Load (model, tokenizer). Weights stay fp32 by default: training uses bf16 autocast over
     fp32 master weights, because pure-bf16 weights swallow unlearning-sized updates."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(name)
@@ -168,7 +169,13 @@ def load_model(
                 f"model '{name}' needs custom code from its repository; "
                 "pass trust_remote_code=true only if you trust it"
             ) from None
-        raise
+        if "tokenizer" in str(error).lower():
+            raise UserError(f"model '{name}' has no usable tokenizer beside its weights; save one there "
+                            "(tokenizer.save_pretrained(dir)) or copy its tokenizer files") from None
+        raise UserError(_load_error(name, error)) from None
+    except SafetensorError as error:  # a truncated or corrupt weights file
+        raise UserError(f"model '{name}': its weights file is unreadable ({str(error)[:160]}); copy or download "
+                        "it again") from None
     _set_pad_token(tokenizer, model)
     if device:
         model.to(device)
