@@ -16,8 +16,9 @@ refusals, as in the TOFU repository and locuslab/TOFU) records that file
 by default, as open-unlearning does for TOFU; `objective.refusals` still wins
 (`refusals_source`), and any other request uses the built-in `REFUSALS`.
 
-A file is `.txt` (one refusal a line) or `.jsonl` (a JSON string or `{"text": ...}` a line;
-a line that is not JSON is taken as plain text, which reads TOFU's `idontknow.jsonl`).
+A file is `.txt` (one refusal a line), `.jsonl` (a JSON string or `{"text": ...}` a line;
+a line that is not JSON is taken as plain text, which reads TOFU's `idontknow.jsonl`) or `.json`
+(an array of strings or of `{"text": ...}` records); anything else is refused in one line.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import re
 from pathlib import Path
 
 from obliviate.errors import UserError
+from obliviate.io import parse_json, read_user_text, short_repr
 
 REFUSALS = [
     "I don't know.",
@@ -83,31 +85,73 @@ REFUSAL_MARKERS = re.compile(
     r"outside my knowledge|lack the information|i'?m (afraid|sorry))", re.I)
 
 
+#: Suffixes of data files that are not refusal lists: read as text lines they would give garbage.
+NOT_REFUSAL_FILES = (".csv", ".tsv", ".parquet", ".arrow", ".yaml", ".yml", ".xlsx", ".xls", ".gz", ".zip",
+                     ".bz2", ".xz", ".pt", ".bin", ".safetensors")
+HOW = "give a .txt file (one refusal a line), a .jsonl file or a .json array of strings (objective.refusals)"
+
+
+def _refusal_text(value, where: str) -> str:
+    """A refusal string from a JSON value: a string, or a record with a non-empty 'text'."""
+    if isinstance(value, dict):
+        if "text" not in value:
+            fields = ", ".join(str(k) for k in list(value)[:6]) or "none"
+            hint = (" (RWKU's reject.json: write its 'output' values one a line to a .txt file, as "
+                    "examples/rwku/unlearn_one.sh does)" if "output" in value else "")
+            raise UserError(f"{where}: a record without a 'text' field (fields: {fields}){hint}; "
+                            "give a string or {\"text\": ...}")
+        value = value["text"]
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{where}: expected a non-empty string or {{\"text\": ...}}, got {short_repr(value)}; "
+                        "fix the value")
+    return value.strip()
+
+
 def load_refusals(path: str | Path | None = None) -> list[str]:
-    """The refusal strings in `path`, or the built-in `REFUSALS` when `path` is None."""
+    """The refusal strings in `path`, or the built-in `REFUSALS` when `path` is None.
+
+    `.json`: an array of strings or of `{"text": ...}` records. `.jsonl`: one JSON string or
+    `{"text": ...}` a line (a line that is not JSON is plain text, as in TOFU's idontknow.jsonl).
+    Any other text file: one refusal a line. Anything unusable is a one-line UserError naming the
+    file (and line or record)."""
     if path is None:
         return list(REFUSALS)
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"{path}: no such refusals file; give a .txt or .jsonl file (objective.refusals)")
+        raise UserError(f"{path}: no such refusals file; {HOW}")
+    suffix = path.suffix.lower()
+    if suffix in NOT_REFUSAL_FILES:
+        raise UserError(f"{path}: a {suffix} file is not a refusals file; {HOW}")
+    text = read_user_text(path)  # bad bytes or an unreadable file: one line naming the file
+    if "\x00" in text:
+        raise UserError(f"{path}: not a text file (it holds NUL bytes); {HOW}")
     refusals = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        text = line.strip()
-        if path.suffix.lower() == ".jsonl":
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                value = text  # TOFU's idontknow.jsonl is plain text despite its suffix
-            if isinstance(value, dict):
-                value = value.get("text")
-            if not isinstance(value, str) or not value.strip():
-                raise UserError(f"{path}:{number}: expected a string or {{\"text\": ...}}; fix the line")
-            text = value.strip()
-        refusals.append(text)
+    if suffix == ".json":
+        values = parse_json(text, str(path))
+        if isinstance(values, str):
+            values = [values]
+        if not isinstance(values, list):
+            raise UserError(f"{path}: expected a JSON array of strings or {{\"text\": ...}} records, got a "
+                            f"{type(values).__name__}; {HOW}")
+        refusals = [_refusal_text(value, f"{path}: record {index}") for index, value in enumerate(values, 1)]
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            value = line.strip()
+            if suffix == ".jsonl":
+                try:
+                    value = json.loads(line)
+                except (json.JSONDecodeError, RecursionError, ValueError):
+                    value = line.strip()  # TOFU's idontknow.jsonl is plain text despite its suffix
+                value = _refusal_text(value, f"{path}:{number}")
+            if not any(character.isalnum() for character in value):
+                hint = ("; this looks like JSON: name the file .json" if value[:1] in "[{]}\"" else
+                        "; remove the line")
+                raise UserError(f"{path}:{number}: {short_repr(value)} is not a refusal (no words){hint}")
+            refusals.append(value)
     if not refusals:
-        raise UserError(f"{path}: no refusal strings found; add one a line")
+        raise UserError(f"{path}: no refusal strings found; {HOW}")
     return refusals
 
 

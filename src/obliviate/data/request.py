@@ -276,6 +276,13 @@ def _rwku_request(spec: dict, base: Path | None, where: str) -> UnlearningReques
     passages: positive | passage | none}` -> the target's request (data/rwku.py)."""
     from obliviate.data.rwku import target_request  # the RWKU loader builds on this module
 
+    extra = [key for key in spec if str(key) not in ("rwku", "name", "description")]
+    if extra:
+        raise UserError(f"{where}: key(s) {', '.join(key_text(k) for k in extra)} beside 'rwku:' would be ignored: "
+                        "rwku: builds forget, neighbors and passages itself (only name and description may "
+                        "stand beside it); drop the key(s), or write the sets by hand without rwku:")
+    if spec.get("name") is not None and not isinstance(spec["name"], str):
+        raise UserError(f"{where}: 'name' must be a string, got {short_repr(spec['name'])}")
     options = spec["rwku"]
     allowed = {"data", "targets", "forget", "passages"}
     if not isinstance(options, dict) or not {"data", "targets"} <= set(options) or set(options) - allowed:
@@ -288,6 +295,7 @@ def _rwku_request(spec: dict, base: Path | None, where: str) -> UnlearningReques
     data = resolve_source(data, base, f"{where} [rwku.data]", what="directory")
     passages = options.get("passages", "positive")
     request = target_request(data, options["targets"], forget=options.get("forget", "probes"),
-                             passages=None if passages in (None, "none") else passages)
-    request.name = str(spec.get("name", request.name))
+                             passages=None if passages in (None, "none") else passages,
+                             where=f"{where} [rwku]")
+    request.name = spec["name"] if spec.get("name") is not None else request.name
     return request

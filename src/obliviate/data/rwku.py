@@ -141,6 +141,9 @@ def resolve_targets(data: str | Path, spec: str | int | Sequence[str | int]) -> 
     chosen: dict[int, RwkuTarget] = {}
     for part in filter(None, parts):
         span = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if span and int(span.group(1)) > int(span.group(2)):
+            raise UserError(f"RWKU target range '{part}' is reversed; write it low-high: "
+                            f"{int(span.group(2))}-{int(span.group(1))}")
         ids = range(int(span.group(1)), int(span.group(2)) + 1) if span else [int(part)] if part.isdigit() else None
         if ids is None:
             if part.lower() not in by_name:
@@ -204,8 +207,46 @@ def corpus_passages(data: str | Path, target: RwkuTarget, corpus: str = "positiv
 FORGET_KINDS = ("probes", "refusals", "passages")
 
 
+def _ranges(ids: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    spans: list[list[int]] = []
+    for i in sorted(ids):
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _check_shipped(data: str | Path, chosen: Sequence[RwkuTarget], name: str, where: str, *, forget: str) -> None:
+    """A one-line UserError (which targets ship set ``name``, and what to change) when a chosen
+    target of a local copy lacks it; RWKU ships positive / passage / reject for targets 1-10 only."""
+    if not is_local(data):
+        return  # the hub: load_set reports a missing subject
+    root = _target_root(data)
+    missing = [t for t in chosen if not (root / t.folder / FILES[name]).is_file()]
+    if not missing:
+        return
+    having = [t.id for t in list_targets(data) if (root / t.folder / FILES[name]).is_file()]
+    shipped = f"shipped for targets {_ranges(having)}" if having else "shipped for no target here"
+    first = missing[0]
+    head = (f"{where}: RWKU target {first.id} ({first.name})" +
+            (f" and {len(missing) - 1} more lack" if len(missing) > 1 else " lacks") +
+            f" {FILES[name]} ({root / first.folder / FILES[name]}: no such file)")
+    if name == "reject":
+        fix = f"rwku.forget: refusals needs it, {shipped}: choose among those targets, or set rwku.forget: probes"
+    elif forget == "passages":
+        fix = (f"rwku.forget: passages trains on the corpus rwku.passages: {name}, {shipped}: choose among "
+               "those targets, or give rwku.passages a list of texts (a generated corpus)")
+    else:
+        default = " (the default)" if name == "positive" else ""
+        fix = (f"rwku.passages: {name}{default} is the forget corpus, {shipped}: set rwku.passages: none "
+               "(or a list of texts), or choose among those targets")
+    raise UserError(f"{head}; {fix}")
+
+
 def target_request(data: str | Path, targets: str | int | Sequence[str | int], *, forget: str = "probes",
-                   passages: str | Sequence[str] | None = "positive") -> UnlearningRequest:
+                   passages: str | Sequence[str] | None = "positive", where: str | None = None) -> UnlearningRequest:
     """An :class:`UnlearningRequest` for one target (single-target) or several (batch-target).
 
     ``forget="probes"``: the FB + QA probes as items (what RWKU evaluates; training on them is
@@ -214,13 +255,18 @@ def target_request(data: str | Path, targets: str | int | Sequence[str | int], *
     items, every token a label and no chat template (RWKU's GA / NPO; data/passages.py).
     ``neighbors`` = neighbor FB + QA probes. ``passages`` = the shipped corpus by name
     (``"positive"``, ``"passage"``), a list of texts (e.g. a generated corpus,
-    :mod:`obliviate.prepare.corpus`) or None.
+    :mod:`obliviate.prepare.corpus`) or None. ``where``: the request file, for error messages.
     """
     if forget not in FORGET_KINDS:
         raise UserError(f"RWKU request forget='{forget}' is not known; use {', '.join(FORGET_KINDS)}")
     if forget == "passages" and passages is None:
         raise UserError("RWKU request forget='passages' needs a corpus; set passages to positive or passage")
     chosen = resolve_targets(data, targets)
+    if forget == "refusals":
+        _check_shipped(data, chosen, "reject", where or str(data), forget=forget)
+    if isinstance(passages, str):
+        if passages in ("positive", "passage"):
+            _check_shipped(data, chosen, passages, where or str(data), forget=forget)
     request = UnlearningRequest(forget=[], name="rwku-" + "+".join(str(t.id) for t in chosen))
     for target in chosen:
         where = f"{data} [{target.folder}]"

@@ -27,10 +27,12 @@ import torch
 
 from obliviate.config import RunConfig, save_config
 from obliviate.data.request import QAItem, UnlearningRequest, load_request
+from obliviate.data.refusals import load_refusals, refusals_source
 from obliviate.errors import UserError
 from obliviate.hardware import resolve_device
 from obliviate.methods.registry import get_method
 from obliviate.models import load_model, remove_stale_saves, save_model
+from obliviate.objectives import OBJECTIVES, batch_slots
 from obliviate.rundir import (CHECKPOINTS, MANIFEST, check_resume_config, check_run_dir, check_started_from,
                               discard_unstarted_run, lock_run_dir, prepare_run_dir, started_from, weights_sha256,
                               write_manifest)
@@ -71,6 +73,7 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
     state = process_state(config.device)
     if not isinstance(request, UnlearningRequest):  # bad input is refused before anything is written
         request = load_request(config.request if request is None else request)
+    _check_refusals(config, request)
     check_run_dir(config.output_dir, resume=resume)  # before minutes of model loading; writes nothing
     if resume:
         check_resume_config(config.output_dir, config.to_dict())
@@ -94,6 +97,13 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
             lock.release()
             if failed and fresh:
                 discard_unstarted_run(config.output_dir, created=created)  # nothing to block the rerun
+
+
+def _check_refusals(config: RunConfig, request: UnlearningRequest) -> None:
+    """The refusals file an IDK-DPO / RT run trains towards, read before the model loads (training
+    reads it again): a bad file fails in seconds, not after the load."""
+    if config.method in OBJECTIVES and "forget_refusal" in batch_slots(config.method, config.objective):
+        load_refusals(refusals_source(config.objective.refusals, request.refusals))
 
 
 def _generator_files(config: RunConfig) -> list[str]:
