@@ -9,6 +9,9 @@ a result envelope (:mod:`obliviate.evaluation.results`). It plugs in with one li
 A benchmark's options are a dataclass: each field has a default and ``metadata={"help":
 ...}``; field names are the API keyword arguments and the CLI flags (``forget_split`` ->
 ``--forget-split``); types are ``str``, ``int``, ``float``, ``bool`` or ``X | None`` of those.
+Two more metadata keys: ``"min"``, the smallest value of an int option (default 1: sizes and
+counts), and ``"comma_list": True``, a str option that is a comma-separated list, given also as
+an int or a list of str / int (API, YAML) and joined with commas (RWKU's ``targets: [1, 2]``).
 """
 
 from __future__ import annotations
@@ -64,6 +67,11 @@ def decode_rows_option():
         "help": "prompts decoded together (default: on a CPU at fp32 as many as fit 4 GiB of key/value cache "
                 "and a quarter of the RAM, up to 256, never fewer than batch_size, which leaves fp32 outputs "
                 "as they are; elsewhere and under bf16 batch_size, as bf16 rounding depends on the rows)"})
+
+
+#: the least max_length a benchmark scores with: a shorter cut leaves MIA texts and answers nothing
+#: to score (RWKU's max_length 1 wrote null MIA values); the floor of train.max_length too
+MIN_LENGTH = 16
 
 
 def cache_option():
@@ -152,13 +160,29 @@ def _coerce(value: Any, kind: type, nullable: bool, label: str) -> Any:
     raise UserError(f"{label} must be {expected}, got {value!r}")
 
 
+def _comma_list(value: Any, label: str) -> Any:
+    """An int or a list / tuple of str and int as one comma-separated string; other values as
+    they are (``_coerce`` judges them)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (str, int))]
+        if bad:
+            raise UserError(f"{label} must be a str, an int or a list of them, got {short_repr(bad[0])} in the list")
+        return ",".join(str(v).strip() for v in value)
+    return value
+
+
 def build_options(benchmark: Benchmark, values: Mapping[str, Any], where: str = "option"):
     """An instance of ``benchmark.options`` from ``values`` (API keyword arguments or CLI
     strings; ``-`` in a key reads as ``_``): each value is type-checked and coerced (an int option
-    is a size or count: below 1 is refused; a field's ``metadata["choices"]`` lists its values), an
+    is a size or count: below its ``metadata["min"]``, default 1, is refused; a field's
+    ``metadata["choices"]`` lists its values; a ``metadata["comma_list"]`` option takes an int or a
+    list too, joined with commas), an
     unknown key is a one-line UserError naming it and the allowed keys. ``where`` names the keys in
     messages ("benchmark 'tofu' option 'x' ..."; the benchmark's name is added unless given)."""
     types_of = option_types(benchmark.options)
+    metadata = {f.name: f.metadata for f in dataclasses.fields(benchmark.options)}
     where = where if f"'{benchmark.name}'" in where else f"benchmark '{benchmark.name}' {where}"
     kwargs = {}
     for key, value in values.items():
@@ -166,9 +190,14 @@ def build_options(benchmark: Benchmark, values: Mapping[str, Any], where: str = 
         if name not in types_of:
             raise UserError(f"{where} {short_repr(str(key))} is not known; use one of {', '.join(types_of)}")
         kind, nullable = types_of[name]
+        if kind is str and metadata[name].get("comma_list"):
+            value = _comma_list(value, f"{where} '{key}'")
         kwargs[name] = _coerce(value, kind, nullable, f"{where} '{key}'")
-        if kind is int and kwargs[name] is not None and kwargs[name] < 1:  # sizes and counts; 0 would mean nothing
-            raise UserError(f"{where} '{key}' = {kwargs[name]} must be a positive integer"
+        least = metadata[name].get("min", 1)  # sizes and counts; 0 would mean nothing
+        if kind is int and kwargs[name] is not None and kwargs[name] < least:
+            bound = "a positive integer" if least == 1 else f"an integer >= {least}"
+            reason = f" ({metadata[name]['min_reason']})" if metadata[name].get("min_reason") else ""
+            raise UserError(f"{where} '{key}' = {kwargs[name]} must be {bound}{reason}"
                             + (f" (or left out: {unset_text(benchmark.options, name)})" if nullable else ""))
         choices = option_choices(benchmark.options).get(name)
         if choices and kwargs[name] not in choices and kwargs[name] is not None:

@@ -69,6 +69,11 @@ class OpenAICompatibleBackend:
     become a one-line :class:`UserError`; the first failure in a batch cancels the requests
     not yet started.
 
+    ``option``, ``model_option``, ``concurrency_option``: the caller's names of the URL, model
+    and concurrency settings, which the error messages tell the user to fix (a run config's
+    ``generation.*`` by default; the harmful benchmark's judge passes ``--judge_url`` ...);
+    ``concurrency_option`` None: the caller has no such setting, none is suggested.
+
     ``cache_key_fields`` holds the model name, not the URL, so moving a server to another
     port keeps the cache valid.
     """
@@ -83,18 +88,24 @@ class OpenAICompatibleBackend:
         max_concurrency: int = 4,
         timeout_s: float = 60,
         max_retries: int = 4,
+        *,
+        option: str = "generation.base_url",
+        model_option: str = "generation.model",
+        concurrency_option: str | None = "generation.max_concurrency",
     ):
         parsed = urllib.parse.urlparse(str(base_url))
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise UserError(
-                f"generation.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}"
+                f"{option} must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}"
             )
         if not model:
-            raise UserError("generation.model must name the model the server serves")
+            raise UserError(f"{model_option} must name the model the server serves")
         if max_concurrency < 1:
             raise UserError(f"generation.max_concurrency must be >= 1, got {max_concurrency}")
         if max_retries < 1:
             raise UserError(f"generation.max_retries must be >= 1 (total tries), got {max_retries}")
+        #: the caller's names of the URL and model settings, named in error messages
+        self.option, self.model_option, self.concurrency_option = option, model_option, concurrency_option
         self.base_url = str(base_url).rstrip("/")
         self.model = str(model)
         self.model_id = self.model
@@ -141,7 +152,7 @@ class OpenAICompatibleBackend:
             socket.create_connection((self._host, self._port), timeout=self.timeout_s).close()
         except ConnectionRefusedError:
             raise UserError(
-                f"cannot reach {self.base_url} (connection refused): start the server or fix generation.base_url"
+                f"cannot reach {self.base_url} (connection refused): start the server or fix {self.option}"
             ) from None
         except OSError:
             pass  # anything else is the client's to retry and report
@@ -182,7 +193,7 @@ class OpenAICompatibleBackend:
         else:  # a 200 answer the client could not parse
             return self._no_content(_redact(str(getattr(err, "body", None) or err), key))
         return UserError(
-            f"cannot reach {self.base_url} ({reason}) after {tries}: start the server or fix generation.base_url"
+            f"cannot reach {self.base_url} ({reason}) after {tries}: start the server or fix {self.option}"
         )
 
     def _status_failure(self, err: Any, key: str | None, tries: str) -> UserError:
@@ -191,9 +202,10 @@ class OpenAICompatibleBackend:
         detail = body.get("message", body) if isinstance(body, dict) else body
         detail = _redact(str(detail or ""), key)
         if status in (408, 409, 429) or status >= 500:
+            lower = f", lower {self.concurrency_option}" if self.concurrency_option else ""
             return UserError(
                 f"{self.base_url} kept failing (HTTP {status}) after {tries}: the server is overloaded "
-                f"or broken; retry later, lower generation.max_concurrency or check the server log"
+                f"or broken; retry later{lower} or check the server log"
             )
         if status in (401, 403):
             return UserError(
@@ -202,12 +214,12 @@ class OpenAICompatibleBackend:
             )
         if status == 404:
             return UserError(
-                f"{self.url} answered HTTP 404 ({detail or 'not found'}): check generation.base_url "
-                f"(it usually ends in /v1) and generation.model ({self.model!r})"
+                f"{self.url} answered HTTP 404 ({detail or 'not found'}): check {self.option} "
+                f"(it usually ends in /v1) and {self.model_option} ({self.model!r})"
             )
         return UserError(
             f"{self.url} refused the request (HTTP {status}: {detail or 'no detail'}): check "
-            f"generation.model ({self.model!r}) and the sampling settings"
+            f"{self.model_option} ({self.model!r}) and the sampling settings"
         )
 
     # -- batch ----------------------------------------------------------------------------

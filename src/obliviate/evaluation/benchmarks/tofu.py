@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obliviate.evaluation.registry import (Benchmark, cache_option, decode_option, decode_rows_option, missing_path,
-                                          register_benchmark)
+from obliviate.evaluation.registry import (MIN_LENGTH, Benchmark, cache_option, decode_option, decode_rows_option,
+                                          missing_path, register_benchmark)
 from obliviate.evaluation.report import render_report
 from obliviate.evaluation.results import json_safe
 from obliviate.evaluation.tofu import evaluate_tofu
@@ -28,7 +28,9 @@ class TofuOptions:
         "help": "evaluate only the first N items of each split (legacy TOFU used 300)"})
     batch_size: int = field(default=32, metadata={"help": "rows of a scoring forward pass"})
     max_new_tokens: int = field(default=200, metadata={"help": "greedy generation budget per question"})
-    max_length: int = field(default=512, metadata={"help": "prompt + answer tokens kept per scored pair"})
+    max_length: int = field(default=512, metadata={"min": MIN_LENGTH, "min_reason": "fewer tokens leave little or "
+                                                   "nothing to score; as train.max_length",
+                            "help": f"prompt + answer tokens kept per scored pair (at least {MIN_LENGTH})"})
     system_prompt: str | None = field(default=None, metadata={
         "help": "system prompt of the chat template (default: the template's own)"})
     extras: bool = field(default=True, metadata={

@@ -33,4 +33,7 @@ def render_harmful(envelope: dict) -> str:
         lines += ["", f"Judge agreement with hand labels: {_fmt(a['agreement'])} on {a['n']} outputs "
                       f"(TP {a['true_positive']}, FP {a['false_positive']}, FN {a['false_negative']}, "
                       f"TN {a['true_negative']})."]
+    elif config.get("judge_agreement") and not config.get("labels", True):
+        lines += ["", "Judge agreement: not measured (a request of your own and no hand labels for it; "
+                      "pass --labels to measure it)."]
     return "\n".join(lines) + "\n"

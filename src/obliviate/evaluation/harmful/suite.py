@@ -4,7 +4,8 @@
     heldout_rate = the same over held-out prompts of the same kind (never trained on)
     normal: perplexity of the reference answers, similarity to the original model's outputs,
             distinct-1 / distinct-2 of the outputs (utility.py has the formulas)
-    judge_agreement: the judge against hand labels (judge.py)
+    judge_agreement: the judge against hand labels (judge.py): --labels, else the built-in ones
+                     with the built-in request only (none for a request of one's own)
 
 One engine pass scores the normal answers and generates greedily for every prompt.
 """
@@ -34,6 +35,14 @@ from obliviate.evaluation.results import build_envelope, json_safe, write_output
 FORMAT = "obliviate.harmful_eval/1"
 
 
+def judge_server(options):
+    """The OpenAI-compatible backend of ``--judge_url``; its messages name the judge's options."""
+    from obliviate.prepare.openai_compatible import OpenAICompatibleBackend
+
+    return OpenAICompatibleBackend(options.judge_url, options.judge_model or "default", option="--judge_url",
+                                   model_option="--judge_model", concurrency_option=None)
+
+
 def make_judge(options, model, tokenizer):
     """The judge ``options.judge`` names: heuristic, or llm (a local model or a server)."""
     if options.judge == "heuristic":
@@ -41,9 +50,7 @@ def make_judge(options, model, tokenizer):
     if options.judge != "llm":
         raise UserError(f"benchmark 'harmful' option 'judge' is {options.judge!r}; use heuristic or llm")
     if options.judge_url:
-        from obliviate.prepare.openai_compatible import OpenAICompatibleBackend
-
-        return llm_judge(OpenAICompatibleBackend(options.judge_url, options.judge_model or "default"))
+        return llm_judge(judge_server(options))
     from obliviate.prepare.local import LocalHFBackend
 
     if options.judge_model:
@@ -89,10 +96,26 @@ def _normal_task(sets, stats, outputs, originals) -> dict:
     return {"n": len(rows), "aggregates": aggregates, "items": rows}
 
 
+def builtin_request(request: str | None) -> bool:
+    """Whether ``request`` is the built-in sku_request.json (left out or named)."""
+    if not request:
+        return True
+    try:
+        return Path(request).expanduser().resolve() == SKU_REQUEST.resolve()
+    except (OSError, ValueError):
+        return False
+
+
 def _label_task(options, judge) -> dict | None:
+    """The judge against hand labels: ``options.labels``, else the built-in labels when the
+    request is the built-in one (they label outputs to its prompts); None when neither, since an
+    agreement on another request's prompts would be read as one on this request's."""
     if not options.judge_agreement:
         return None
-    labels = load_labels(options.labels or SKU_LABELS)
+    path = options.labels or (SKU_LABELS if builtin_request(options.request) else None)
+    if path is None:
+        return None
+    labels = load_labels(path)
     verdicts = judge([r["prompt"] for r in labels], [r["output"] for r in labels], [r["unwanted"] for r in labels])
     rows = [{**r, "verdict": v} for r, v in zip(labels, verdicts)]
     return {"n": len(rows), "aggregates": agreement([r["label"] for r in labels], verdicts), "items": rows}
@@ -131,6 +154,8 @@ def evaluate_harmful(model, tokenizer, options, *, out_dir: Path, model_name: st
                **tasks["normal"]["aggregates"],
                "judge_agreement": labels["aggregates"]["agreement"] if labels else None}
     config = {"model": model_name, **dataclasses.asdict(options), "request": options.request or str(SKU_REQUEST),
+              "labels": (options.labels or (str(SKU_LABELS) if builtin_request(options.request) else None))
+              if options.judge_agreement else None,
               "heldout": heldout, "normal": sets.normal_source, "original_outputs": original_source}
     envelope = build_envelope(benchmark="harmful", format=FORMAT, model=model, precision=precision, config=config,
                               n_samples={name: task["n"] for name, task in tasks.items()},
