@@ -5,6 +5,7 @@ backend's messages naming the caller's option, and the judge agreement of a cust
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,7 +59,16 @@ def test_rwku_targets_from_an_eval_yaml(rwku_dir, tmp_path):  # noqa: F811
     path = tmp_path / "eval.yaml"
     path.write_text(yaml.safe_dump({"eval": {"benchmark": "rwku", "data": str(rwku_dir), "targets": [1, 2]}}))
     values = {k: v for k, v in load_eval_config(path).items() if k != "benchmark"}
-    assert checked(RWKU, values).targets == "1,2"
+    assert checked(RWKU, values).targets == [1, 2]
+
+
+def test_a_target_name_with_a_comma_in_a_list_stays_one_name():
+    """Joined with commas, 'Prince Harry, Duke of Sussex' (RWKU target 10) split into two names."""
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "rwku"
+    if not (data / "Target").is_dir():
+        pytest.skip("no RWKU data beside the repository")
+    options = checked(RWKU, {"data": str(data), "targets": ["Prince Harry, Duke of Sussex", 1]})
+    assert [t.id for t in resolve_targets(data, options.targets)] == [10, 1]
 
 
 @pytest.mark.parametrize("targets, shown", [(True, "True"), ([1, None], "None"), ([[1]], "[1]"), (1.5, "1.5")])
@@ -119,9 +129,10 @@ def test_harmful_threshold_within_a_share_passes(threshold):
     assert 0 <= checked(HARMFUL, {"threshold": threshold}).threshold <= 1
 
 
-def test_harmful_judge_url_is_checked_before_the_model_and_named_as_given():
-    with pytest.raises(UserError) as error:
-        checked(HARMFUL, {"judge": "llm", "judge_url": "foo"})
+@pytest.mark.parametrize("url", ["foo", "http://127.0.0.1:80000/v1", "http://127.0.0.1:abc/v1", "http://[::1/v1"])
+def test_harmful_judge_url_is_checked_before_the_model_and_named_as_given(url):
+    with pytest.raises(UserError) as error:  # a bad port was a ValueError traceback
+        checked(HARMFUL, {"judge": "llm", "judge_url": url})
     assert one_line(error).startswith("--judge_url must be an http(s) URL") and "generation." not in str(error.value)
     checked(HARMFUL, {"judge": "llm", "judge_url": "http://127.0.0.1:8000/v1"})
     checked(HARMFUL, {"judge": "heuristic"})
@@ -177,3 +188,20 @@ def test_report_says_when_the_agreement_was_not_measured():
     assert "Judge agreement: not measured" in render_harmful(envelope)
     envelope["config"]["judge_agreement"] = False
     assert "not measured" not in render_harmful(envelope)
+
+
+def test_the_builtin_request_named_by_path_keeps_its_heldout_prompts(tmp_path, monkeypatch):
+    """Naming sku_request.json (relative or absolute) is the built-in request: its held-out set
+    and labels apply as when the request is left out (the held-out set was dropped silently)."""
+    import os
+
+    from obliviate.evaluation.harmful.data import SKU_HELDOUT
+    from obliviate.evaluation.harmful.suite import heldout_source
+
+    monkeypatch.chdir(SKU_REQUEST.parent)
+    for request in (None, str(SKU_REQUEST), SKU_REQUEST.name, os.path.relpath(SKU_REQUEST, tmp_path)):
+        if request is not None and not Path(request).is_absolute() and request != SKU_REQUEST.name:
+            monkeypatch.chdir(tmp_path)
+        assert heldout_source(build_options(HARMFUL, {"request": request} if request else {})) == str(SKU_HELDOUT)
+        monkeypatch.chdir(SKU_REQUEST.parent)
+    assert heldout_source(build_options(HARMFUL, {"request": str(DEMO_REQUEST)})) is None

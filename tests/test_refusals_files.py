@@ -73,8 +73,8 @@ def test_data_files_are_refused(tmp_path):
 
 
 def test_txt_and_jsonl_still_read(tmp_path):
-    (tmp_path / "r.txt").write_text("\ufeffNo idea.\n\nNot sure.\n", encoding="utf-8")
-    assert load_refusals(tmp_path / "r.txt") == ["No idea.", "Not sure."]
+    (tmp_path / "r.txt").write_text("\ufeffNo idea.\n\nNot sure.\n...\n\u2014\n", encoding="utf-8")
+    assert load_refusals(tmp_path / "r.txt") == ["No idea.", "Not sure.", "...", "\u2014"]  # wordless, not JSON
     (tmp_path / "r.jsonl").write_text('"I can\'t say."\n{"text": "Unknown to me."}\nplain text line\n', encoding="utf-8")
     assert load_refusals(tmp_path / "r.jsonl") == ["I can't say.", "Unknown to me.", "plain text line"]
     (tmp_path / "bad.jsonl").write_text('{"answer": "x"}\n', encoding="utf-8")

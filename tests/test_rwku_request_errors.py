@@ -104,6 +104,16 @@ def test_reversed_range_is_named(rwku_dir):
     assert "range '3-1' is reversed" in message and "1-3" in message
     assert [t.id for t in rwku_data.resolve_targets(rwku_dir, "1-3")] == [1, 2, 3]
     assert [t.id for t in rwku_data.resolve_targets(rwku_dir, "2-2")] == [2]
+    message = _one_line_error(lambda: rwku_data.target_request(rwku_dir, "3-1", where="req.yaml [rwku]"))
+    assert message.startswith("req.yaml [rwku]: ") and "is reversed" in message  # where it was written
+
+
+def test_probe_checks_its_targets_before_the_model_loads(rwku_dir, capsys):
+    from obliviate.cli import main
+
+    assert main(["probe", "--model", "no-such-model-dir/", "--data", str(rwku_dir), "--targets", "3-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--targets 3-1: " in err and "is reversed" in err and "no-such-model" not in err
 
 
 def test_ranges_text():

@@ -112,6 +112,13 @@ def run_probe(args) -> int:
     if args.output and Path(args.output).is_dir():
         raise UserError(f"--output {args.output}: is a folder; give the JSON file to write, e.g. "
                         f"{Path(args.output) / 'ranking.json'}")
+    from obliviate.data.rwku import is_local, resolve_targets
+
+    if is_local(args.data):  # a wrong --targets is told before the model loads
+        try:
+            resolve_targets(args.data, args.targets)
+        except UserError as error:
+            raise UserError(f"--targets {args.targets}: {error}") from None
     model, tokenizer = load_model(args.model, device=resolve_device(args.device, key="--device"))
     rows = screen_targets(model, tokenizer, data=args.data, targets=args.targets, ds_size=args.ds_size,
                           precision=args.precision)

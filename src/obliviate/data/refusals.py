@@ -145,10 +145,9 @@ def load_refusals(path: str | Path | None = None) -> list[str]:
                 except (json.JSONDecodeError, RecursionError, ValueError):
                     value = line.strip()  # TOFU's idontknow.jsonl is plain text despite its suffix
                 value = _refusal_text(value, f"{path}:{number}")
-            if not any(character.isalnum() for character in value):
-                hint = ("; this looks like JSON: name the file .json" if value[:1] in "[{]}\"" else
-                        "; remove the line")
-                raise UserError(f"{path}:{number}: {short_repr(value)} is not a refusal (no words){hint}")
+            if value[:1] in "[{]}\"" and not any(character.isalnum() for character in value):  # `[`, `},`
+                raise UserError(f"{path}:{number}: {short_repr(value)} is JSON syntax, not a refusal; name the "
+                                "file .json (an array) or .jsonl (a value a line)")
             refusals.append(value)
     if not refusals:
         raise UserError(f"{path}: no refusal strings found; {HOW}")

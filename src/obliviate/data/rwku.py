@@ -261,7 +261,10 @@ def target_request(data: str | Path, targets: str | int | Sequence[str | int], *
         raise UserError(f"RWKU request forget='{forget}' is not known; use {', '.join(FORGET_KINDS)}")
     if forget == "passages" and passages is None:
         raise UserError("RWKU request forget='passages' needs a corpus; set passages to positive or passage")
-    chosen = resolve_targets(data, targets)
+    try:
+        chosen = resolve_targets(data, targets)
+    except UserError as error:
+        raise UserError(f"{where}: {error}" if where else str(error)) from None  # the request file and key
     if forget == "refusals":
         _check_shipped(data, chosen, "reject", where or str(data), forget=forget)
     if isinstance(passages, str):

@@ -11,7 +11,7 @@ A benchmark's options are a dataclass: each field has a default and ``metadata={
 ``--forget-split``); types are ``str``, ``int``, ``float``, ``bool`` or ``X | None`` of those.
 Two more metadata keys: ``"min"``, the smallest value of an int option (default 1: sizes and
 counts), and ``"comma_list": True``, a str option that is a comma-separated list, given also as
-an int or a list of str / int (API, YAML) and joined with commas (RWKU's ``targets: [1, 2]``).
+an int or a list of str / int (API, YAML), kept a list (RWKU's ``targets: [1, 2]``).
 """
 
 from __future__ import annotations
@@ -161,15 +161,17 @@ def _coerce(value: Any, kind: type, nullable: bool, label: str) -> Any:
 
 
 def _comma_list(value: Any, label: str) -> Any:
-    """An int or a list / tuple of str and int as one comma-separated string; other values as
-    they are (``_coerce`` judges them)."""
+    """An int as its text; a list / tuple of str and int as a list (kept apart, not joined: a
+    name may hold a comma, e.g. RWKU's 'Prince Harry, Duke of Sussex'); other values as they are
+    (``_coerce`` judges them)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, (list, tuple)):
         bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (str, int))]
-        if bad:
-            raise UserError(f"{label} must be a str, an int or a list of them, got {short_repr(bad[0])} in the list")
-        return ",".join(str(v).strip() for v in value)
+        if bad or not value:
+            raise UserError(f"{label} must be a str, an int or a non-empty list of them, got "
+                            f"{short_repr(bad[0] if bad else value)}")
+        return [v.strip() if isinstance(v, str) else v for v in value]
     return value
 
 
@@ -178,7 +180,7 @@ def build_options(benchmark: Benchmark, values: Mapping[str, Any], where: str = 
     strings; ``-`` in a key reads as ``_``): each value is type-checked and coerced (an int option
     is a size or count: below its ``metadata["min"]``, default 1, is refused; a field's
     ``metadata["choices"]`` lists its values; a ``metadata["comma_list"]`` option takes an int or a
-    list too, joined with commas), an
+    list too, kept a list), an
     unknown key is a one-line UserError naming it and the allowed keys. ``where`` names the keys in
     messages ("benchmark 'tofu' option 'x' ..."; the benchmark's name is added unless given)."""
     types_of = option_types(benchmark.options)
@@ -192,6 +194,9 @@ def build_options(benchmark: Benchmark, values: Mapping[str, Any], where: str = 
         kind, nullable = types_of[name]
         if kind is str and metadata[name].get("comma_list"):
             value = _comma_list(value, f"{where} '{key}'")
+            if isinstance(value, list):
+                kwargs[name] = value
+                continue
         kwargs[name] = _coerce(value, kind, nullable, f"{where} '{key}'")
         least = metadata[name].get("min", 1)  # sizes and counts; 0 would mean nothing
         if kind is int and kwargs[name] is not None and kwargs[name] < least:

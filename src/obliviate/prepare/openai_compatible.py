@@ -93,8 +93,12 @@ class OpenAICompatibleBackend:
         model_option: str = "generation.model",
         concurrency_option: str | None = "generation.max_concurrency",
     ):
-        parsed = urllib.parse.urlparse(str(base_url))
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        try:
+            parsed = urllib.parse.urlparse(str(base_url))
+            port = parsed.port  # raises for a port out of range or not a number
+        except ValueError:
+            parsed, port = None, None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc or not parsed.hostname:
             raise UserError(
                 f"{option} must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}"
             )
@@ -115,7 +119,7 @@ class OpenAICompatibleBackend:
         self.max_retries = int(max_retries)
         #: conversations per CachedGenerator chunk: a few rounds of full concurrency.
         self.batch_size = 4 * self.max_concurrency
-        self._host, self._port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._host, self._port = parsed.hostname, port or (443 if parsed.scheme == "https" else 80)
         self._local = _is_loopback(parsed.hostname)
 
     def __repr__(self) -> str:  # no key in here

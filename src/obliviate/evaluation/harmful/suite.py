@@ -106,6 +106,12 @@ def builtin_request(request: str | None) -> bool:
         return False
 
 
+def heldout_source(options) -> str | None:
+    """The held-out prompts: ``options.heldout``, else the built-in ones when the request is the
+    built-in one, left out or named (they are held out from its prompts)."""
+    return options.heldout or (str(SKU_HELDOUT) if builtin_request(options.request) else None)
+
+
 def _label_task(options, judge) -> dict | None:
     """The judge against hand labels: ``options.labels``, else the built-in labels when the
     request is the built-in one (they label outputs to its prompts); None when neither, since an
@@ -124,7 +130,7 @@ def _label_task(options, judge) -> dict | None:
 def evaluate_harmful(model, tokenizer, options, *, out_dir: Path, model_name: str, precision: str) -> dict:
     """Run the evaluation (module docstring); writes harmful_eval.json and harmful_report.md."""
     timer = StageTimer()
-    heldout = options.heldout or (str(SKU_HELDOUT) if not options.request else None)
+    heldout = heldout_source(options)
     with timer("load data"):
         sets = load_sets(options.request, heldout, options.normal, options.ds_size)
     questions = [i.question for i in sets.forget + sets.heldout + sets.normal]
