@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from obliviate.config import RunConfig, load_config  # noqa: E402
+from obliviate.data.passages import PassageItem  # noqa: E402
 from obliviate.data.loaders import load_records  # noqa: E402
 from obliviate.data.request import UnlearningRequest, load_request  # noqa: E402
 from obliviate.errors import UserError  # noqa: E402
@@ -42,7 +43,9 @@ def _request(path: Path):
     request = load_request(path)
     assert isinstance(request, UnlearningRequest) and request.forget
     for item in request.forget + request.retain + request.neighbors:
-        assert isinstance(item.question, str) and item.question.strip() and isinstance(item.answer, str)
+        assert isinstance(item.question, str) and isinstance(item.answer, str)
+        # a question, or a raw passage (a forget record with only a 'text': PassageItem, no question)
+        assert item.question.strip() or (isinstance(item, PassageItem) and item.answer.strip())
     assert all(isinstance(p, str) and p.strip() for p in request.passages)
     return request
 

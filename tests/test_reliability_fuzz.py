@@ -72,3 +72,10 @@ def test_an_unknown_bench_or_benchmark_key_holding_a_newline_stays_on_one_line()
     with pytest.raises(UserError) as caught:
         build_options(get_benchmark("tofu"), {"a\nb": 1})
     assert "\n" not in str(caught.value) and "'a\\nb'" in str(caught.value)
+
+
+def test_a_raw_passage_record_is_a_forget_item_without_a_question(tmp_path):
+    """Found by this fuzz in CI: `[{"text": "0"}]` is a request whose forget set is one raw passage
+    (PassageItem, no question), which the harness had taken for a broken item."""
+    assert fuzz.check("request.json", b'[{"text": "0"}]', tmp_path / "a") == "ok"
+    assert fuzz.check("request.json", b'[{"text": " "}]', tmp_path / "b") == "refused"
