@@ -149,6 +149,19 @@ def test_a_wrong_log_is_refused_before_the_model_loads(log_name, records, ratios
     assert "\n" not in str(error.value) and str(log) in str(error.value)
 
 
+def test_evaluate_tofu_refuses_another_splits_log_before_scoring(tiny_model_and_tokenizer, tofu_dir, tmp_path,
+                                                                 monkeypatch):
+    """Called directly (no option check before it: the API's hub data, scripts), the suite refuses
+    a log of another split before minutes of scoring, not after."""
+    from obliviate.evaluation.tofu import evaluate_tofu, suite
+
+    model, tokenizer = tiny_model_and_tokenizer
+    monkeypatch.setattr(suite, "_score_tasks", lambda *a, **k: pytest.fail("scored before the log was checked"))
+    log = _legacy_log(tmp_path / "retain90.json", OTHER, RATIOS)
+    with pytest.raises(UserError, match="another forget split"):
+        evaluate_tofu(model, tokenizer, data=tofu_dir, retain_logs=log, ds_size=2, extras=False, cache=False)
+
+
 def test_evaluate_tofu_with_ds_size_compares_the_same_items(tiny_model_and_tokenizer, tofu_dir, tmp_path):
     from obliviate.evaluation.tofu import evaluate_tofu
 

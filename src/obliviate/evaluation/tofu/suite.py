@@ -16,6 +16,7 @@ from obliviate.evaluation.tofu.data import TASKS, UTILITY_TASKS, holdout_split, 
 from obliviate.evaluation.tofu.extras import MIN_K, forget_extras
 from obliviate.evaluation.tofu.items import assemble, engine_settings, plan_items
 from obliviate.evaluation.tofu.reference import compare_with_retain, retain_reference
+from obliviate.evaluation.tofu.retain_log import aligned_truth_ratios
 from obliviate.prompts import format_prompt
 
 FORMAT = "obliviate.tofu_eval/1"
@@ -123,6 +124,8 @@ def evaluate_tofu(
         task_items = load_task_items(data, forget_split, ds_size)
         holdout = holdout_split(forget_split)
         holdout_items = try_items(data, holdout, ds_size) if extras else None
+        if retain_logs is not None:  # a log of another split is refused before minutes of scoring
+            aligned_truth_ratios(retain_logs, task_items["forget"][1], forget_split=forget_split)
     with timer("fingerprint"):
         fingerprint = model_fingerprint(model) if cache else None
         result_cache = result_cache_for(model, tokenizer, cache, engine_settings(model, precision, max_length),
