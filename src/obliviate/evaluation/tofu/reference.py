@@ -70,15 +70,16 @@ def score_retain_model(model, tokenizer, forget_items: Sequence[QAItem], holdout
     return ratios, auc
 
 
-def retain_reference(model, forget_items, holdout_items, *, retain_logs, retain_model,
+def retain_reference(model, forget_items, holdout_items, *, retain_logs, retain_model, forget_split=None,
                      **engine_options) -> RetainReference:
     """The retain model's truth ratios on ``forget_items`` (the evaluated ones, ``ds_size``
     applied): its log's values for the same items (:func:`.retain_log.aligned_truth_ratios`;
     a log that lacks one is refused with a UserError), or the retain model loaded and scored on
     those items (on the evaluated model's device); an empty reference when neither is given.
-    Items the reference has no truth ratio for are left out of its sample."""
+    Items the reference has no truth ratio for are left out of its sample. ``forget_split``
+    names the split in a refusal."""
     if retain_logs is not None:
-        values, notes = aligned_truth_ratios(retain_logs, forget_items)
+        values, notes = aligned_truth_ratios(retain_logs, forget_items, forget_split=forget_split)
         return RetainReference([value for value in values if value is not None], reference_min_k_auc(retain_logs),
                                f"log {retain_logs}", notes)
     if retain_model is None:

@@ -16,7 +16,6 @@ from obliviate.evaluation.tofu.data import TASKS, UTILITY_TASKS, holdout_split, 
 from obliviate.evaluation.tofu.extras import MIN_K, forget_extras
 from obliviate.evaluation.tofu.items import assemble, engine_settings, plan_items
 from obliviate.evaluation.tofu.reference import compare_with_retain, retain_reference
-from obliviate.evaluation.tofu.retain_log import aligned_truth_ratios
 from obliviate.prompts import format_prompt
 
 FORMAT = "obliviate.tofu_eval/1"
@@ -124,25 +123,23 @@ def evaluate_tofu(
         task_items = load_task_items(data, forget_split, ds_size)
         holdout = holdout_split(forget_split)
         holdout_items = try_items(data, holdout, ds_size) if extras else None
-        if retain_logs is not None:  # a log of another split is refused before minutes of scoring
-            aligned_truth_ratios(retain_logs, task_items["forget"][1], forget_split=forget_split)
     with timer("fingerprint"):
         fingerprint = model_fingerprint(model) if cache else None
         result_cache = result_cache_for(model, tokenizer, cache, engine_settings(model, precision, max_length),
                                         fingerprint)
     engine_options = dict(batch_size=batch_size, max_length=max_length, precision=precision,
                           system_prompt=system_prompt, scoring=scoring)
+    with timer("retain reference"):  # first: a log of another split is refused before minutes of scoring
+        reference = retain_reference(model, task_items["forget"][1], holdout_items, retain_logs=retain_logs,
+                                     retain_model=retain_model, forget_split=forget_split, cache=cache,
+                                     **engine_options)
     tasks, extra_values, counters = _score_tasks(
         model, tokenizer, task_items, holdout_items, extras=extras, timer=timer,
         progress=ProgressLog(f"TOFU {forget_split}", started=timer.started),
         engine_options={**engine_options, "max_new_tokens": max_new_tokens, "cache": result_cache, "decode": decode,
                         "decode_batch_size": decode_batch_size})
     notes = [f"no '{holdout}' split: MIA AUCs and PrivLeak not computed"] if extras and not holdout_items else []
-    with timer("retain reference"):
-        reference = retain_reference(model, task_items["forget"][1], holdout_items, retain_logs=retain_logs,
-                                     retain_model=retain_model, cache=cache, **engine_options)
-        forget_quality = compare_with_retain(tasks["forget"]["items"], reference, extra_values, bool(holdout_items),
-                                             notes)
+    forget_quality = compare_with_retain(tasks["forget"]["items"], reference, extra_values, bool(holdout_items), notes)
     summary = _summary(model, model_name, forget_split, tasks, forget_quality, extra_values, notes)
     config = _config(tokenizer, summary["model"], fingerprint, result_cache, reference.source,
                      data=str(data), forget_split=forget_split, holdout_split=holdout if holdout_items else None,
