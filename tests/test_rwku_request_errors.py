@@ -73,6 +73,8 @@ def test_name_and_description_beside_rwku_are_fine(tmp_path, rwku_dir):
     assert request.name == "mine" and len(request.forget) == 2 and request.passages == ["Ada Example is a writer."]
     several = _request(tmp_path, f"rwku: {{data: {rwku_dir}, targets: 1}}\nretain: a.json\nforgett: b\n")
     assert "key(s) retain, forgett " in _one_line_error(lambda: load_request(several))
+    numbered = _request(tmp_path, f"name: 2024\nrwku: {{data: {rwku_dir}, targets: 1}}\n")
+    assert "'name' must be a string, got 2024" in _one_line_error(lambda: load_request(numbered))
 
 
 def test_default_corpus_missing_says_how_to_fix(tmp_path, rwku_dir):

@@ -42,6 +42,7 @@ from obliviate.rundir import CHECKPOINTS, TRAIN_LOG
 from obliviate.training_callbacks import DivergenceGuard, TrainLog
 from obliviate.training_compile import compiled_decoder_layers
 
+
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
 

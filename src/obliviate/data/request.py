@@ -223,9 +223,7 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(key_text(k) for k in sorted(unknown))}; allowed: name, forget, retain, "
                         "neighbors, passages, subject, description")
-    for key in ("name", "subject"):
-        if spec.get(key) is not None and not isinstance(spec[key], str):
-            raise UserError(f"{where}: '{key}' must be a string, got {short_repr(spec[key])}")
+    _text_keys(spec, where)
     sets = {}
     for name in SETS:
         records = _load_set(spec.get(name), base, f"{where} [{name}]", sources)
@@ -271,6 +269,13 @@ def describe(request: UnlearningRequest) -> dict:
     return summary
 
 
+def _text_keys(spec: dict, where: str) -> None:
+    """A request's `name` and `subject`, when given, are strings."""
+    for key in ("name", "subject"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise UserError(f"{where}: '{key}' must be a string, got {short_repr(spec[key])}")
+
+
 def _rwku_request(spec: dict, base: Path | None, where: str) -> UnlearningRequest:
     """`rwku: {data: DIR or hub name, targets: 1 | "1-3" | [names], forget: probes | refusals,
     passages: positive | passage | none}` -> the target's request (data/rwku.py)."""
@@ -281,8 +286,7 @@ def _rwku_request(spec: dict, base: Path | None, where: str) -> UnlearningReques
         raise UserError(f"{where}: key(s) {', '.join(key_text(k) for k in extra)} beside 'rwku:' would be ignored: "
                         "rwku: builds forget, neighbors and passages itself (only name and description may "
                         "stand beside it); drop the key(s), or write the sets by hand without rwku:")
-    if spec.get("name") is not None and not isinstance(spec["name"], str):
-        raise UserError(f"{where}: 'name' must be a string, got {short_repr(spec['name'])}")
+    _text_keys(spec, where)
     options = spec["rwku"]
     allowed = {"data", "targets", "forget", "passages"}
     if not isinstance(options, dict) or not {"data", "targets"} <= set(options) or set(options) - allowed:

@@ -267,9 +267,8 @@ def target_request(data: str | Path, targets: str | int | Sequence[str | int], *
         raise UserError(f"{where}: {error}" if where else str(error)) from None  # the request file and key
     if forget == "refusals":
         _check_shipped(data, chosen, "reject", where or str(data), forget=forget)
-    if isinstance(passages, str):
-        if passages in ("positive", "passage"):
-            _check_shipped(data, chosen, passages, where or str(data), forget=forget)
+    if isinstance(passages, str) and passages in ("positive", "passage"):
+        _check_shipped(data, chosen, passages, where or str(data), forget=forget)
     request = UnlearningRequest(forget=[], name="rwku-" + "+".join(str(t.id) for t in chosen))
     for target in chosen:
         where = f"{data} [{target.folder}]"

@@ -112,13 +112,19 @@ def heldout_source(options) -> str | None:
     return options.heldout or (str(SKU_HELDOUT) if builtin_request(options.request) else None)
 
 
-def _label_task(options, judge) -> dict | None:
-    """The judge against hand labels: ``options.labels``, else the built-in labels when the
-    request is the built-in one (they label outputs to its prompts); None when neither, since an
-    agreement on another request's prompts would be read as one on this request's."""
+def labels_source(options) -> str | None:
+    """The hand labels the judge is measured against: ``options.labels``, else the built-in
+    labels when the request is the built-in one (they label outputs to its prompts); None when
+    neither, or with judge_agreement off, since an agreement on another request's prompts would
+    be read as one on this request's."""
     if not options.judge_agreement:
         return None
-    path = options.labels or (SKU_LABELS if builtin_request(options.request) else None)
+    return options.labels or (str(SKU_LABELS) if builtin_request(options.request) else None)
+
+
+def _label_task(options, judge) -> dict | None:
+    """The judge against the hand labels of :func:`labels_source` (None without them)."""
+    path = labels_source(options)
     if path is None:
         return None
     labels = load_labels(path)
@@ -160,8 +166,7 @@ def evaluate_harmful(model, tokenizer, options, *, out_dir: Path, model_name: st
                **tasks["normal"]["aggregates"],
                "judge_agreement": labels["aggregates"]["agreement"] if labels else None}
     config = {"model": model_name, **dataclasses.asdict(options), "request": options.request or str(SKU_REQUEST),
-              "labels": (options.labels or (str(SKU_LABELS) if builtin_request(options.request) else None))
-              if options.judge_agreement else None,
+              "labels": labels_source(options),
               "heldout": heldout, "normal": sets.normal_source, "original_outputs": original_source}
     envelope = build_envelope(benchmark="harmful", format=FORMAT, model=model, precision=precision, config=config,
                               n_samples={name: task["n"] for name, task in tasks.items()},
