@@ -235,6 +235,10 @@ def test_forget_truth_ratios_same_convention_in_all_formats(tmp_path):
                           ("TOFU_EVAL.json", ou), ("ours.json", ours)]:
         ratios = reference_logs.forget_truth_ratios(_write(tmp_path, name, payload))
         assert ratios == pytest.approx(expected), name
+    # open-unlearning leaves out items it could not score (score None): so do the ratios
+    ou["forget_truth_ratio"]["value_by_index"]["2"] = {"score": None}
+    assert reference_logs.forget_truth_ratios(_write(tmp_path, "ou.json", ou)) == pytest.approx(expected)
+    assert [item.truth_ratio for item in reference_logs.forget_items(tmp_path / "ou.json")][2] is None
 
 
 @pytest.mark.parametrize("payload", [
@@ -242,6 +246,10 @@ def test_forget_truth_ratios_same_convention_in_all_formats(tmp_path):
     {"eval_log_forget.json": {"avg_paraphrased_loss": {"0": 1.0}}},
     {"forget_truth_ratio": {"agg_value": 0.3}},
     {"tasks": {"forget": {"items": [{"index": 0}]}}},
+    {"tasks": {"forget": {"items": [5]}}},
+    {"forget_truth_ratio": {"value_by_index": {"0": 0.5}}},
+    {"forget_truth_ratio": {"value_by_index": {"a": {"score": 0.5}}}},
+    {"forget_truth_ratio": {"value_by_index": {"0": {"score": "x"}}}},
 ])
 def test_malformed_reference_logs_raise_user_error(tmp_path, payload):
     path = _write(tmp_path, "bad.json", payload)

@@ -18,6 +18,7 @@ same as open-unlearning's ``score`` and TOFU's logged per-item ``truth_ratio``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,56 +91,97 @@ def legacy_truth_ratios(task: dict, path: Path, where: str) -> list[float]:
                         f"{FIX_HINT}") from None
 
 
-def open_unlearning_truth_ratios(data: dict, path: Path) -> list[float]:
-    by_index = data["forget_truth_ratio"].get("value_by_index")
-    if not isinstance(by_index, dict) or not by_index:
+@dataclass(frozen=True)
+class LoggedItem:
+    """One forget item of a log, by its index in the log."""
+
+    index: int
+    text: str | None  # the question, or the logged prompt that holds it; None when not logged
+    truth_ratio: float | None  # R = P̃_perturbed / P̃_correct; None when the log has none
+
+
+def _first_text(value: Any) -> str | None:
+    if isinstance(value, list | tuple) and value and isinstance(value[0], str):
+        return value[0]
+    return value if isinstance(value, str) else None
+
+
+def _legacy_items(task: dict, path: Path, where: str) -> list[LoggedItem]:
+    """R recomputed from the losses, the prompt ``generated_text[i][0]`` ("[INST] q [/INST]",
+    "Question: q\\n", ...) as the text."""
+    ratios = legacy_truth_ratios(task, path, where)
+    keys = sorted(task["avg_paraphrased_loss"], key=int)
+    texts = task.get("generated_text") if isinstance(task.get("generated_text"), dict) else {}
+    return [LoggedItem(int(key), _first_text(texts.get(key)), ratio) for key, ratio in zip(keys, ratios)]
+
+
+def _open_unlearning_items(data: dict, path: Path) -> list[LoggedItem]:
+    """``forget_truth_ratio.value_by_index[i].score`` (None kept: open-unlearning skips such
+    items), the question from ``forget_Q_A_ROUGE.value_by_index[i].input`` (the rendered chat
+    prompt) when present."""
+    scores = data["forget_truth_ratio"].get("value_by_index")
+    if not isinstance(scores, dict) or not scores:
         raise UserError(f"{path}: 'forget_truth_ratio' has no 'value_by_index'; {FIX_HINT}")
+    rouge = (data.get("forget_Q_A_ROUGE") or {}).get("value_by_index")
+    rouge = rouge if isinstance(rouge, dict) else {}
     try:
-        ordered = [by_index[key] for key in sorted(by_index, key=int)]
-        # open-unlearning skips items whose score is None (tokenisation edge cases).
-        return [float(item["score"]) for item in ordered if item and item.get("score") is not None]
+        items = []
+        for key in sorted(scores, key=int):
+            if not isinstance(scores[key], dict | None):
+                raise TypeError(key)
+            score = (scores[key] or {}).get("score")
+            entry = rouge.get(key)
+            text = entry.get("input") if isinstance(entry, dict) else None
+            items.append(LoggedItem(int(key), text if isinstance(text, str) else None,
+                                    None if score is None else float(score)))
+        return items
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path}: 'forget_truth_ratio.value_by_index' entries must be "
                         f'{{"score": number}} under integer keys; {FIX_HINT}') from None
 
 
-def obliviate_truth_ratios(data: dict, path: Path) -> list[float]:
-    items = (data["tasks"].get("forget") or {}).get("items")
-    if not isinstance(items, list) or not items:
+def _obliviate_items(data: dict, path: Path) -> list[LoggedItem]:
+    """Our own ``tasks.forget.items``: index, question, truth_ratio."""
+    rows = (data["tasks"].get("forget") or {}).get("items")
+    if not isinstance(rows, list) or not rows:
         raise UserError(f"{path}: no 'tasks.forget.items' list; {FIX_HINT}")
     try:
-        ordered = sorted(items, key=lambda item: int(item["index"]))
-        return [float(item["truth_ratio"]) for item in ordered]
-    except (KeyError, TypeError, ValueError):
+        return [LoggedItem(int(row["index"]), _first_text(row.get("question")), float(row["truth_ratio"]))
+                for row in sorted(rows, key=lambda row: int(row["index"]))]
+    except (AttributeError, KeyError, TypeError, ValueError):
         raise UserError(f"{path}: every 'tasks.forget.items' entry needs a numeric 'index' and "
                         f"'truth_ratio'; {FIX_HINT}") from None
 
 
-def forget_truth_ratios(path: str | Path) -> list[float]:
-    """Per-item forget-set truth ratios ``R = P̃_perturbed / P̃_paraphrased`` from a log file.
-
-    Accepts the TOFU legacy aggregated log (uses ``eval_log_forget.json``) or a single legacy
-    task file (assumed to be the forget task's), recomputing R from ``avg_paraphrased_loss``
-    and ``average_perturb_loss`` exactly as TOFU's Forget Quality does; open-unlearning's
-    ``forget_truth_ratio.value_by_index[*].score``; or obliviate's ``tasks.forget.items``.
-    Items are ordered by index. Raises :class:`UserError` for a missing, malformed or
-    unknown file.
-    """
+def forget_items(path: str | Path) -> list[LoggedItem]:
+    """The forget items of a log, ordered by index: the TOFU legacy aggregated log (its
+    ``eval_log_forget.json``) or a single legacy task file (assumed to be the forget task's), R
+    recomputed from ``avg_paraphrased_loss`` and ``average_perturb_loss`` exactly as TOFU's
+    Forget Quality does; open-unlearning's ``forget_truth_ratio.value_by_index[*].score``; or
+    obliviate's ``tasks.forget.items``. Raises :class:`UserError` for a missing, malformed or
+    unknown file."""
     path = Path(path)
     data = load_json(path)
     kind = detect_format(data)
     if kind == "tofu_legacy":
         if not isinstance(data.get("eval_log_forget.json"), dict):
             raise UserError(f"{path}: TOFU log without an 'eval_log_forget.json' task; {FIX_HINT}")
-        return legacy_truth_ratios(data["eval_log_forget.json"], path, "eval_log_forget.json")
+        return _legacy_items(data["eval_log_forget.json"], path, "eval_log_forget.json")
     if kind == "tofu_legacy_task":
-        return legacy_truth_ratios(data, path, "the task log")
+        return _legacy_items(data, path, "the task log")
     if kind == "open_unlearning":
-        return open_unlearning_truth_ratios(data, path)
+        return _open_unlearning_items(data, path)
     if kind == "obliviate":
-        return obliviate_truth_ratios(data, path)
+        return _obliviate_items(data, path)
     raise UserError(f"{path}: unknown log format (no 'eval_log_forget.json', "
                     f"'forget_truth_ratio' or 'tasks' key); {FIX_HINT}")
+
+
+def forget_truth_ratios(path: str | Path) -> list[float]:
+    """Per-item forget-set truth ratios ``R = P̃_perturbed / P̃_paraphrased`` of a log
+    (:func:`forget_items`), ordered by index; items without a value are left out, as
+    open-unlearning leaves them out."""
+    return [item.truth_ratio for item in forget_items(path) if item.truth_ratio is not None]
 
 
 def _legacy_task_aggregates(task: dict, name: str, path: Path) -> dict[str, float]:

@@ -23,77 +23,15 @@ or a subset's values is not TOFU's Forget Quality.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from obliviate.data.request import QAItem
 from obliviate.errors import UserError
-from obliviate.evaluation import reference_logs
+from obliviate.evaluation.reference_logs import LoggedItem, forget_items
 
 # The retain model of each forget split (trained on the complementary retain split).
 RETAIN_SPLIT = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 MATCHING = ("use the retain log of the matching split (retain99 for forget01, retain95 for forget05, "
             "retain90 for forget10)")
-
-
-@dataclass(frozen=True)
-class LoggedItem:
-    index: int
-    text: str | None  # the question, or the logged prompt that holds it; None when not logged
-    truth_ratio: float | None  # R = P̃_perturbed / P̃_correct; None when the log has none
-
-
-def _legacy_items(task: dict, path, where: str) -> list[LoggedItem]:
-    """A TOFU legacy forget task: R recomputed from the losses (as reference_logs does), the
-    prompt ``generated_text[i][0]`` ("[INST] q [/INST]", "Question: q\\n", ...) as the text."""
-    ratios = reference_logs.legacy_truth_ratios(task, path, where)
-    keys = sorted(task["avg_paraphrased_loss"], key=int)
-    texts = task.get("generated_text") if isinstance(task.get("generated_text"), dict) else {}
-    return [LoggedItem(int(key), _first_text(texts.get(key)), ratio) for key, ratio in zip(keys, ratios)]
-
-
-def _first_text(value) -> str | None:
-    if isinstance(value, list | tuple) and value and isinstance(value[0], str):
-        return value[0]
-    return value if isinstance(value, str) else None
-
-
-def _open_unlearning_items(data: dict, path) -> list[LoggedItem]:
-    """``forget_truth_ratio.value_by_index[i].score`` (None kept as None), the question from
-    ``forget_Q_A_ROUGE.value_by_index[i].input`` (the rendered chat prompt) when present."""
-    reference_logs.open_unlearning_truth_ratios(data, path)  # validates the entries
-    scores = data["forget_truth_ratio"]["value_by_index"]
-    rouge = (data.get("forget_Q_A_ROUGE") or {}).get("value_by_index") or {}
-    items = []
-    for key in sorted(scores, key=int):
-        score = (scores[key] or {}).get("score")
-        entry = rouge.get(key) if isinstance(rouge, dict) else None
-        text = entry.get("input") if isinstance(entry, dict) and isinstance(entry.get("input"), str) else None
-        items.append(LoggedItem(int(key), text, float(score) if score is not None else None))
-    return items
-
-
-def _obliviate_items(data: dict, path) -> list[LoggedItem]:
-    """Our own ``tasks.forget.items``: index, question, truth_ratio."""
-    reference_logs.obliviate_truth_ratios(data, path)  # validates the entries
-    rows = sorted(data["tasks"]["forget"]["items"], key=lambda row: int(row["index"]))
-    return [LoggedItem(int(row["index"]), row.get("question") if isinstance(row.get("question"), str) else None,
-                       float(row["truth_ratio"])) for row in rows]
-
-
-def logged_items(path) -> list[LoggedItem]:
-    """The forget items of a retain log (any format :mod:`reference_logs` reads), by index."""
-    data = reference_logs.load_json(path)
-    kind = reference_logs.detect_format(data)
-    if kind == "tofu_legacy" and isinstance(data.get("eval_log_forget.json"), dict):
-        return _legacy_items(data["eval_log_forget.json"], path, "eval_log_forget.json")
-    if kind == "tofu_legacy_task":
-        return _legacy_items(data, path, "the task log")
-    if kind == "open_unlearning":
-        return _open_unlearning_items(data, path)
-    if kind == "obliviate":
-        return _obliviate_items(data, path)
-    reference_logs.forget_truth_ratios(path)  # raises the reader's UserError for this file
-    raise UserError(f"{path}: no forget items; {reference_logs.FIX_HINT}")
 
 
 def _collapse(text: str) -> str:
@@ -178,7 +116,7 @@ def aligned_truth_ratios(path, items: Sequence[QAItem], *, forget_split: str | N
     log holds a smaller split's questions after its own); given ``split_items`` (the whole
     evaluated forget split), when it holds items that are not the split's."""
     split = forget_split or "forget"
-    logged = logged_items(path)
+    logged = forget_items(path)
     positions, how = _positions(logged, items)
     line = _uncovered(path, logged, items, positions, how, split)
     if line is None and split_items is not None:
