@@ -83,6 +83,34 @@ def test_a_missing_given_model_names_where_it_was_given_before_anything_is_writt
     assert refused(capsys, config, out, "--target", "/no/oracle").startswith("--target /no/oracle: no such model")
 
 
+def test_a_missing_base_model_is_refused_before_anything_is_written(bench, capsys):
+    config, out = bench
+    change(config, "protocol", model="./no-model")  # written as a path: read beside the row file
+    assert refused(capsys, config, out).startswith(
+        f"{config}: protocol.model: ./no-model (relative to {config.parent}): no such file or directory")
+    assert refused(capsys, config, out, "--model", "/no/base").startswith("--model /no/base: no such file")
+    (config.parent / "beside").mkdir()  # a folder beside the file is the model, not a hub id
+    change(config, "protocol", model="beside")
+    assert refused(capsys, config, out).startswith(
+        f"{config}: protocol.model: beside (relative to {config.parent}): the directory has no config.json")
+    # given both the target and the oracle, the base model is not used: nothing to check
+    for name in ("t", "o"):
+        (config.parent / name).mkdir()
+        (config.parent / name / "model.safetensors").write_bytes(b"")
+    change(config, "protocol", model="./no-model", target="t", oracle="o", data="/nope")
+    assert refused(capsys, config, out).startswith(f"{config}: protocol.data: /nope: no such directory")
+
+
+def test_a_home_path_in_the_row_file_is_expanded(bench, capsys, monkeypatch):
+    config, out = bench
+    monkeypatch.setenv("HOME", str(config.parent))
+    change(config, "protocol", data="~/elsewhere", target="~/no-target")
+    assert refused(capsys, config, out).startswith(
+        f"{config}: protocol.data: ~/elsewhere: no such directory")  # not 'relative to' the file
+    change(config, "protocol", data="~/tofu")
+    assert refused(capsys, config, out).startswith(f"{config}: protocol.target: ~/no-target: no such model")
+
+
 def test_a_bad_common_key_names_common_not_the_first_row(bench, capsys):
     config, out = bench
     change(config, "common", **{"train.max_step": 3})

@@ -24,6 +24,7 @@ from obliviate.bench.rows import BenchSpec, Row, missing_requirements, row_confi
 from obliviate.bench.stages import NotDone, StageBook, fingerprint
 from obliviate.errors import UserError
 from obliviate.io import atomic_write_json, atomic_write_text
+from obliviate.models import resolve_model
 from obliviate.rundir import take_lock
 
 
@@ -44,7 +45,19 @@ def check_data(spec: BenchSpec) -> Path:
     for key in ("target", "oracle"):
         if getattr(spec.protocol, key):
             _given_model_key(getattr(spec.protocol, key), spec.named(key))
+    if not (spec.protocol.target and spec.protocol.oracle):
+        _check_base_model(spec)
     return data.resolve()
+
+
+def _check_base_model(spec: BenchSpec) -> None:
+    """protocol.model, which the target or the oracle is taught from, resolves (a local path
+    exists, the default model is installed) before anything is written; a hub id is checked when
+    it loads."""
+    try:
+        resolve_model(spec.protocol.model)
+    except UserError as err:
+        raise UserError(f"{spec.named('model')}: {str(err).split(': ', 1)[-1]}") from None
 
 
 def write_requests(root: Path, data: Path, spec: BenchSpec) -> dict[str, Path]:

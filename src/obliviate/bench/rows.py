@@ -30,7 +30,7 @@ from typing import Any
 
 from obliviate.config import RunConfig, canonical_key, load_config
 from obliviate.errors import UserError
-from obliviate.io import key_text, parse_yaml, read_user_text, short_repr
+from obliviate.io import key_text, parse_yaml, read_user_text, short_repr, written_as_path
 
 TOP_KEYS = ("description", "protocol", "teach", "common", "rows")
 ROW_KEYS = ("name", "method", "overrides", "note", "requires")
@@ -149,12 +149,23 @@ def _protocol(data, where: str, base: Path, given: dict) -> Protocol:
         if isinstance(value, int) and value < LEAST.get(key, value):
             raise UserError(f"{where}.{key} = {value} is invalid; expected an integer >= {LEAST[key]}")
         note = ""
-        if key in ("data", "target", "oracle") and value is not None and not Path(value).is_absolute():
+        if _is_path(key, value, base) and not Path(value).expanduser().is_absolute():
             note = f" (relative to {base.absolute()})"
             value = str(base / value)
+        elif _is_path(key, value, base):
+            value = str(Path(value).expanduser())
         given[key] = (f"{where}.{key}:", data[key], note)
         values[key] = value
     return Protocol(**values)
+
+
+def _is_path(key: str, value, base: Path) -> bool:
+    """Whether a protocol value is a path, read relative to the row file: data, target and oracle
+    always; model when written as one (``./m``, ``~/m``) or found beside the file (else a hub id
+    or the default model's name)."""
+    if value is None or key not in ("data", "target", "oracle", "model"):
+        return False
+    return key != "model" or written_as_path(value) or (base / value).exists()
 
 
 def _row(item, where: str) -> Row:
