@@ -254,6 +254,22 @@ def test_eval_config_file_picks_the_benchmark_and_its_options(captured_eval, tmp
     assert captured_eval["use_prompt"] is True
 
 
+@pytest.mark.parametrize("body, flags, message", [
+    ("ds_size: 0", [], "{config}: benchmark 'tofu' option 'ds_size' = 0 must be a positive integer"),
+    ("forget_splt: forget05", [], "{config}: benchmark 'tofu' option 'forget_splt' is not known"),
+    ("data: /no/tofu", [], "{config}: data: /no/tofu: no such TOFU directory"),
+    ("ds_size: 0", ["--ds_size", "-2"], "error: benchmark 'tofu' option 'ds_size' = -2"),  # the flag's value
+    ("benchmark: harmful\n  threshold: 2", [], "{config}: benchmark 'harmful' option 'threshold' = 2.0"),
+])
+def test_a_bad_option_in_an_eval_config_names_the_file(body, flags, message, tmp_path, capsys):
+    """Its refusal names the file (the merged file and flag options were checked nameless); a
+    flag's bad value is the flag's, whatever the file holds."""
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"eval:\n  {body}\n")
+    err = one_line_error(capsys, exit_code(["eval", "--model", "some/model", "--config", str(config), *flags]))
+    assert message.format(config=config) in err
+
+
 @pytest.mark.skipif(not SHARED_TOFU.is_dir(), reason="../shared/data/tofu is absent")
 def test_an_evaluation_run_twice_keeps_both_results(tiny_model_dir, tmp_path, capsys):
     """A run's model is evaluated inside its run directory; a second evaluation gets a new folder."""

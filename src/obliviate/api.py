@@ -142,9 +142,12 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
         raise UserError("output_dir is empty (it would write into the current directory); name a folder, or leave "
                         "it out for a fresh one")
     spec = get_benchmark(settings["benchmark"])
-    built = build_options(spec, {**file_options, **options}, where=f"benchmark '{spec.name}' option")
-    if spec.check is not None:
-        spec.check(built)  # a wrong data path is told before a model loads for minutes
+    try:
+        built = build_options(spec, {**file_options, **options}, where=f"benchmark '{spec.name}' option")
+        if spec.check is not None:
+            spec.check(built)  # a wrong data path is told before a model loads for minutes
+    except UserError as err:
+        raise _naming_file(err, config, {k: v for k, v in file_options.items() if k not in options}) from None
     resolve_precision(settings["precision"], key="precision")  # refuse a bad value before loading anything
     with _processes(settings["device"]) as state:
         model, tokenizer, name = _place(model, tokenizer, settings, device if state is None else _device_name(state.device))
@@ -163,6 +166,20 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
             paths = paths if state is None or state.is_main_process else []
     return EvalResult(summary=dict(envelope.get("summary", {})), paths=paths, output_dir=out, benchmark=spec.name,
                       envelope=envelope)
+
+
+def _naming_file(err: UserError, config, from_file: dict) -> UserError:
+    """A refusal of an option the eval config file gave (its key quoted in the message, or its
+    text there) names the file."""
+    if not isinstance(config, str | Path):
+        return err
+    text = str(err)
+    for key, value in from_file.items():
+        if f"'{key}'" in text:
+            return UserError(f"{config}: {text}")
+        if isinstance(value, str) and len(value) > 1 and value in text:
+            return UserError(f"{config}: {key}: {text}")
+    return err
 
 
 @contextlib.contextmanager
