@@ -257,7 +257,7 @@ def test_eval_config_file_picks_the_benchmark_and_its_options(captured_eval, tmp
 @pytest.mark.parametrize("body, flags, message", [
     ("ds_size: 0", [], "{config}: benchmark 'tofu' option 'ds_size' = 0 must be a positive integer"),
     ("forget_splt: forget05", [], "{config}: benchmark 'tofu' option 'forget_splt' is not known"),
-    ("data: /no/tofu", [], "{config}: data: /no/tofu: no such TOFU directory"),
+    ("data: /no/tofu", [], "{config}: /no/tofu: no such TOFU directory"),
     ("ds_size: 0", ["--ds_size", "-2"], "error: benchmark 'tofu' option 'ds_size' = -2"),  # the flag's value
     ("benchmark: harmful\n  threshold: 2", [], "{config}: benchmark 'harmful' option 'threshold' = 2.0"),
 ])

@@ -175,10 +175,8 @@ def _naming_file(err: UserError, config, from_file: dict) -> UserError:
         return err
     text = str(err)
     for key, value in from_file.items():
-        if f"'{key}'" in text:
+        if f"'{key}'" in text or (isinstance(value, str) and len(value) > 1 and value in text):
             return UserError(f"{config}: {text}")
-        if isinstance(value, str) and len(value) > 1 and value in text:
-            return UserError(f"{config}: {key}: {text}")
     return err
 
 
