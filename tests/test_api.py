@@ -71,3 +71,20 @@ def test_evaluate_refuses_a_bad_option_before_loading(tmp_path):
         ob.evaluate(str(tmp_path / "no-model"), forget_splitt="forget05")
     with pytest.raises(UserError, match="benchmark 'rwku' option 'ds_size'"):
         ob.evaluate(str(tmp_path / "no-model"), benchmark="rwku", ds_size="many")
+
+
+def test_a_model_without_weights_is_refused_in_one_line(tiny_model_dir, tmp_path):
+    """A model built on the meta device holds no values: a torch traceback mid-run before; now one
+    line, nothing written. So is an object that is not a model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(UserError, match="unlearn: the model's weights are on the meta device"):
+        ob.unlearn(model, tokenizer, {"forget": FORGET}, method="ga", output_dir=tmp_path / "run", max_steps=1)
+    with pytest.raises(UserError, match="evaluate: the model's weights are on the meta device"):
+        ob.evaluate(model, tokenizer, data=str(SHARED_TOFU), output_dir=tmp_path / "eval")
+    with pytest.raises(UserError, match=r"evaluate: model is a \w+, not a loaded model"):
+        ob.evaluate(tokenizer, tokenizer, data=str(SHARED_TOFU), output_dir=tmp_path / "eval")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()

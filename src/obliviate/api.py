@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import tempfile
@@ -90,6 +91,8 @@ def unlearn(model=None, tokenizer=None, request=None, *, method: str | None = No
     loaded = model is not None and not isinstance(model, (str, Path))
     if loaded and tokenizer is None:
         raise UserError("unlearn: a loaded model needs its tokenizer; pass unlearn(model, tokenizer, request, ...)")
+    if loaded:
+        _check_loaded(model, "unlearn")
     if isinstance(config, RunConfig) and not (options or method or output_dir) and (loaded or model is None):
         resolved = config
     else:
@@ -209,10 +212,23 @@ def _place(model, tokenizer, settings: dict, device: str | None):
         name = str(model)
         model, tokenizer = load_model(name, trust_remote_code=trust, device=resolve_device(device or settings["device"]))
         return model, tokenizer, name
+    _check_loaded(model, "evaluate")
     name = getattr(model, "name_or_path", None) or type(model).__name__
     if device is not None:  # asked for: placed there; else the model stays where the caller put it
         model.to(resolve_device(device))
     return model, tokenizer if tokenizer is not None else load_tokenizer(name, trust_remote_code=trust), name
+
+
+def _check_loaded(model, what: str) -> None:
+    """A model object holds its weights: a torch module, none of them on the meta device."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"{what}: model is a {type(model).__name__}, not a loaded model; pass a causal LM "
+                        "(AutoModelForCausalLM.from_pretrained(...)), a hub id or a directory")
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise UserError(f"{what}: the model's weights are on the meta device (built under torch.device('meta') or "
+                        "init_empty_weights): they hold no values; load them (from_pretrained) first")
 
 
 @contextlib.contextmanager
