@@ -79,3 +79,32 @@ def test_no_run_directory_before_the_model_has_loaded(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match="could not be loaded|no such file"):
         run(load_config(None, [*args, f"model={tmp_path / 'missing-model'}"]))
     assert not out.exists()
+
+
+def test_a_failed_run_is_tidied_while_it_still_holds_the_lock(tmp_path, monkeypatch):
+    """The tidy after a failed fresh run removes its files under the lock, so a run starting there
+    meanwhile cannot lose the config it just wrote; the folder itself is removed after the
+    release only if still empty (a run that took the lock meanwhile keeps it)."""
+    from obliviate.rundir import CONFIG, RunLock, discard_unstarted_run
+
+    real_release = RunLock.release
+    seen = {}
+
+    def release(lock):
+        seen.setdefault("at_release", sorted(p.name for p in lock.path.parent.iterdir()))
+        real_release(lock)
+        if "other" in seen:
+            (lock.path.parent / CONFIG).write_text("another run's config")  # it started right after
+
+    monkeypatch.setattr(RunLock, "release", release)
+    for name in ("run", "other"):
+        out = tmp_path / name
+        seen.clear()
+        if name == "other":
+            seen["other"] = True
+        lock = lock_run_dir(out)
+        (out / CONFIG).write_text("this run's config")
+        discard_unstarted_run(out, lock, created=True)
+        assert seen["at_release"] == [LOCK]  # config.yaml was removed before the lock was let go
+    assert not (tmp_path / "run").exists()
+    assert (tmp_path / "other" / CONFIG).read_text() == "another run's config"

@@ -128,27 +128,33 @@ def config_agrees(run_dir: str | Path, config: dict) -> bool:
     return True
 
 
-def discard_unstarted_run(run_dir: str | Path, *, created: bool = True) -> bool:
-    """After a fresh run failed (a refusal, a crash, Ctrl-C): remove an empty checkpoints/ and an
-    empty train log (any checkpoints/ makes check_run_dir take the folder for a started run, which
-    refused the corrected rerun), then config.yaml and started_from.json when nothing else is left,
-    and the folder itself if this run `created` it; True if nothing of the run is left. Anything
-    else (a checkpoint, a log line, ULMR's generation cache) stays, and the folder with it."""
+def discard_unstarted_run(run_dir: str | Path, lock: RunLock, *, created: bool = True) -> bool:
+    """After a fresh run failed (a refusal, a crash, Ctrl-C), still holding its `lock`: remove an
+    empty checkpoints/ and an empty train log (any checkpoints/ makes check_run_dir take the
+    folder for a started run, which refused the corrected rerun), then config.yaml and
+    started_from.json when nothing else is left; release the lock, then remove the folder if this
+    run `created` it and it is empty (a run started there meanwhile keeps it). True if nothing of
+    the run is left. Anything else (a checkpoint, a log line, ULMR's generation cache) stays, and
+    the folder with it."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return False
+    try:
+        if not run_dir.is_dir():
+            return False
+        with contextlib.suppress(OSError):
+            if (run_dir / CHECKPOINTS).is_dir() and not any((run_dir / CHECKPOINTS).iterdir()):
+                (run_dir / CHECKPOINTS).rmdir()
+            if (run_dir / TRAIN_LOG).is_file() and (run_dir / TRAIN_LOG).stat().st_size == 0:
+                (run_dir / TRAIN_LOG).unlink()
+        if {p.name for p in run_dir.iterdir()} - {CONFIG, STARTED_FROM, LOCK}:
+            return False
+        with contextlib.suppress(OSError):
+            for name in (CONFIG, STARTED_FROM):
+                (run_dir / name).unlink(missing_ok=True)
+    finally:
+        lock.release()
     with contextlib.suppress(OSError):
-        if (run_dir / CHECKPOINTS).is_dir() and not any((run_dir / CHECKPOINTS).iterdir()):
-            (run_dir / CHECKPOINTS).rmdir()
-        if (run_dir / TRAIN_LOG).is_file() and (run_dir / TRAIN_LOG).stat().st_size == 0:
-            (run_dir / TRAIN_LOG).unlink()
-    if {p.name for p in run_dir.iterdir()} - {CONFIG, STARTED_FROM}:
-        return False
-    with contextlib.suppress(OSError):
-        for name in (CONFIG, STARTED_FROM):
-            (run_dir / name).unlink(missing_ok=True)
         if created:
-            run_dir.rmdir()
+            run_dir.rmdir()  # fails, as it should, when another run has taken the folder meanwhile
     return not any(run_dir.iterdir()) if run_dir.exists() else True
 
 

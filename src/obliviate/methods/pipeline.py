@@ -93,10 +93,10 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
         failed = True
         raise
     finally:
-        if lock is not None:
+        if lock is not None and failed and fresh:
+            discard_unstarted_run(config.output_dir, lock, created=created)  # nothing to block the rerun
+        elif lock is not None:
             lock.release()
-            if failed and fresh:
-                discard_unstarted_run(config.output_dir, created=created)  # nothing to block the rerun
 
 
 def _check_refusals(config: RunConfig, request: UnlearningRequest) -> None:
