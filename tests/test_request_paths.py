@@ -104,6 +104,17 @@ def test_a_plain_data_file_and_its_retain_are_relative_to_the_working_directory(
     assert [i.question for i in request.retain] == ["Retain beside the forget file?"]
 
 
+def test_a_retain_set_beside_a_request_is_refused_not_ignored(layout):
+    """load_request(request_file, retain=...) kept the request's own retain set and dropped the
+    given one without a word; a request holds its retain set, so both is a one-line error."""
+    requests, cwd = layout
+    (cwd / "retain.json").write_text(_records("Retain from the working directory?"))
+    (cwd / "req.json").write_text(json.dumps({"forget": "data/forget.json"}))
+    for request in (cwd / "req.json", {"forget": "data/forget.json"}, {"rwku": {"targets": 1}}):
+        with pytest.raises(UserError, match=r"retain= adds a retain set to a plain data file only"):
+            load_request(request, retain="retain.json")
+
+
 def test_hub_dataset_ids_still_reach_the_hub(layout, monkeypatch):
     requests, cwd = layout
     asked = []

@@ -194,7 +194,8 @@ def resolve_source(spec: str, base: Path | None, where: str, *, what: str = "fil
 def load_request(source: str | Path | dict | None = None, *, retain: str | None = None) -> UnlearningRequest:
     """Load a request file (YAML/JSON with `forget:`), or a plain data file as the forget set.
 
-    With no source, the built-in demo request. `retain` adds a retain set to a plain data file.
+    With no source, the built-in demo request. `retain` adds a retain set to a plain data file
+    (a request holds its own: giving both is refused, not silently ignored).
     """
     if source is None:
         source = DEMO_REQUEST
@@ -209,6 +210,9 @@ def load_request(source: str | Path | dict | None = None, *, retain: str | None 
         spec = _read_request_spec(path) if path.is_file() else None
         base, where = path.parent, str(path)
     sources: list[str] = [] if isinstance(source, dict) else [str(source)]
+    if retain is not None and isinstance(spec, dict) and ("rwku" in spec or "forget" in spec):
+        raise UserError(f"{where}: retain= adds a retain set to a plain data file only; this is a request "
+                        "(forget:/rwku:): put the retain set in it (retain: FILE) instead")
     if isinstance(spec, dict) and "rwku" in spec:  # an RWKU target (or several): data/rwku.py builds it
         return _rwku_request(spec, base, where)
     if isinstance(spec, dict) and "forget" not in spec and Path(str(source)).suffix.lower() in (".yaml", ".yml"):
