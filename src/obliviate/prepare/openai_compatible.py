@@ -105,7 +105,7 @@ class OpenAICompatibleBackend:
         if not model:
             raise UserError(f"{model_option} must name the model the server serves")
         if max_concurrency < 1:
-            raise UserError(f"generation.max_concurrency must be >= 1, got {max_concurrency}")
+            raise UserError(f"{concurrency_option or 'max_concurrency'} must be >= 1, got {max_concurrency}")
         if max_retries < 1:
             raise UserError(f"generation.max_retries must be >= 1 (total tries), got {max_retries}")
         #: the caller's names of the URL and model settings, named in error messages
