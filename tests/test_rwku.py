@@ -278,6 +278,51 @@ def test_text_scores():
 # ---------------------------------------------------------------------------------------------
 
 
+def test_the_icu_prefix_reaches_every_utility_prompt_and_mia_text(tiny_tokenizer, tiny_model_and_tokenizer,
+                                                                   rwku_dir, monkeypatch):
+    """RWKU's eval_mmlu / bbh / truthfulqa / triviaqa / fluency / mia.py all prefix under
+    use_prompt (the ICU baseline); the utility sets and MIA texts were scored without it."""
+    from obliviate.evaluation.rwku import suite
+    from obliviate.evaluation.rwku.prompts import ICU_PREFIX
+
+    prefix = ICU_PREFIX.format("Ada")
+    samples = {"mmlu": {"question": "2 + 2 = ?", "choices": ["1", "2", "3", "4"], "answer": 3, "task": "math",
+                        "examples": [], "subject": "Ada"},
+               "truthfulqa": {"question": "Can pigs fly?", "subject": "Ada"},
+               "bbh": {"cot": "Q: x\nA: y", "question": "not True is", "subject": "Ada"},
+               "triviaqa": {"question": "Capital?", "subject": "Ada"},
+               "fluency": {"instruction": "Describe it.", "subject": "Ada"}}
+    for name, sample in samples.items():
+        build = getattr(utility, f"{name}_prompt")
+        plain, icu = build(tiny_tokenizer, sample), build(tiny_tokenizer, sample, True)
+        assert icu == plain.replace("<|im_start|>user\n", "<|im_start|>user\n" + prefix, 1), name
+    model, tokenizer = tiny_model_and_tokenizer
+    target = rwku_data.resolve_targets(str(rwku_dir), "1")[0]
+    engine = {"batch_size": 4, "max_length": 256, "precision": "fp32", "cache": None}
+    seen = {}
+    real_score, real_mia = utility.score_and_generate, suite.mia_scores
+
+    def score(model, tokenizer, pairs, prompts, **kwargs):
+        seen.setdefault(use, []).extend([p for p, _ in pairs] + list(prompts))
+        return real_score(model, tokenizer, pairs, prompts, **kwargs)
+
+    def mia_scores(model, tokenizer, texts, **kwargs):
+        seen.setdefault(use, []).extend(texts)
+        return real_mia(model, tokenizer, texts, **kwargs)
+
+    monkeypatch.setattr(utility, "score_and_generate", score)
+    monkeypatch.setattr(suite, "mia_scores", mia_scores)
+    for use in (False, True):
+        suite.score_target(model, tokenizer, str(rwku_dir), target, ds_size=2, use_prompt=use, engine=engine,
+                           utility=("mmlu", "truthfulqa", "triviaqa"), mia_batch=2, max_length=256,
+                           timer=suite.StageTimer())
+    prefix = ICU_PREFIX.format("Ada Example")
+    assert len(seen[True]) == len(seen[False]) > 8 and not any(prefix in text for text in seen[False])
+    for plain, icu in zip(seen[False], seen[True]):
+        assert icu in (prefix + plain, plain.replace("<|im_start|>user\n", "<|im_start|>user\n" + prefix, 1))
+        assert icu != plain
+
+
 def test_rwku_benchmark_end_to_end(tiny_model_and_tokenizer, rwku_dir, tmp_path):
     model, tokenizer = tiny_model_and_tokenizer
     benchmark = get_benchmark("rwku")

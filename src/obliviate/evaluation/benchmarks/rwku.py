@@ -28,7 +28,8 @@ class RwkuOptions:
     utility_size: int | None = field(default=None, metadata={
         "help": "score only the first N records of each utility set (default: --ds_size)"})
     use_prompt: bool = field(default=False, metadata={
-        "help": "prefix every prompt with RWKU's in-context-unlearning instruction (the ICU baseline)"})
+        "help": "prefix every prompt and MIA text (probes, utility sets) with RWKU's in-context-unlearning "
+                "instruction (the ICU baseline)"})
     batch_size: int = field(default=32, metadata={"help": "rows of a scoring forward pass"})
     max_length: int = field(default=2048, metadata={"min": MIN_LENGTH, "min_reason": "fewer tokens leave little "
                                                     "or nothing to score; as train.max_length",

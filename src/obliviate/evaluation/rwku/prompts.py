@@ -2,7 +2,8 @@
 
 A probe's user message goes through the chat template with a generation prompt, then
 ``"Answer:"`` is appended (not for the AA type "affirmative suffix"). The ICU setting prefixes
-every user message with :data:`ICU_PREFIX`.
+every user message (and every MIA text) with :data:`ICU_PREFIX`, as each of RWKU's eval_*.py
+does under ``use_prompt``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def probe_user_message(record: dict, kind: str, use_prompt: bool = False) -> str
         text = template.format(record["query"])
     else:
         raise ValueError(f"probe kind must be fb, qa or aa, got {kind!r}")
+    return icu(text, record, use_prompt)
+
+
+def icu(text: str, record: dict, use_prompt: bool) -> str:
+    """``text`` behind RWKU's in-context-unlearning prefix for ``record["subject"]`` when
+    ``use_prompt`` (every set: probes, MIA texts, utility prompts, as RWKU's eval_*.py do)."""
     return ICU_PREFIX.format(record.get("subject")) + text if use_prompt else text
 
 

@@ -19,6 +19,7 @@ from obliviate.evaluation.engine.result_cache import result_cache_for
 from obliviate.evaluation.progress import ProgressLog, StageTimer, logger
 from obliviate.evaluation.results import build_envelope, write_outputs
 from obliviate.evaluation.rwku.mia import mia_aggregates, mia_scores
+from obliviate.evaluation.rwku.prompts import icu
 from obliviate.evaluation.rwku.probes import score_probe_sets
 from obliviate.evaluation.rwku.utility import HEADLINE, UTILITY_SETS, score_utility
 from obliviate.errors import UserError
@@ -57,7 +58,7 @@ def score_target(model, tokenizer, data, target, *, ds_size, utility, use_prompt
         tasks = score_probe_sets(model, tokenizer, probes, use_prompt=use_prompt, **engine)
     with timer("mia"):
         for name in ("forget_mia", "retain_mia"):
-            texts = [r["text"] for r in cut(rwku_data.load_set(data, target, name))]
+            texts = [icu(r["text"], r, use_prompt) for r in cut(rwku_data.load_set(data, target, name))]
             items = mia_scores(model, tokenizer, texts, batch_size=mia_batch, max_length=max_length,
                                precision=engine["precision"])
             tasks[name] = {"n": len(items), "aggregates": mia_aggregates(items), "items": items}
@@ -67,7 +68,7 @@ def score_target(model, tokenizer, data, target, *, ds_size, utility, use_prompt
             logger.info("RWKU %s: no %s set in %s; skipped", target.folder, name, data)
             continue
         with timer(f"utility {name}"):
-            tasks[name] = score_utility(model, tokenizer, name, utility_cut(records), **engine)
+            tasks[name] = score_utility(model, tokenizer, name, utility_cut(records), use_prompt=use_prompt, **engine)
     return tasks
 
 
@@ -117,7 +118,7 @@ def evaluate_rwku(
     256 tokens per item, so a full probe set with a few utility items is the cheap setting).
     ``utility``: which of mmlu, bbh, truthfulqa, triviaqa, fluency ("all", "none" or a comma
     list); a set absent from ``data`` is skipped with a log line. ``use_prompt``: RWKU's ICU
-    prefix before every probe. ``decode``, ``decode_batch_size``: the greedy decoding path and the prompts decoded
+    prefix before every prompt and MIA text (probes, MIA, utility sets, as RWKU's eval_*.py). ``decode``, ``decode_batch_size``: the greedy decoding path and the prompts decoded
     together (engine.score_and_generate).
     """
     from obliviate.evaluation.rwku.report import render_rwku

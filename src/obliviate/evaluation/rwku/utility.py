@@ -10,6 +10,8 @@ eval_fluency.py do. Every prompt is one user turn of the chat template (no syste
 * Fac, TriviaQA: greedy, 30 tokens, 5 in-prompt examples; max token F1 over the aliases.
 * Flu, AlpacaEval instructions: greedy, 256 tokens; mean n-gram entropy of the outputs.
 
+Under ``use_prompt`` (the ICU baseline) every user message starts with RWKU's ICU prefix.
+
 Differences from RWKU: answers are scored as separately tokenised continuations of the prompt
 (RWKU tokenises prompt + answer together), and no second BOS is added to chat prompts.
 """
@@ -24,7 +26,7 @@ from obliviate.evaluation import metrics
 from obliviate.evaluation.engine import score_and_generate
 from obliviate.evaluation.rwku import textscores
 from obliviate.evaluation.rwku.probes import RAW
-from obliviate.evaluation.rwku.prompts import ANSWER, chat_prompt
+from obliviate.evaluation.rwku.prompts import ANSWER, chat_prompt, icu
 
 LETTERS = "ABCD"
 UTILITY_SETS = ("mmlu", "bbh", "truthfulqa", "triviaqa", "fluency")
@@ -66,7 +68,7 @@ def _a_colon(prompt: str) -> str:
     return prompt + ("A:" if prompt[-1] in ("\n", " ") else " A:")
 
 
-def mmlu_prompt(tokenizer, sample: dict) -> str:
+def mmlu_prompt(tokenizer, sample: dict, use_prompt: bool = False) -> str:
     def example(s, answer=True):
         text = "Question: " + s["question"] + "".join(f"\n{LETTERS[j]}. {c}" for j, c in enumerate(s["choices"]))
         return text + (f"\nAnswer: {LETTERS[s['answer']]}\n\n" if answer else "")
@@ -75,23 +77,26 @@ def mmlu_prompt(tokenizer, sample: dict) -> str:
         sample["task"].replace("_", " "))
     user = (header + "".join(example(s) for s in sample["examples"])
             + "Please following the previous examples and answer the given question.\n" + example(sample, False))
-    return chat_prompt(tokenizer, user, ANSWER)
+    return chat_prompt(tokenizer, icu(user, sample, use_prompt), ANSWER)
 
 
-def truthfulqa_prompt(tokenizer, sample: dict) -> str:
-    return _a_colon(chat_prompt(tokenizer, TRUTHFUL_QA_PRIMER + "\n\nQ: " + sample["question"]))
+def truthfulqa_prompt(tokenizer, sample: dict, use_prompt: bool = False) -> str:
+    user = TRUTHFUL_QA_PRIMER + "\n\nQ: " + sample["question"]
+    return _a_colon(chat_prompt(tokenizer, icu(user, sample, use_prompt)))
 
 
-def bbh_prompt(tokenizer, sample: dict) -> str:
-    return _a_colon(chat_prompt(tokenizer, sample["cot"].strip() + BBH_INSTRUCTION + sample["question"]))
+def bbh_prompt(tokenizer, sample: dict, use_prompt: bool = False) -> str:
+    user = sample["cot"].strip() + BBH_INSTRUCTION + sample["question"]
+    return _a_colon(chat_prompt(tokenizer, icu(user, sample, use_prompt)))
 
 
-def triviaqa_prompt(tokenizer, sample: dict) -> str:
-    return chat_prompt(tokenizer, TRIVIA_QA_SHOTS + "Q: {}\n".format(sample["question"]), "A:")
+def triviaqa_prompt(tokenizer, sample: dict, use_prompt: bool = False) -> str:
+    user = TRIVIA_QA_SHOTS + "Q: {}\n".format(sample["question"])
+    return chat_prompt(tokenizer, icu(user, sample, use_prompt), "A:")
 
 
-def fluency_prompt(tokenizer, sample: dict) -> str:
-    return chat_prompt(tokenizer, "Instruction: {}\n".format(sample["instruction"]))
+def fluency_prompt(tokenizer, sample: dict, use_prompt: bool = False) -> str:
+    return chat_prompt(tokenizer, icu("Instruction: {}\n".format(sample["instruction"]), sample, use_prompt))
 
 
 def _split(targets: dict) -> tuple[list[str], list[str]]:
@@ -99,14 +104,14 @@ def _split(targets: dict) -> tuple[list[str], list[str]]:
     return true, [c for c, label in zip(targets["choices"], targets["labels"]) if label != 1]
 
 
-def score_choices(model, tokenizer, records: Sequence[dict], name: str, **engine) -> dict:
+def score_choices(model, tokenizer, records: Sequence[dict], name: str, use_prompt: bool = False, **engine) -> dict:
     """MMLU (next-token argmax over " A".." D") or TruthfulQA (summed log-probs of " " + choice)."""
     pairs, prompts = [], []
     for sample in records:
         if name == "mmlu":
-            prompt, options = mmlu_prompt(tokenizer, sample), [" " + c for c in LETTERS]
+            prompt, options = mmlu_prompt(tokenizer, sample, use_prompt), [" " + c for c in LETTERS]
         else:
-            prompt = truthfulqa_prompt(tokenizer, sample)
+            prompt = truthfulqa_prompt(tokenizer, sample, use_prompt)
             options = [" " + c for c in dict.fromkeys(sample["mc1_targets"]["choices"] + sample["mc2_targets"]["choices"])]
         prompts.append(prompt)
         pairs.append([(prompt, option) for option in options])
@@ -133,11 +138,12 @@ def score_choices(model, tokenizer, records: Sequence[dict], name: str, **engine
     return {"n": len(items), "aggregates": aggregates, "items": items}
 
 
-def score_generations(model, tokenizer, records: Sequence[dict], name: str, **engine) -> dict:
+def score_generations(model, tokenizer, records: Sequence[dict], name: str, use_prompt: bool = False,
+                      **engine) -> dict:
     """BBH, TriviaQA or fluency: greedy outputs, then EM / F1 / n-gram entropy."""
     build = {"bbh": bbh_prompt, "triviaqa": triviaqa_prompt, "fluency": fluency_prompt}[name]
     budget = 30 if name == "triviaqa" else 256
-    prompts = [build(tokenizer, sample) for sample in records]
+    prompts = [build(tokenizer, sample, use_prompt) for sample in records]
     _, outputs = score_and_generate(model, tokenizer, (), prompts, formatter=RAW, max_new_tokens=budget, **engine)
     items = []
     for sample, output in zip(records, outputs):
@@ -158,10 +164,12 @@ def score_generations(model, tokenizer, records: Sequence[dict], name: str, **en
             "aggregates": {k: metrics.finite_mean([i[k] for i in items]) for k in keys}}
 
 
-def score_utility(model, tokenizer, name: str, records: Sequence[dict], **engine) -> dict:
-    """One utility set's task record ``{"n", "aggregates", "items"}``."""
+def score_utility(model, tokenizer, name: str, records: Sequence[dict], use_prompt: bool = False,
+                  **engine) -> dict:
+    """One utility set's task record ``{"n", "aggregates", "items"}``; ``use_prompt``: RWKU's ICU
+    prefix on every prompt (its eval_*.py prefix the utility sets too)."""
     scorer = score_choices if name in ("mmlu", "truthfulqa") else score_generations
-    return scorer(model, tokenizer, records, name, **engine)
+    return scorer(model, tokenizer, records, name, use_prompt=use_prompt, **engine)
 
 
 #: The aggregate each table column shows (x100 except fluency).
