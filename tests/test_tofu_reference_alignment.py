@@ -207,3 +207,47 @@ def test_real_retain99_log_gives_the_same_full_split_forget_quality(model):
     assert _reference(items[:2], log).truth_ratios == reference_logs.forget_truth_ratios(log)[:2]
     with pytest.raises(UserError, match="another forget split.*retain99 for forget01"):
         _reference(items[:2], LOG_DIR / f"{model}_retain90_wd0.01_eval_log_aggregated.json")
+
+
+@pytest.mark.skipif(not (LOG_DIR / "open-unlearning-smollm2").is_dir(), reason="../shared/data/tofu is absent")
+def test_privleak_takes_the_logs_min_k_auc_on_the_evaluated_items():
+    """With ds_size the evaluated model's MIA AUC is over the first N forget and holdout items;
+    the retain log's whole-split AUC beside it gave a wrong PrivLeak (exit 0). open-unlearning
+    logs per-item min-k scores: the reference AUC is taken on the same items; the shipped log
+    read as .json.gz."""
+    from obliviate.evaluation.tofu.reference import reference_min_k_auc
+
+    log = LOG_DIR / "open-unlearning-smollm2" / "TOFU_EVAL.json.gz"
+    forget = load_items(str(TOFU_DIR), "forget01_perturbed")
+    assert reference_min_k_auc(log, forget, 40) == (pytest.approx(0.4775), None)  # the log's own agg_value
+    assert reference_min_k_auc(log, forget[:3], 3) == (pytest.approx(7 / 9), None)  # its first 3 and 3
+    reference = retain_reference(None, forget[:3], forget[:3], retain_logs=log, retain_model=None)
+    extras, notes = {"mia_min_k_auc": 7 / 9}, []
+    compare_with_retain([{"truth_ratio": 1.0}] * 3, reference, extras, True, notes)
+    assert extras["privleak"] == pytest.approx(0.0) and extras["retain_mia_min_k_auc"] == pytest.approx(7 / 9)
+
+
+def test_privleak_is_left_out_when_our_log_holds_the_auc_of_other_items(tmp_path):
+    """Our own log keeps the AUC, not per-item holdout scores: usable only on as many items."""
+    from obliviate.evaluation.tofu.reference import reference_min_k_auc
+
+    items = _items(FORGET)
+    log = _obliviate_log(tmp_path / "ours.json", [(i, FORGET[i][0], r) for i, r in enumerate(RATIOS)])
+    data = json.loads(log.read_text())
+    data.update(summary={"extras": {"mia_min_k_auc": 0.6}}, n_samples={"forget": 4, "holdout": 4})
+    log.write_text(json.dumps(data))
+    assert reference_min_k_auc(log, items, 4) == (0.6, None)
+    auc, note = reference_min_k_auc(log, items[:2], 2)
+    assert auc is None and "the retain log's min-k AUC is over 4 forget and 4 holdout items" in note
+    extras, notes = {"mia_min_k_auc": 0.5}, []
+    compare_with_retain([{"truth_ratio": 1.0}] * 2, retain_reference(None, items[:2], items[:2], retain_logs=log,
+                                                                     retain_model=None), extras, True, notes)
+    assert "privleak" not in extras and any("PrivLeak not computed: the retain log's" in n for n in notes)
+
+
+def test_a_log_that_is_not_json_text_is_one_line(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"\x80\x81\xfe" * 10)
+    (tmp_path / "torn.json.gz").write_bytes(b"not gzip")
+    for name in ("weights.bin", "torn.json.gz"):
+        with pytest.raises(UserError, match=rf"{name}: cannot be read as a JSON log"):
+            reference_logs.forget_truth_ratios(tmp_path / name)

@@ -17,6 +17,7 @@ same as open-unlearning's ``score`` and TOFU's logged per-item ``truth_ratio``.
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from obliviate.evaluation import metrics
 
 FIX_HINT = (
     "pass a TOFU eval log (eval_log_aggregated.json or eval_log_forget.json), an "
-    "open-unlearning TOFU_EVAL.json or an obliviate eval JSON"
+    "open-unlearning TOFU_EVAL.json (or .json.gz) or an obliviate eval JSON"
 )
 
 # TOFU legacy task file -> our task name.
@@ -43,14 +44,19 @@ NORMALISED_PROB_TASKS = ("real_authors", "world_facts")
 
 
 def load_json(path: str | Path) -> Any:
+    """A log file's JSON; a ``.gz`` file is read through gzip (open-unlearning's logs ship so)."""
     path = Path(path).expanduser()
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with path.open(encoding="utf-8") as handle:
+        with opener(path, "rt", encoding="utf-8") as handle:
             return json.load(handle)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found; {FIX_HINT}") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); {FIX_HINT}") from None
+    except (UnicodeDecodeError, EOFError, OSError) as err:  # binary, a torn or non-gzip .gz, a folder
+        what = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else (err.strerror or str(err))
+        raise UserError(f"{path}: cannot be read as a JSON log ({what}); {FIX_HINT}") from None
 
 
 def detect_format(data: Any) -> str:

@@ -10,18 +10,17 @@ with the same engine.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from obliviate.data.request import QAItem
-from obliviate.evaluation import metrics
+from obliviate.evaluation import metrics, reference_logs
 from obliviate.evaluation.engine.result_cache import ResultCache, result_cache_for
 from obliviate.evaluation.plan import WorkPlan
 from obliviate.evaluation.tofu.extras import forget_extras
 from obliviate.evaluation.tofu.items import assemble, engine_settings, plan_items
-from obliviate.evaluation.tofu.retain_log import aligned_truth_ratios
+from obliviate.evaluation.tofu.retain_log import aligned_truth_ratios, log_positions
 from obliviate.hardware import model_device
 
 
@@ -31,20 +30,44 @@ class RetainReference:
     min_k_auc: float | None = None
     source: str | None = None  # "log <path>" or "model <path>"
     notes: list[str] = field(default_factory=list)  # how the log's values were matched to the items
+    min_k_note: str | None = None  # why a log's min-k AUC cannot be used for these items
 
 
-def reference_min_k_auc(path: str | Path) -> float | None:
-    """The retain model's min-k MIA AUC from its log, when the log has one (open-unlearning's
-    ``mia_min_k.agg_value`` or our ``summary.extras.mia_min_k_auc``). TOFU legacy logs do not."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if isinstance(data.get("mia_min_k"), dict) and data["mia_min_k"].get("agg_value") is not None:
-        return float(data["mia_min_k"]["agg_value"])
+def reference_min_k_auc(path: str | Path, items: Sequence[QAItem], n_holdout: int) -> tuple[float | None, str | None]:
+    """``(AUC, note)``: the retain model's min-k MIA AUC on the evaluated items (``items``, the
+    first ``n_holdout`` holdout items) from its log, or None and why not. open-unlearning's
+    per-item ``mia_min_k.forget`` / ``holdout`` scores give it on exactly those items (the forget
+    ones matched as the truth ratios are); our own log keeps the AUC only, usable when it was
+    computed on as many items. TOFU legacy logs have none (None, no note)."""
+    data = reference_logs.load_json(path)
+    data = data if isinstance(data, dict) else {}
+    if isinstance(data.get("mia_min_k"), dict):
+        return _open_unlearning_auc(data["mia_min_k"], path, items, n_holdout)
     extras = (data.get("summary") or {}).get("extras") or {}
-    value = extras.get("mia_min_k_auc")
-    return float(value) if value is not None else None
+    if extras.get("mia_min_k_auc") is None:
+        return None, None
+    counts = data.get("n_samples") or {}
+    if (counts.get("forget"), counts.get("holdout")) != (len(items), n_holdout):
+        return None, (f"PrivLeak not computed: the retain log's min-k AUC is over {counts.get('forget')} forget and "
+                      f"{counts.get('holdout')} holdout items, this evaluation's over {len(items)} and {n_holdout}; "
+                      "evaluate both on the same items (ds_size), or pass retain_model")
+    return float(extras["mia_min_k_auc"]), None
+
+
+def _open_unlearning_auc(mia: dict, path, items: Sequence[QAItem], n_holdout: int) -> tuple[float | None, str | None]:
+    """The AUC over the log's per-item min-k scores of the evaluated forget items and the first
+    ``n_holdout`` holdout items (open-unlearning's scores are loss-like, as ours)."""
+    try:
+        forget = {int(k): float(v["score"]) for k, v in mia["forget"]["value_by_index"].items()}
+        holdout = [float(v["score"]) for _, v in sorted(mia["holdout"]["value_by_index"].items(),
+                                                         key=lambda kv: int(kv[0]))]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None, f"PrivLeak not computed: {path} has no per-item 'mia_min_k' forget / holdout scores"
+    logged = reference_logs.forget_items(path)
+    found = [forget.get(logged[k].index) if k is not None else None for k in log_positions(logged, items)[0]]
+    if None in found or len(holdout) < n_holdout:
+        return None, (f"PrivLeak not computed: {path} lacks the min-k score of an evaluated forget or holdout item")
+    return metrics.mia_auc(found, holdout[:n_holdout]), None
 
 
 def score_retain_model(model, tokenizer, forget_items: Sequence[QAItem], holdout_items: Sequence[QAItem] | None,
@@ -80,8 +103,10 @@ def retain_reference(model, forget_items, holdout_items, *, retain_logs, retain_
     names the split in a refusal."""
     if retain_logs is not None:
         values, notes = aligned_truth_ratios(retain_logs, forget_items, forget_split=forget_split)
-        return RetainReference([value for value in values if value is not None], reference_min_k_auc(retain_logs),
-                               f"log {retain_logs}", notes)
+        auc, note = reference_min_k_auc(retain_logs, forget_items, len(holdout_items or [])) if holdout_items \
+            else (None, None)
+        return RetainReference([value for value in values if value is not None], auc, f"log {retain_logs}",
+                               notes, note)
     if retain_model is None:
         return RetainReference()
     from obliviate.models import load_model
@@ -111,6 +136,8 @@ def compare_with_retain(forget_rows: list[dict], reference: RetainReference, ext
         if reference.min_k_auc is not None and extras.get("mia_min_k_auc") is not None:
             extras["privleak"] = metrics.privleak(extras["mia_min_k_auc"], reference.min_k_auc)
             extras["retain_mia_min_k_auc"] = reference.min_k_auc
+        elif holdout_present and reference.min_k_note:
+            notes.append(reference.min_k_note)
         elif holdout_present:
             notes.append("PrivLeak not computed: the retain reference has no min-k MIA AUC "
                          "(TOFU legacy logs have none; pass retain_model or an open-unlearning/obliviate log)")

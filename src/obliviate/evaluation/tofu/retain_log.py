@@ -54,7 +54,7 @@ def match_questions(questions: Sequence[str], logged: Sequence[LoggedItem]) -> l
     return found
 
 
-def _positions(logged: Sequence[LoggedItem], items: Sequence[QAItem]) -> tuple[list[int | None], str]:
+def log_positions(logged: Sequence[LoggedItem], items: Sequence[QAItem]) -> tuple[list[int | None], str]:
     """Where each evaluated item's value lies in ``logged``, and how it was found."""
     if logged and all(item.text for item in logged):
         return match_questions([item.question for item in items], logged), "question"
@@ -117,7 +117,7 @@ def aligned_truth_ratios(path, items: Sequence[QAItem], *, forget_split: str | N
     evaluated forget split), when it holds items that are not the split's."""
     split = forget_split or "forget"
     logged = forget_items(path)
-    positions, how = _positions(logged, items)
+    positions, how = log_positions(logged, items)
     line = _uncovered(path, logged, items, positions, how, split)
     if line is None and split_items is not None:
         line = _foreign(path, logged, split_items, how, split)
