@@ -76,11 +76,15 @@ def tofu_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def retain_log(tmp_path) -> Path:
-    """A retain-model log in open-unlearning's format (2 forget truth ratios and a min-k AUC)."""
+    """A retain-model log in open-unlearning's format (2 forget truth ratios, per-item min-k
+    scores of 2 forget and 2 holdout items: AUC 0.25)."""
     path = tmp_path / "retain" / "TOFU_EVAL.json"
     path.parent.mkdir()
+    scores = {"forget": [3.0, 1.0], "holdout": [2.0, 0.5]}  # P(holdout > forget) = 1/4
+    mia = {name: {"value_by_index": {str(i): {"score": v} for i, v in enumerate(values)}}
+           for name, values in scores.items()}
     path.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 0.6, "value_by_index": {
-        "0": {"score": 0.7}, "1": {"score": 0.9}}}, "mia_min_k": {"agg_value": 0.45}}))
+        "0": {"score": 0.7}, "1": {"score": 0.9}}}, "mia_min_k": {"agg_value": 0.25, **mia}}))
     return path
 
 
@@ -257,7 +261,7 @@ def test_evaluate_tofu_end_to_end(tiny_model_and_tokenizer, tofu_dir, retain_log
     assert summary["model_utility"] == pytest.approx(metrics.model_utility(nine))
     extras = summary["extras"]
     assert {"extraction_strength", "exact_memorisation", "mia_min_k_auc", "privleak"} <= set(extras)
-    assert extras["privleak"] == pytest.approx(metrics.privleak(extras["mia_min_k_auc"], 0.45))
+    assert extras["privleak"] == pytest.approx(metrics.privleak(extras["mia_min_k_auc"], 0.25))
     assert "| Model | Forget R |" in (out / "tofu_report.md").read_text()
     progress = [r.getMessage() for r in caplog.records if "questions scored" in r.getMessage()]
     assert progress and re.match(r"TOFU forget01: (\d+)/\1 questions scored", progress[-1])  # last line: all done
