@@ -46,6 +46,21 @@ def test_unlearn_config_form_still_works(tiny_model_dir, tmp_path):
     assert result.manifest["method"] == "ga" and json.loads((result / "manifest.json").read_text())["seed"] == 42
 
 
+def test_a_run_config_beside_a_loaded_model_and_a_request_file_uses_both(tiny_model_and_tokenizer, tmp_path):
+    """unlearn(model, tokenizer, request_file, config=RunConfig) took the config alone: it trained
+    on the built-in demo request and recorded the config's model name (exit 0)."""
+    model, tokenizer = tiny_model_and_tokenizer
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"name": "mine", "forget": FORGET, "retain": RETAIN}))
+    config = ob.load_config(None, ["method=ga", f"output_dir={tmp_path / 'run'}", "train.max_steps=1",
+                                   "train.save_steps=-1", "device=cpu"])
+    result = ob.unlearn(model, tokenizer, request, config=config)
+    assert result.manifest["request"]["name"] == "mine" and result.manifest["request"]["forget"] == 4
+    assert str(request) in result.manifest["inputs"]
+    assert ob.load_config(result / "config.yaml").request == str(request)
+    assert result.manifest["base_model"]["name"] != "smollm2-135m-instruct"
+
+
 @pytest.mark.skipif(not SHARED_TOFU.is_dir(), reason="../shared/data/tofu is absent")
 def test_evaluate_a_loaded_model_reads_the_summary(tiny_model_and_tokenizer, tmp_path, monkeypatch, capsys):
     model, tokenizer = tiny_model_and_tokenizer

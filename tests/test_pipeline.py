@@ -77,7 +77,7 @@ def test_a_new_method_plugs_in_through_the_registry(shrink_method, tiny_model_di
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["method"] == "shrink" and manifest["device"] == "cpu"
     assert set(manifest["models"]) == {"model", "model_tuned"} and manifest["method_stats"] == {"keep": 0.25}
-    assert manifest["request"] == {"name": "request", "forget": 4, "retain": 4}
+    assert manifest["request"] == {"name": "request", "forget": 4, "retain": 4, "sha256": manifest["request"]["sha256"]}
     assert str(request_file) in manifest["inputs"]
     base = load_file(tiny_model_dir / "model.safetensors")
     tuned = load_file(run_dir / "model_tuned" / "model.safetensors")
@@ -173,6 +173,37 @@ def test_resume_refuses_a_changed_base_model_or_request(tiny_model_dir, request_
     model.save_pretrained(tiny_model_dir)  # retrained under the same path
     with pytest.raises(UserError, match="--resume: the base model's weights differ"):
         run(load_config(None, first), resume=True)
+
+
+def test_resume_refuses_another_request_in_memory_or_a_changed_refusals_file(tiny_model_dir, request_file,
+                                                                              tmp_path):
+    """A request given as a mapping has no file to hash: its items' sha256 is kept, so a resume
+    with other items is refused (it trained half on each). The refusals file IDK-DPO / RT train
+    towards is an input like the request's files."""
+    from obliviate.methods.pipeline import run
+
+    items = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} did."} for i in range(4)]
+    out = tmp_path / "run"
+    first = overrides(tiny_model_dir, request_file, out, "method=graddiff", "train.max_steps=1")
+    run(load_config(None, first), request={"forget": items, "retain": items})
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request"]["sha256"] == json.loads((out / "started_from.json").read_text())["request_sha256"]
+    (out / "manifest.json").unlink()  # as if killed before it finished
+    other = [dict(item, answer="Nobody did.") for item in items]
+    with pytest.raises(UserError, match="--resume: the request's items differ from those the run"):
+        run(load_config(None, first), request={"forget": other, "retain": items}, resume=True)
+    run(load_config(None, first), request={"forget": items, "retain": items}, resume=True)  # the same: accepted
+
+    refusals = tmp_path / "refusals.txt"
+    refusals.write_text("I cannot say.\nNo idea.\n")
+    out = tmp_path / "rt"
+    rt = overrides(tiny_model_dir, request_file, out, "method=rt", "train.max_steps=1", f"objective.refusals={refusals}")
+    run(load_config(None, rt))
+    assert str(refusals) in json.loads((out / "started_from.json").read_text())["inputs"]
+    (out / "manifest.json").unlink()
+    refusals.write_text("Something else.\n")
+    with pytest.raises(UserError, match=r"--resume: .*refusals.txt changed since the run in"):
+        run(load_config(None, rt), resume=True)
 
 
 def test_rt_on_a_tofu_folder_trains_on_tofus_own_refusals(tiny_model_dir, tmp_path, monkeypatch):

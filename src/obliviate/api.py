@@ -93,8 +93,9 @@ def unlearn(model=None, tokenizer=None, request=None, *, method: str | None = No
         raise UserError("unlearn: a loaded model needs its tokenizer; pass unlearn(model, tokenizer, request, ...)")
     if loaded:
         _check_loaded(model, "unlearn")
-    if isinstance(config, RunConfig) and not (options or method or output_dir) and (loaded or model is None):
-        resolved = config
+    given = options or method or output_dir or request is not None or model is not None
+    if isinstance(config, RunConfig) and not given:
+        resolved = config  # nothing beside it: the config as given
     else:
         pairs = [(HF_NAMES.get(key, key), value) for key, value in options.items()]
         pairs += [(key, value) for key, value in (("method", method), ("output_dir", output_dir)) if value is not None]

@@ -233,7 +233,8 @@ def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | No
 
 
 def check_started_from(run_dir: str | Path, facts: dict, resume: bool) -> None:
-    """Record what a run starts from ({"base_model_sha256", "inputs": {path: sha256}}) in
+    """Record what a run starts from ({"base_model_sha256", "inputs": {path: sha256},
+    "request_sha256"}) in
     run_dir/started_from.json; on resume, refuse a run whose base weights or input files changed
     since (a retrained model or an edited request under the same path), naming the first."""
     path = Path(run_dir) / STARTED_FROM
@@ -246,13 +247,19 @@ def check_started_from(run_dir: str | Path, facts: dict, resume: bool) -> None:
             if facts["inputs"].get(name) not in (None, digest):
                 raise UserError(f"--resume: {name} changed since the run in '{run_dir}' started; restore it or "
                                 "choose another output_dir")
+        if saved.get("request_sha256") not in (None, facts.get("request_sha256")):  # None: a run of an older build
+            raise UserError(f"--resume: the request's items differ from those the run in '{run_dir}' started with "
+                            "(another request, or its files changed); give the same request or choose another "
+                            "output_dir")
         return
     atomic_write_json(path, facts)
 
 
-def started_from(base_sha: str, inputs) -> dict:
-    """The facts check_started_from keeps: base weights' sha256 and each input file's."""
-    return {"base_model_sha256": base_sha, "inputs": input_hashes(inputs)}
+def started_from(base_sha: str, inputs, request_sha: str | None = None) -> dict:
+    """The facts check_started_from keeps: base weights' sha256, each input file's, and the
+    request's items' (a request given in memory has no file to hash)."""
+    facts = {"base_model_sha256": base_sha, "inputs": input_hashes(inputs)}
+    return facts | ({"request_sha256": request_sha} if request_sha else {})
 
 
 def input_hashes(paths) -> dict[str, str]:

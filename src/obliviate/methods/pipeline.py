@@ -18,6 +18,8 @@ beside it. Method-specific facts for the manifest go into `run.stats`, extra inp
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,8 +104,12 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
 def _check_refusals(config: RunConfig, request: UnlearningRequest) -> None:
     """The refusals file an IDK-DPO / RT run trains towards, read before the model loads (training
     reads it again): a bad file fails in seconds, not after the load."""
-    if config.method in OBJECTIVES and "forget_refusal" in batch_slots(config.method, config.objective):
+    if _uses_refusals(config):
         load_refusals(refusals_source(config.objective.refusals, request.refusals))
+
+
+def _uses_refusals(config: RunConfig) -> bool:
+    return config.method in OBJECTIVES and "forget_refusal" in batch_slots(config.method, config.objective)
 
 
 def _generator_files(config: RunConfig) -> list[str]:
@@ -114,6 +120,18 @@ def _generator_files(config: RunConfig) -> list[str]:
     if gen.backend != "local" or not gen.model or not Path(gen.model).is_dir():
         return []
     return sorted(str(path) for path in Path(gen.model).glob("*.safetensors"))
+
+
+def _refusals_file(config: RunConfig, request: UnlearningRequest) -> list[str]:
+    """The refusals file an IDK-DPO / RT run trains towards: an input a resume must find unchanged."""
+    source = refusals_source(config.objective.refusals, request.refusals) if _uses_refusals(config) else None
+    return [source] if source else []
+
+
+def request_sha256(request: UnlearningRequest) -> str:
+    """The request's items (every set, the passages), whether read from files or given in memory."""
+    text = json.dumps(request.to_dict(), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _say_what_resumes(run_dir: Path) -> None:
@@ -136,7 +154,8 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
     model.to(device)
     base_weights = weights_sha256(model)  # before training changes the weights in place
     if state.is_main_process:
-        check_started_from(run_dir, started_from(base_weights, [*request.sources, *_generator_files(config)]), resume)
+        inputs = [*request.sources, *_generator_files(config), *_refusals_file(config, request)]
+        check_started_from(run_dir, started_from(base_weights, inputs, request_sha256(request)), resume)
     context = Run(config, request, model, tokenizer, run_dir, device, resume)
     models = method.recipe(context)
     if "model" not in models:
@@ -150,7 +169,8 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
             "precision": resolve_precision(config.train.precision, device.type),
             "lora": config.train.lora.enabled,
             "base_model": {"name": config.model, "weights_sha256": base_weights},
-            "request": {"name": request.name, "forget": len(request.forget), "retain": len(request.retain)},
+            "request": {"name": request.name, "forget": len(request.forget), "retain": len(request.retain),
+                        "sha256": request_sha256(request)},
             "inputs": [*request.sources, *context.inputs],
             "models": saved,
             "wall_time_s": time.perf_counter() - started,
