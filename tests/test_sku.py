@@ -214,3 +214,21 @@ def test_the_built_in_sku_request_loads_and_its_held_out_prompts_are_new():
     assert len(request.forget) >= 20 and len(request.retain) >= 20 and len(heldout.forget) >= 20
     trained = {item.question for item in request.forget + request.retain}
     assert not trained & {item.question for item in heldout.forget + heldout.retain}
+
+
+def test_the_callers_model_ends_holding_the_negated_weights(tiny_model_and_tokenizer, tmp_path):
+    """api.unlearn trains a loaded model in place: after SKU it held theta_h (the model that
+    learned the unwanted behaviour), not theta = theta_0 - lambda * tau that model/ holds."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from obliviate import api
+
+    model, tokenizer = tiny_model_and_tokenizer
+    request = Path(__file__).resolve().parents[1] / "src" / "obliviate" / "data" / "demo" / "sku_request.json"
+    result = api.unlearn(model, tokenizer, request, method="sku", output_dir=tmp_path / "run", max_steps=2,
+                         learning_rate=1e-2, device="cpu", **{"train.save_steps": -1})
+    saved = load_file(result.model_dir / "model.safetensors")
+    state = model.state_dict()
+    assert saved and all(torch.equal(state[name], tensor) for name, tensor in saved.items())

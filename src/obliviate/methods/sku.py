@@ -79,7 +79,9 @@ def recipe(run) -> dict:
     vector = task_vector(harmful, base)
     sweep = sorted({lam for lam in cfg.lambda_sweep if lam != cfg.lam})
     models = {f"model_lambda{lam:g}": negate(copy.deepcopy(base), vector, lam) for lam in sweep}
-    models["model"] = negate(base, vector, cfg.lam)
+    # the caller's model object (trained in place into theta_h) ends holding theta, as every method's does
+    run.model.load_state_dict(negate(base, vector, cfg.lam).state_dict())
+    models["model"] = run.model
     run.stats.update(lam=cfg.lam, lambda_sweep=sweep, full_finetune=cfg.full_finetune,
                      legacy_quirks=cfg.legacy_quirks, weights=[cfg.e1, cfg.e2, cfg.e3],
                      task_vector_norm=float(torch.sqrt(sum(t.pow(2).sum() for t in vector.values()))),
