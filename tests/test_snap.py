@@ -72,6 +72,21 @@ def _slow_sw(w0, w, theta, p=2.0):
     return total / len(columns)
 
 
+def test_fp32_initial_weights_stay_fp32_under_the_trainers_bf16_autocast():
+    """snap.initial_weights=fp32 gave bf16 projections under train.precision=bf16 (autocast
+    rounds the matmul): the SW of a small change was mostly rounding noise (~23x too big)."""
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(64, 96, generator=gen)
+    w = w0 + 1e-4 * torch.randn(64, 96, generator=gen)
+    theta = random_projections(96, 100, torch.Generator().manual_seed(1))
+    plain = sliced_wasserstein(w0, w, theta)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = sliced_wasserstein(w0, w, theta)
+    assert under.dtype == torch.float32 and torch.allclose(under, plain, rtol=1e-4, atol=0)
+    bf16 = sliced_wasserstein(w0.bfloat16(), w, theta)  # snap.initial_weights=bf16: bf16 on purpose
+    assert not torch.allclose(bf16, plain, rtol=0.5, atol=0)
+
+
 def test_regulariser_matches_a_slow_loop_over_tensors():
     tensors = [torch.randn(5, 4), torch.randn(3, 7), torch.randn(9), torch.randn(2, 2)]
     pairs = [(t, t + 0.3 * torch.randn_like(t)) for t in tensors]

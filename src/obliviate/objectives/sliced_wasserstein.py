@@ -40,7 +40,7 @@ def sliced_wasserstein(initial: torch.Tensor, current: torch.Tensor, theta: torc
 
     Rows are samples; a 1-D tensor is one sample. The projections are computed in the initial
     copy's dtype (the official code casts the current projections to the bf16 reference's dtype),
-    the differences in fp32. Gradients flow to `current` through the sort.
+    also under an autocast context, the differences in fp32. Gradients flow to `current` through the sort.
     """
     if initial.shape != current.shape:
         raise ValueError(f"SW: initial {tuple(initial.shape)} and current {tuple(current.shape)} differ")
@@ -48,8 +48,9 @@ def sliced_wasserstein(initial: torch.Tensor, current: torch.Tensor, theta: torc
     w0 = _as_rows(initial).to(current.device, non_blocking=True)
     w = _as_rows(current).to(w0.dtype)
     theta = theta.to(device=w0.device, dtype=w0.dtype)
-    u = torch.sort(w0 @ theta, dim=0).values
-    v = torch.sort(w @ theta, dim=0).values
+    with torch.autocast(w0.device.type, enabled=False):  # the Trainer's bf16 autocast would round fp32 copies
+        u = torch.sort(w0 @ theta, dim=0).values
+        v = torch.sort(w @ theta, dim=0).values
     return (u.float() - v.float()).abs().pow(p).sum(dim=0).mean()
 
 
