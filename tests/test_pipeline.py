@@ -100,6 +100,11 @@ def test_presets_sit_under_the_users_values(shrink_method):
     assert load_config(None, ["method=shrink", "train.max_steps=-1"]).train.max_steps == -1
     assert load_config(None, base={"method": "shrink", "train.max_steps": -1}).train.max_steps == -1
     assert load_config(None, ["method=graddiff"]).train.max_steps == -1
+    # the user's epoch count: a preset step budget (max_steps > 0 wins) would have overridden it (SKU's 1000)
+    for epochs in ("train.num_epochs=3", "train.num_train_epochs=3", ("train.num_epochs", 3)):
+        config = load_config(None, ["method=shrink", epochs])
+        assert (config.train.max_steps, config.train.num_epochs) == (-1, 3)
+    assert load_config(None, ["method=shrink", "train.num_epochs=3", "train.max_steps=4"]).train.max_steps == 4
 
 
 def test_resolved_config_keeps_every_section(tmp_path):
