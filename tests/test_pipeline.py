@@ -211,6 +211,22 @@ def test_resume_refuses_another_request_in_memory_or_a_changed_refusals_file(tin
         run(load_config(None, rt), resume=True)
 
 
+@pytest.mark.parametrize("method, fix", [("kl", "add a 'retain' set to the request, or use a method without one"),
+                                         ("snap", "add a 'retain' set to the request, or use a method without one"),
+                                         ("graddiff", "add a 'retain' set or set objective.retain_loss=none")])
+def test_a_request_without_retain_items_is_refused_before_the_model_loads(method, fix, tmp_path, monkeypatch):
+    """KL / SKU / RMU / SNAP have a retain term of their own: the advice to set
+    objective.retain_loss=none did not work for them, and SNAP told it only after generating its
+    data (leaving it behind). Now the fix that works, before the model loads."""
+    from obliviate.methods import pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    config = load_config(None, [f"method={method}", f"output_dir={tmp_path / 'run'}", "generation.backend=template"])
+    with pytest.raises(UserError, match=f"method '{method}' needs retain items but the request has none.*{fix}"):
+        pipeline.run(config, request={"forget": [{"question": "Who is A?", "answer": "A writer."}]})
+    assert not (tmp_path / "run").exists()
+
+
 def test_rt_on_a_tofu_folder_trains_on_tofus_own_refusals(tiny_model_dir, tmp_path, monkeypatch):
     """A request read from a folder holding TOFU's idontknow.jsonl: RT's refusals come from it
     (the reference's default), unless objective.refusals names another file."""

@@ -291,6 +291,15 @@ def _frozen_copy(model):
     return reference
 
 
+def no_retain_message(name: str) -> str:
+    """Why a method cannot run without retain items, and the fix that works for it."""
+    if get_objective(name).retain == "always":  # its own retain term: retain_loss does not switch it off
+        return (f"method '{name}' needs retain items but the request has none (its loss has a retain term of its "
+                "own); add a 'retain' set to the request, or use a method without one (ga, npo, simnpo)")
+    return (f"method '{name}' needs retain items but the request has none; add a 'retain' set "
+            "or set objective.retain_loss=none")
+
+
 def train(
     model,
     tokenizer,
@@ -309,8 +318,7 @@ def train(
     spec = get_objective(name)
     objective_cfg = config.objective  # method presets were applied when the config was loaded
     if needs_retain(name, objective_cfg) and not retain:
-        raise UserError(f"method '{name}' needs retain items but the request has none; add a 'retain' set "
-                        "or set objective.retain_loss=none")
+        raise UserError(no_retain_message(name))
     output_dir = Path(output_dir)
     checkpoint_dir = output_dir / CHECKPOINTS
     checkpoint = _prepare_checkpoints(checkpoint_dir, resume, config.device)

@@ -34,11 +34,11 @@ from obliviate.errors import UserError
 from obliviate.hardware import resolve_device
 from obliviate.methods.registry import get_method
 from obliviate.models import load_model, remove_stale_saves, save_model
-from obliviate.objectives import OBJECTIVES, batch_slots
+from obliviate.objectives import OBJECTIVES, batch_slots, needs_retain
 from obliviate.rundir import (CHECKPOINTS, MANIFEST, check_resume_config, check_run_dir, check_started_from,
                               discard_unstarted_run, lock_run_dir, prepare_run_dir, started_from, weights_sha256,
                               write_manifest)
-from obliviate.training import process_state, resolve_precision, train
+from obliviate.training import no_retain_message, process_state, resolve_precision, train
 
 
 @dataclass
@@ -103,9 +103,12 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
 
 def _check_refusals(config: RunConfig, request: UnlearningRequest) -> None:
     """The refusals file an IDK-DPO / RT run trains towards, read before the model loads (training
-    reads it again): a bad file fails in seconds, not after the load."""
+    reads it again), and the retain items a retain term needs: a bad request fails in seconds, not
+    after the load."""
     if _uses_refusals(config):
         load_refusals(refusals_source(config.objective.refusals, request.refusals))
+    if config.method in OBJECTIVES and needs_retain(config.method, config.objective) and not request.retain:
+        raise UserError(no_retain_message(config.method))  # before the model loads and SNAP generates its data
 
 
 def _uses_refusals(config: RunConfig) -> bool:
