@@ -176,11 +176,20 @@ def test_hf_flags_set_the_config_keys(captured_config, tmp_path):
     assert captured_config["config"].method == "finetune" and captured_config["config"].train.num_epochs == 3.0
 
 
+def test_report_to_flag_takes_a_comma_list_as_the_key_does(captured_config):
+    # argparse choices refused what docs/configuration.md and train.report_to=tensorboard,wandb take
+    assert main(["unlearn", "--report_to", "tensorboard,wandb"]) == 0
+    assert captured_config["config"].train.report_to == "tensorboard,wandb"
+    assert main(["unlearn", "--report_to", "wandb"]) == 0 and captured_config["config"].train.report_to == "wandb"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["unlearn", "--learning_rate", "fast"], "argument --learning_rate: invalid float value: 'fast'"),
     (["unlearn", "--per_device_train_batch_size", "2.5"], "argument --per_device_train_batch_size: invalid int"),
     (["unlearn", "--use_peft", "maybe"], "argument --use_peft: expected true or false, got 'maybe'"),
-    (["unlearn", "--report_to", "mlflow"], "argument --report_to: invalid choice: 'mlflow'"),
+    (["unlearn", "--report_to", "mlflow"], "config key 'train.report_to' = 'mlflow' is invalid; expected none, "
+                                           "tensorboard, wandb (or a comma list of them)"),
+    (["unlearn", "--report_to", "tensorboard,mlflow"], "config key 'train.report_to' = 'tensorboard,mlflow' is"),
     (["unlearn", "--method", "forget-it"], "argument --method: invalid choice: 'forget-it'"),
     (["unlearn", "--lerning_rate", "1"], "obliviate unlearn: unrecognized arguments: --lerning_rate (did you mean "
                                          "--learning_rate?); see 'obliviate unlearn --help'"),

@@ -52,6 +52,10 @@ def test_resolved_config_round_trips(tmp_path):
         ("ulmr.rewrite_prompt=Rewrite {question", "config key 'ulmr.rewrite_prompt'"),
         ("snap.instruction_prompt=Ask about {question}", "config key 'snap.instruction_prompt'"),
         ("snap.obliterated_prompt=Reply to {0}", "config key 'snap.obliterated_prompt'"),
+        # 0 or fewer attempts silently skipped the generation (the fallback template only)
+        ("snap.max_attempts=0", "config key 'snap.max_attempts' = 0 is invalid; expected an integer >= 1"),
+        ("ulmr.max_attempts=0", "config key 'ulmr.max_attempts' = 0 is invalid; expected an integer >= 1"),
+        ("ulmr.max_attempts=-1", "config key 'ulmr.max_attempts' = -1 is invalid"),
         ("train.num_train_epochs=1 train.num_epochs=2", "overrides 'train.num_train_epochs' and 'train.num_epochs' name "
                                                        "the same setting"),
     ],

@@ -127,3 +127,24 @@ def test_unknown_judge_and_missing_reference_outputs_are_one_line(tiny_model_and
     (tmp_path / "ref.json").write_text(json.dumps([{"question": "What colour is the sky?", "output": "blue"}]))
     with pytest.raises(UserError, match=r"ref.json: no output for 2 normal prompt\(s\)"):
         run(reference_outputs=str(tmp_path / "ref.json"))
+
+
+def test_reference_outputs_of_another_shape_are_refused_before_the_model_loads(tmp_path):
+    """A tofu_eval.json (or any file not of harmful_eval.json's shape) is told by the check, in
+    one line naming the option and the file, not as a KeyError after the generation."""
+    bench = get_benchmark("harmful")
+    tofu = tmp_path / "tofu_eval.json"
+    tofu.write_text(json.dumps({"format": "obliviate.tofu_eval/1", "tasks": {"forget": {"items": []}}}))
+    bad_list = tmp_path / "list.json"
+    bad_list.write_text(json.dumps([{"question": "q"}]))
+    not_json = tmp_path / "x.json"
+    not_json.write_text("{")
+    for path, reason in ((tofu, "not a harmful_eval.json"), (bad_list, "expected a harmful_eval.json"),
+                         (not_json, "cannot read it")):
+        with pytest.raises(UserError, match=rf"^benchmark 'harmful' option 'reference_outputs' = {path}: "
+                                            rf"{reason}[^\n]*$"):
+            bench.check(build_options(bench, {"reference_outputs": str(path)}))
+    good = tmp_path / "ref.json"
+    good.write_text(json.dumps({"format": "obliviate.harmful_eval/1",
+                                "tasks": {"normal": {"items": [{"question": "q", "output": "o"}]}}}))
+    bench.check(build_options(bench, {"reference_outputs": str(good)}))

@@ -54,7 +54,10 @@ def _flags(parser) -> None:
     flag("lora_r", "train.lora.r", int, "LoRA rank", metavar="R")
     flag("lora_alpha", "train.lora.alpha", int, "LoRA scaling alpha", metavar="A")
     flag("seed", "seed", int, "random seed", metavar="N")
-    flag("report_to", "train.report_to", str, "training logs to", choices=REPORT_TO)
+    # no argparse choices: a comma list (tensorboard,wandb) is valid, as for the dotted key; the
+    # config's check tells a bad name
+    flag("report_to", "train.report_to", str, f"training logs to: {' | '.join(REPORT_TO)}, or a comma list "
+         "of them", metavar="NAME[,NAME]")
     add_bool_flag(parser, "torch_compile", dest="flag.train.torch_compile", default=argparse.SUPPRESS,
                   help="torch.compile each decoder layer [train.torch_compile] (config default: false)")
     add_bool_flag(parser, "packing", dest="flag.train.packing", default=argparse.SUPPRESS,

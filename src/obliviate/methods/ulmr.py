@@ -62,6 +62,7 @@ class UlmrConfig:
         return [(self.n_rewrites >= 0, "n_rewrites", "an integer >= 0"),
                 (0.0 <= self.alpha <= 1.0, "alpha", "a number in [0, 1]"),
                 (all(0.0 <= a <= 1.0 for a in self.alpha_sweep), "alpha_sweep", "numbers in [0, 1]"),
+                (self.max_attempts >= 1, "max_attempts", "an integer >= 1"),  # 0 would skip generation
                 fill_check(self.rewrite_prompt, "rewrite_prompt", ("question", "subject")),
                 fill_check(self.negative_prompt, "negative_prompt", ("question", "subject"))]
 

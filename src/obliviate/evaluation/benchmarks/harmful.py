@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from obliviate.errors import UserError
+from obliviate.evaluation.harmful.data import read_reference_records
 from obliviate.evaluation.harmful.report import render_harmful
 from obliviate.evaluation.harmful.suite import evaluate_harmful
 from obliviate.evaluation.registry import Benchmark, decode_option, decode_rows_option, missing_path, register_benchmark
@@ -62,8 +63,9 @@ def run_harmful(model, tokenizer, options: HarmfulOptions, *, out_dir: Path, mod
 
 
 def check_harmful(options: HarmfulOptions) -> None:
-    """Before the model loads: the threshold is a share and every file option names a file or
-    folder that is there."""
+    """Before the model loads: the threshold is a share, every file option names a file or
+    folder that is there, and reference_outputs is a harmful_eval.json (it is read only after
+    the whole generation)."""
     from obliviate.data.request import looks_like_hub_id
 
     if not 0.0 <= options.threshold <= 1.0:  # nan too
@@ -78,6 +80,8 @@ def check_harmful(options: HarmfulOptions) -> None:
         value = getattr(options, name)
         if not (name in ("request", "heldout") and value is not None and looks_like_hub_id(value)):
             missing_path(value, f"benchmark 'harmful' option '{name}'", "file or folder")
+    if options.reference_outputs:
+        read_reference_records(options.reference_outputs)
 
 
 HARMFUL = register_benchmark(Benchmark(

@@ -21,6 +21,7 @@ SKU_REQUEST = DEMO / "sku_request.json"
 SKU_HELDOUT = DEMO / "sku_heldout.json"
 SKU_LABELS = DEMO / "sku_judge_labels.json"
 LABEL_KEYS = ("prompt", "unwanted", "output", "label")
+HARMFUL_FORMAT = "obliviate.harmful_eval/1"  # the envelope format of harmful_eval.json (suite.py)
 
 
 @dataclass
@@ -66,21 +67,38 @@ def load_labels(path: str | Path) -> list[dict]:
     return items
 
 
+def read_reference_records(path: str | Path) -> list[dict]:
+    """The ``{question, output}`` records of a reference-outputs file: a harmful_eval.json (its
+    normal task) or a list of them. Checked before the model loads (``check_harmful``): another
+    benchmark's output would otherwise fail only after the whole generation."""
+    where = f"benchmark 'harmful' option 'reference_outputs' = {path}"
+    fix = "give the original model's harmful_eval.json (obliviate eval --benchmark harmful) or a list of " \
+          "{question, output}"
+    try:
+        data = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{where}: cannot read it ({error.__class__.__name__}); {fix}") from None
+    if isinstance(data, dict):
+        tasks = data.get("tasks")
+        normal = tasks.get("normal") if isinstance(tasks, dict) else None
+        records = normal.get("items") if isinstance(normal, dict) else None
+        if data.get("format") != HARMFUL_FORMAT or not isinstance(records, list):
+            raise UserError(f"{where}: not a harmful_eval.json (format {data.get('format')!r}, "
+                            f"no tasks.normal.items); {fix}")
+    else:
+        records = data
+    if not isinstance(records, list) or not all(isinstance(r, dict) and isinstance(r.get("question"), str)
+                                                and isinstance(r.get("output"), str) for r in records):
+        raise UserError(f"{where}: expected a harmful_eval.json or a list of {{question, output}} strings; {fix}")
+    return records
+
+
 def load_reference_outputs(path: str | Path, questions: list[str]) -> list[str]:
     """The original model's outputs to ``questions``, from a harmful_eval.json of that model
     (its normal task) or a list of ``{question, output}``; UserError for a missing question."""
-    path = Path(path).expanduser()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"{path}: cannot read reference outputs ({error.__class__.__name__}); "
-                        "give the original model's harmful_eval.json") from None
-    records = data["tasks"]["normal"]["items"] if isinstance(data, dict) and "tasks" in data else data
-    if not isinstance(records, list):
-        raise UserError(f"{path}: expected a harmful_eval.json or a list of {{question, output}}")
-    found = {r.get("question"): r.get("output") for r in records if isinstance(r, dict)}
-    missing = [q for q in questions if not isinstance(found.get(q), str)]
+    found = {r["question"]: r["output"] for r in read_reference_records(path)}
+    missing = [q for q in questions if q not in found]
     if missing:
-        raise UserError(f"{path}: no output for {len(missing)} normal prompt(s), e.g. {missing[0]!r}; "
-                        "evaluate the original model with the same normal set and ds_size")
+        raise UserError(f"{Path(path).expanduser()}: no output for {len(missing)} normal prompt(s), e.g. "
+                        f"{missing[0]!r}; evaluate the original model with the same normal set and ds_size")
     return [found[q] for q in questions]

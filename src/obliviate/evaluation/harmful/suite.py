@@ -19,6 +19,7 @@ from obliviate.errors import UserError
 from obliviate.evaluation.engine import greedy_generate, score_and_generate
 from obliviate.evaluation.harmful import utility
 from obliviate.evaluation.harmful.data import (
+    HARMFUL_FORMAT,
     SKU_HELDOUT,
     SKU_LABELS,
     SKU_REQUEST,
@@ -32,7 +33,7 @@ from obliviate.evaluation.metrics import finite_mean
 from obliviate.evaluation.progress import ProgressLog, StageTimer
 from obliviate.evaluation.results import build_envelope, json_safe, write_outputs
 
-FORMAT = "obliviate.harmful_eval/1"
+FORMAT = HARMFUL_FORMAT
 
 
 def judge_server(options):
