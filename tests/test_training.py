@@ -113,8 +113,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, script_args)
     expected, got = load_weights(whole / "model"), load_weights(broken / "model")
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
-    steps = [json.loads(line)["step"] for line in (broken / "train_log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+            for name in ("broken", "whole")}
+    assert [r["step"] for r in rows["broken"]] == list(range(1, 9))
+    assert [r["learning_rate"] for r in rows["broken"]] == [r["learning_rate"] for r in rows["whole"]]
     manifest = json.loads((broken / "manifest.json").read_text())
     assert manifest["seed"] == 7 and manifest["base_model"]["weights_sha256"]
     assert set(manifest["inputs"]) == {request}
@@ -142,6 +144,24 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     saved = load_weights(tmp_path / "checkpoints" / "checkpoint-2")
     assert all(torch.isfinite(t).all() for t in saved.values())
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
+
+
+def test_logged_learning_rate_is_the_one_each_update_used(tmp_path, tiny_model_and_tokenizer):
+    """The scheduler steps before on_step_end: get_last_lr() there was the next step's rate
+    (5e-6 then 0.0 logged for updates made at 1e-5 and 5e-6)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    used = []
+    hook = register_optimizer_step_pre_hook(lambda optimizer, *_: used.append(optimizer.param_groups[0]["lr"]))
+    try:
+        model, tokenizer = tiny_model_and_tokenizer
+        train(model, tokenizer, forget=FORGET, retain=RETAIN, output_dir=tmp_path,
+              config=config(max_steps=2, learning_rate=1e-5, lr_scheduler="linear", warmup_ratio=0.0))
+    finally:
+        hook.remove()
+    logged = [json.loads(line)["learning_rate"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert used == pytest.approx([1e-5, 5e-6])
+    assert logged == used
 
 
 def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, tiny_model_and_tokenizer, monkeypatch):

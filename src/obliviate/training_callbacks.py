@@ -61,10 +61,12 @@ class DivergenceGuard(TrainerCallback):
 
 
 class TrainLog(TrainerCallback):
-    """Appends one JSON line per optimiser step (process 0): means over its micro-batches."""
+    """Appends one JSON line per optimiser step (process 0): means over its micro-batches, and
+    the learning rate that step's update was made with."""
 
     def __init__(self, trainer: UnlearnTrainer, path: Path, resume_step: int = 0):
         self.trainer, self.path, self.start = trainer, path, time.perf_counter()
+        self.step_lr: float | None = None  # set by on_optimizer_step, logged by on_step_end
         rows = []
         if resume_step and path.is_file():  # keep the steps up to the checkpoint, drop the rest
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -77,12 +79,17 @@ class TrainLog(TrainerCallback):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
 
-    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        # the rate this update used: the Trainer steps the scheduler after this event and before
+        # on_step_end, where get_last_lr() is already the next step's rate
+        self.step_lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+
+    def on_step_end(self, args, state, control, **kwargs):
         terms, self.trainer.step_terms = self.trainer.step_terms, {}
+        lr, self.step_lr = self.step_lr, None
         if not state.is_world_process_zero:
             return
-        row = {"step": state.global_step, "epoch": round(state.epoch, 4)}
-        row["learning_rate"] = lr_scheduler.get_last_lr()[0] if lr_scheduler is not None else None
+        row = {"step": state.global_step, "epoch": round(state.epoch, 4), "learning_rate": lr}
         terms = host_values(terms)
         row.update({k: (int(sum(v)) if k == "tokens" else sum(v) / len(v)) for k, v in terms.items()})
         row["time_s"] = round(time.perf_counter() - self.start, 3)
