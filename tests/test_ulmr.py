@@ -74,6 +74,9 @@ def test_ulmr_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
         assert torch.equal(alpha0.state_dict()[name], tensor)
         torch.testing.assert_close(averaged.state_dict()[name], 0.5 * tensor + 0.5 * alpha1.state_dict()[name])
     assert any(not torch.equal(alpha1.state_dict()[n], t) for n, t in base.state_dict().items())
+    # alpha 0 is the base bit for bit: the tensor hash says so (the files' hash cannot: other files)
+    weights = manifest["models_weights_sha256"]
+    assert weights["model_alpha0"] == manifest["base_model"]["weights_sha256"] != weights["model_alpha1"]
 
 
 RETAIN = [QAItem("Who wrote 'The Salt Ledger'?", "Tomas Rehn wrote 'The Salt Ledger' in 1984.", subject="Tomas Rehn"),

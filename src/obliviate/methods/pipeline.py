@@ -165,6 +165,7 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
         raise ValueError(f"method '{config.method}': its recipe returned {sorted(models)}, without 'model'")
     if state.is_main_process:
         saved = {name: weights_sha256(save_model(m, tokenizer, run_dir / name)) for name, m in models.items()}
+        weights = {name: weights_sha256(m) for name, m in models.items()}  # the base's kind of hash: comparable
         write_manifest(run_dir, {
             "method": config.method,
             "seed": config.seed,
@@ -175,7 +176,8 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
             "request": {"name": request.name, "forget": len(request.forget), "retain": len(request.retain),
                         "sha256": request_sha256(request)},
             "inputs": [*request.sources, *context.inputs],
-            "models": saved,
+            "models": saved,  # sha256 of each saved folder's files
+            "models_weights_sha256": weights,  # of its tensors, as base_model.weights_sha256
             "wall_time_s": time.perf_counter() - started,
             "method_stats": context.stats,
         })
