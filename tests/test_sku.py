@@ -232,3 +232,18 @@ def test_the_callers_model_ends_holding_the_negated_weights(tiny_model_and_token
     saved = load_file(result.model_dir / "model.safetensors")
     state = model.state_dict()
     assert saved and all(torch.equal(state[name], tensor) for name, tensor in saved.items())
+
+
+def test_full_finetune_is_recorded_as_no_lora(tiny_model_dir, tmp_path):
+    """The LoRA presets stay in config.yaml, but sku.full_finetune trains every weight: the
+    manifest said "lora": true."""
+    from pathlib import Path
+
+    from obliviate import api
+
+    request = Path(__file__).resolve().parents[1] / "src" / "obliviate" / "data" / "demo" / "sku_request.json"
+    config = load_config(None, [f"model={tiny_model_dir}", f"request={request}", f"output_dir={tmp_path / 'run'}",
+                                "method=sku", "train.max_steps=1", "train.save_steps=-1", "sku.full_finetune=true",
+                                "train.learning_rate=1e-3"])
+    manifest = json.loads((api.unlearn(config) / "manifest.json").read_text())
+    assert manifest["lora"] is False and manifest["method_stats"]["full_finetune"] is True

@@ -55,9 +55,11 @@ class Run:
     resume: bool = False
     inputs: list[str] = field(default_factory=list)  # files the method read besides the request
     stats: dict = field(default_factory=dict)  # method-specific manifest entries
+    lora_used: list[bool] = field(default_factory=list)  # per training stage (shared by dataclasses.replace)
 
     def train(self, model=None, *, forget: list[QAItem], retain: list[QAItem] = (), objective: str | None = None):
         """One training stage from `model` (default: the run's model); returns the trained model."""
+        self.lora_used.append(self.config.train.lora.enabled)  # a recipe may switch it (sku.full_finetune)
         return train(self.model if model is None else model, self.tokenizer, forget=list(forget),
                      retain=list(retain), config=self.config, output_dir=self.run_dir, objective=objective,
                      resume=self.resume)
@@ -171,7 +173,7 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
             "seed": config.seed,
             "device": str(next(models["model"].parameters()).device),
             "precision": resolve_precision(config.train.precision, device.type),
-            "lora": config.train.lora.enabled,
+            "lora": any(context.lora_used) if context.lora_used else config.train.lora.enabled,
             "base_model": {"name": config.model, "weights_sha256": base_weights},
             "request": {"name": request.name, "forget": len(request.forget), "retain": len(request.retain),
                         "sha256": request_sha256(request)},
