@@ -176,6 +176,19 @@ def test_negative_instructions_and_obliterated_responses_leak_no_forget_answer(t
                 assert not leaks_answer(row["response"], row["instruction"], item.answer)
 
 
+def test_items_without_a_subject_are_counted_and_warned_about(capsys):
+    """TOFU items carry no subject: snap.n_instructions generated nothing for them, silently."""
+    from obliviate.methods.snap_data import negative_instructions
+
+    config = _cfg(n_instructions=2)
+    stats = {"instruction_fallbacks": 0, "response_fallbacks": 0}
+    bare = [QAItem(item.question, item.answer) for item in FORGET]
+    rows = negative_instructions([*bare, FORGET[0]], config.snap, config.generation,
+                                 CachedGenerator(TemplateBackend("rewrite"), None), 0, stats)
+    assert len(rows) == len(bare) + 1 + 2 and stats["items_without_subject"] == len(bare)
+    assert f"{len(bare)} of {len(bare) + 1} forget items have no subject" in capsys.readouterr().out
+
+
 def test_obliterated_responses_fall_back_when_the_generator_leaks():
     from obliviate.methods.snap_data import obliterated_responses
 
