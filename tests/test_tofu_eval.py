@@ -400,3 +400,24 @@ def test_real_model_forget01_matches_plain_scoring(tmp_path):
     questions = [i.question for i in items]
     assert engine.greedy_generate(model, tokenizer, questions, precision="fp32") == engine.greedy_generate(
         model, tokenizer, questions, batch_size=1, precision="fp32")
+
+
+def test_answers_cut_whole_by_max_length_have_no_extras():
+    """An answer max_length cut to no tokens scored 0 in every extra (extraction strength 0.0, a
+    min-k score of 0 in the AUC) with no note; now None, left out of the AUCs and counted."""
+    from obliviate.data.request import QAItem
+    from obliviate.evaluation.engine.stats import AnswerStats
+    from obliviate.evaluation.tofu.extras import forget_extras
+
+    def answer(logprobs):
+        n = len(logprobs)
+        return AnswerStats(-sum(logprobs), n, logprobs=logprobs, preds=[1] * n, targets=[1] * n, mu=[-1.0] * n,
+                           sigma=[1.0] * n)
+
+    items = [QAItem(f"Q{i}?", f"Answer {i}.") for i in range(3)]
+    stats = [answer([-0.1, -0.2, -0.1]), AnswerStats(0.0, 0, [], [], [], [], []), answer([-0.3, -0.1, -0.2])]
+    holdout = [answer([-2.0, -3.0, -1.0]), AnswerStats(0.0, 0, [], [], [], [], [])]
+    extras, per_item = forget_extras(items, stats, [0, 1, 2], holdout, items[:2])
+    assert per_item[1] == {"extraction_strength": None, "exact_memorisation": None, "mia": None}
+    assert extras["answers_cut"] == 2 and extras["extraction_strength"] == 1.0
+    assert extras["mia_min_k_auc"] == 1.0  # the two kept forget answers against the one kept holdout answer
