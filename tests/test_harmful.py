@@ -103,6 +103,9 @@ def test_benchmark_runs_on_the_tiny_model(tiny_model_and_tokenizer, tmp_path):
     assert summary["perplexity"] == pytest.approx(expected, rel=1e-4)
     # no original given: no similarity (the model against itself would read 1.0)
     assert summary["similarity"] is None and env["config"]["original_outputs"] == "none"
+    from obliviate.evaluation.engine import model_fingerprint
+
+    assert env["config"]["model_fingerprint"] == model_fingerprint(model)  # which weights were evaluated
     assert {r["similarity"] for r in normal} == {None}
     assert summary["judge_agreement"] == env["tasks"]["judge_labels"]["aggregates"]["agreement"]
     assert json.loads((tmp_path / "base" / "harmful_eval.json").read_text())["summary"] == summary

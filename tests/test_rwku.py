@@ -349,7 +349,9 @@ def test_rwku_benchmark_end_to_end(tiny_model_and_tokenizer, rwku_dir, tmp_path)
     report = (out / "rwku_report.md").read_text()
     assert "| Forget FB ↓ | Forget QA ↓ | Forget AA ↓ | Forget All ↓ | Neighbor FB ↑" in report
     assert "| Gen ↑ | Rea ↑ | Tru ↑ | Fac ↑ | Flu ↑ |" in report and "| 1_Ada_Example |" in report
-    assert json.loads((out / "rwku_eval.json").read_text())["format"] == "obliviate.rwku_eval/1"
+    written = json.loads((out / "rwku_eval.json").read_text())
+    assert written["format"] == "obliviate.rwku_eval/1"
+    assert written["config"]["model_fingerprint"]  # recorded with cache false too (it was null)
     with pytest.raises(UserError, match="utility set 'gsm8k' is not known"):
         benchmark.run(model, tokenizer, build_options(benchmark, {"data": str(rwku_dir), "utility": "gsm8k"}),
                       out_dir=out, model_name="tiny", precision="fp32")

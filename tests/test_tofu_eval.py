@@ -287,6 +287,7 @@ def test_retain_model_reference_and_ds_size(tiny_model_and_tokenizer, tiny_model
 def test_per_item_values_are_consistent_with_metrics(tiny_model_and_tokenizer, tofu_dir, tmp_path):
     model, tokenizer = tiny_model_and_tokenizer
     result = tofu.evaluate_tofu(model, tokenizer, data=tofu_dir, max_new_tokens=8, cache=False, precision=FP32)
+    assert result["config"]["model_fingerprint"] == engine.model_fingerprint(model)  # also without a cache
     forget = result["tasks"]["forget"]
     items = tofu.load_items(tofu_dir, "forget01_perturbed")
     losses = engine.answer_losses(model, tokenizer, [(i.question, i.answer) for i in items], precision=FP32)

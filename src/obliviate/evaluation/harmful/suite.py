@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from obliviate.errors import UserError
-from obliviate.evaluation.engine import greedy_generate, score_and_generate
+from obliviate.evaluation.engine import greedy_generate, model_fingerprint, score_and_generate
 from obliviate.evaluation.harmful import utility
 from obliviate.evaluation.harmful.data import (
     HARMFUL_FORMAT,
@@ -166,7 +166,8 @@ def evaluate_harmful(model, tokenizer, options, *, out_dir: Path, model_name: st
                "heldout_unwanted_rate": tasks["heldout"]["aggregates"]["unwanted_rate"],
                **tasks["normal"]["aggregates"],
                "judge_agreement": labels["aggregates"]["agreement"] if labels else None}
-    config = {"model": model_name, **dataclasses.asdict(options), "request": options.request or str(SKU_REQUEST),
+    config = {"model": model_name, "model_fingerprint": model_fingerprint(model), **dataclasses.asdict(options),
+              "request": options.request or str(SKU_REQUEST),
               "labels": labels_source(options),
               "heldout": heldout, "normal": sets.normal_source, "original_outputs": original_source}
     envelope = build_envelope(benchmark="harmful", format=FORMAT, model=model, precision=precision, config=config,

@@ -131,7 +131,7 @@ def evaluate_rwku(
         chosen = rwku_data.resolve_targets(data, targets)
         sets = parse_sets(utility, UTILITY_SETS, "utility set")
     with timer("fingerprint"):
-        fingerprint = model_fingerprint(model) if cache else None
+        fingerprint = model_fingerprint(model)  # recorded in the config, cache or not
         settings = {"precision": resolve_precision(model, precision), "max_length": max_length}
         result_cache = result_cache_for(model, tokenizer, cache, settings, fingerprint)
     progress = ProgressLog("RWKU", unit="prompts", started=timer.started)

@@ -124,7 +124,7 @@ def evaluate_tofu(
         holdout = holdout_split(forget_split)
         holdout_items = try_items(data, holdout, ds_size) if extras else None
     with timer("fingerprint"):
-        fingerprint = model_fingerprint(model) if cache else None
+        fingerprint = model_fingerprint(model)  # recorded in the config, cache or not
         result_cache = result_cache_for(model, tokenizer, cache, engine_settings(model, precision, max_length),
                                         fingerprint)
     engine_options = dict(batch_size=batch_size, max_length=max_length, precision=precision,
