@@ -103,3 +103,21 @@ def test_a_model_without_weights_is_refused_in_one_line(tiny_model_dir, tmp_path
     with pytest.raises(UserError, match=r"evaluate: model is a \w+, not a loaded model"):
         ob.evaluate(tokenizer, tokenizer, data=str(SHARED_TOFU), output_dir=tmp_path / "eval")
     assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()
+
+
+def test_a_fresh_eval_folder_is_claimed_for_the_evaluations_time(tmp_path):
+    """Two evaluations started together both took an empty default folder (results overwrote
+    each other); a folder an evaluation killed before writing was skipped for the next number."""
+    from obliviate.evaluation.results import CLAIM, claim_fresh_dir
+
+    base = tmp_path / "runs" / "eval-m-tofu"
+    with claim_fresh_dir(base) as first, claim_fresh_dir(base) as second:
+        assert (first, second) == (base, base.with_name("eval-m-tofu-2"))  # the first is still running
+        (first / "tofu_eval.json").write_text("{}")
+    assert (base / "tofu_eval.json").is_file() and not (base / CLAIM).exists()  # results kept, claim removed
+    assert not second.exists()  # nothing written: no empty folder left behind
+    killed = base.with_name("eval-m-tofu-2")
+    killed.mkdir()
+    (killed / CLAIM).write_text('{"pid": 1}')  # what a kill -9 leaves: a claim nobody holds
+    with claim_fresh_dir(base) as third:
+        assert third == killed

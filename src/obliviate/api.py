@@ -129,6 +129,7 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     _check_versions()
     from obliviate.evaluation.progress import progress_bars
     from obliviate.evaluation.registry import build_options, get_benchmark
+    from obliviate.evaluation.results import CLAIM
     from obliviate.hardware import resolve_precision
 
     settings = {"benchmark": "tofu", "device": "auto", "precision": "auto", "trust_remote_code": False,
@@ -165,7 +166,8 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
                 if out.is_dir() and not any(out.iterdir()):
                     out.rmdir()  # a folder claimed for this evaluation, still empty
                 raise
-            paths = sorted(p for p in out.rglob("*") if p.is_file() and p.stat().st_mtime >= started)
+            paths = sorted(p for p in out.rglob("*") if p.is_file() and p.stat().st_mtime >= started
+                           and p.name != CLAIM)
             out = _main_process_value(state, out)
             paths = paths if state is None or state.is_main_process else []
     return EvalResult(summary=dict(envelope.get("summary", {})), paths=paths, output_dir=out, benchmark=spec.name,
@@ -245,7 +247,11 @@ def _output_dir(given, name: str, benchmark: str, state):
     if given is not None and Path(given).is_dir() and any(Path(given).iterdir()):
         logging.getLogger("obliviate").info("output_dir %s holds earlier results: files of the same name are "
                                             "replaced (leave output_dir out for a fresh folder)", given)
-    yield Path(given) if given is not None else claim_fresh_dir(default_output_dir(name, benchmark))
+    if given is not None:
+        yield Path(given)
+        return
+    with claim_fresh_dir(default_output_dir(name, benchmark)) as fresh:
+        yield fresh
 
 
 def _main_process_value(state, value):

@@ -162,6 +162,15 @@ def take_lock(path: Path, *, busy: str) -> RunLock:
     """An exclusive lock on the file `path` (created), recording this process as its holder;
     while another process holds it: UserError "<busy> (<holder>); wait for it to end or choose
     another output_dir". The OS releases it when the holder dies."""
+    lock = try_lock(path)
+    if isinstance(lock, str):
+        raise UserError(f"{busy} ({lock}); wait for it to end or choose another output_dir")
+    return lock
+
+
+def try_lock(path: Path) -> RunLock | str:
+    """take_lock without the refusal: the lock, or the holder's description while another
+    process holds it. UserError only when the lock file cannot be created."""
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -172,7 +181,7 @@ def take_lock(path: Path, *, busy: str) -> RunLock:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise UserError(f"{busy} ({holder}); wait for it to end or choose another output_dir") from None
+            return holder
         if _same_file(fd, path):
             break
         os.close(fd)  # the holder released and removed it between our open and our flock: again

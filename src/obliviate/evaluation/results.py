@@ -13,15 +13,18 @@ An envelope is one JSON-safe dict::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from obliviate.evaluation.engine import ENGINE_VERSION, resolve_precision
 from obliviate.hardware import model_device
 from obliviate.io import atomic_write_json, atomic_write_text
+from obliviate.rundir import RunLock, try_lock
 
 BASE_PACKAGES = ("torch", "transformers", "numpy")
 
@@ -104,18 +107,44 @@ def default_output_dir(model_name: str, benchmark: str, root: str | Path = "runs
     return Path(root) / f"eval-{name}-{benchmark}"
 
 
-def claim_fresh_dir(base: str | Path) -> Path:
-    """``base`` if it is absent or empty, else the first absent ``base-2``, ``base-3``, ...; created
-    here (mkdir is atomic, so two evaluations started together get different folders)."""
+#: held in a claimed folder while its evaluation runs (removed when it ends)
+CLAIM = ".obliviate-eval.lock"
+
+
+@contextlib.contextmanager
+def claim_fresh_dir(base: str | Path) -> Iterator[Path]:
+    """The first of ``base``, ``base-2``, ``base-3``, ... that is absent or holds nothing but an
+    unheld claim, created and claimed (a lock the OS drops when the process dies) for the time of
+    the ``with``: two evaluations started together get different folders, and an evaluation
+    killed before writing leaves a folder the rerun takes instead of the next number. Afterwards
+    the claim is removed, and the folder too if nothing was written into it."""
     base = Path(base)
     base.parent.mkdir(parents=True, exist_ok=True)
-    if base.is_dir() and not any(base.iterdir()):
-        return base
-    number = 1
-    while True:
+    for number in itertools.count(1):
         candidate = base if number == 1 else base.with_name(f"{base.name}-{number}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            number += 1
+        lock = _claim(candidate)
+        if lock is not None:
+            break
+    try:
+        yield candidate
+    finally:
+        lock.release()
+        with contextlib.suppress(OSError):
+            candidate.rmdir()  # only when empty: an evaluation that wrote nothing
+
+
+def _claim(folder: Path) -> RunLock | None:
+    """The claim on ``folder`` if it is free (created here when absent), else None."""
+    try:
+        folder.mkdir(exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file of that name
+        return None
+    if {p.name for p in folder.iterdir()} - {CLAIM}:
+        return None
+    lock = try_lock(folder / CLAIM)
+    if isinstance(lock, str):
+        return None  # another evaluation's, running
+    if {p.name for p in folder.iterdir()} - {CLAIM}:  # it finished between the look and the lock
+        lock.release()
+        return None
+    return lock
