@@ -227,6 +227,28 @@ def test_a_request_without_retain_items_is_refused_before_the_model_loads(method
     assert not (tmp_path / "run").exists()
 
 
+def test_snaps_hard_positives_may_come_from_the_neighbours_alone(tmp_path, monkeypatch):
+    """SNAP makes its hard positives from retain + neighbours (an RWKU request has neighbours and no
+    retain set): the early check must not refuse it (a review caught the regression)."""
+    from obliviate.methods import pipeline
+
+    class Loaded(Exception):
+        pass
+
+    def load_model(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(pipeline, "load_model", load_model)
+    request = {"forget": [{"question": "Who is A?", "answer": "A writer."}],
+               "neighbors": [{"question": "Who is B?", "answer": "B, a poet."}]}
+    config = load_config(None, ["method=snap", f"output_dir={tmp_path / 'run'}", "generation.backend=template"])
+    with pytest.raises(Loaded):  # past every check, to the model load
+        pipeline.run(config, request=request)
+    config = load_config(None, ["method=snap", f"output_dir={tmp_path / 'run'}", "snap.use_neighbors=false"])
+    with pytest.raises(UserError, match="method 'snap' needs retain items"):
+        pipeline.run(config, request=request)
+
+
 def test_rt_on_a_tofu_folder_trains_on_tofus_own_refusals(tiny_model_dir, tmp_path, monkeypatch):
     """A request read from a folder holding TOFU's idontknow.jsonl: RT's refusals come from it
     (the reference's default), unless objective.refusals names another file."""

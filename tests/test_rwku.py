@@ -419,6 +419,37 @@ def test_a_request_file_can_name_an_rwku_target(rwku_dir, tmp_path):
         load_request(bad)
 
 
+def test_a_refusals_request_is_refused_for_methods_that_would_unlearn_the_refusals(rwku_dir, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """rwku forget: refusals pairs the target's questions with reject.json's refusals. IDK-DPO
+    took them as the rejected answers (preferring "I don't know" to "I'm not certain"), GA / NPO
+    would push the model away from refusing; ULMR checked its generated texts for leaks of the
+    refusal, rejecting texts that shared "about" or "that" and letting facts through."""
+    import dataclasses
+
+    from obliviate.config import load_config
+    from obliviate.data.request import QAItem, load_request
+    from obliviate.methods import pipeline, ulmr
+    from obliviate.prepare.checks import leaks_answer
+
+    request = load_request({"rwku": {"data": str(rwku_dir), "targets": 1, "forget": "refusals"}})
+    assert request.answers_are_refusals and not load_request({"rwku": {"data": str(rwku_dir), "targets": 1,
+                                                                        "passages": "none"}}).answers_are_refusals
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    for method in ("idk_dpo", "ga", "npo"):
+        config = load_config(None, [f"method={method}", f"output_dir={tmp_path / method}",
+                                    "objective.retain_loss=none"])
+        with pytest.raises(UserError, match=f"method '{method}' on a request whose answers are refusals"):
+            pipeline.run(config, request=request)
+    gen = load_config(None, ["generation.backend=local"]).generation
+    checked = ulmr._leak_checked(request, gen)
+    assert [item.answer for item in checked] == [""] * len(request.forget)
+    assert "are not checked for leaks" in capsys.readouterr().out
+    assert not leaks_answer("I'm not certain about that.", "Where was Ada born?", "")  # nothing to leak
+    plain = QAItem("Where was Ada born?", "Ada was born in Paris.")
+    assert ulmr._leak_checked(dataclasses.replace(request, forget=[plain], answers_are_refusals=False), gen) == [plain]
+
+
 def test_hub_branch_reads_a_local_copy_of_the_hub_layout(rwku_dir, tmp_path, monkeypatch, tiny_model_and_tokenizer):
     """The hub path (`data: jinzhuoran/RWKU`) past the download: `datasets.load_dataset` is sent to a
     local directory laid out as a hub dataset (one config per set, all targets' records together,

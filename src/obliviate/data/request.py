@@ -58,6 +58,7 @@ class UnlearningRequest:
     warnings: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # files read, for the run manifest
     refusals: str | None = None  # TOFU's idontknow.jsonl beside the data files (data/refusals.py)
+    answers_are_refusals: bool = False  # the forget answers are refusals, not facts (rwku forget: refusals)
 
     def to_dict(self) -> dict:
         return {"name": self.name, **{s: [asdict(i) for i in getattr(self, s)] for s in SETS},

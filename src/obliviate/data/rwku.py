@@ -269,7 +269,8 @@ def target_request(data: str | Path, targets: str | int | Sequence[str | int], *
         _check_shipped(data, chosen, "reject", where or str(data), forget=forget)
     if isinstance(passages, str) and passages in ("positive", "passage"):
         _check_shipped(data, chosen, passages, where or str(data), forget=forget)
-    request = UnlearningRequest(forget=[], name="rwku-" + "+".join(str(t.id) for t in chosen))
+    request = UnlearningRequest(forget=[], name="rwku-" + "+".join(str(t.id) for t in chosen),
+                                answers_are_refusals=forget == "refusals")
     for target in chosen:
         where = f"{data} [{target.folder}]"
         if forget == "probes":

@@ -77,7 +77,7 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
     state = process_state(config.device)
     if not isinstance(request, UnlearningRequest):  # bad input is refused before anything is written
         request = load_request(config.request if request is None else request)
-    _check_refusals(config, request)
+    _check_request(config, method, request)
     check_run_dir(config.output_dir, resume=resume)  # before minutes of model loading; writes nothing
     if resume:
         check_resume_config(config.output_dir, config.to_dict())
@@ -103,14 +103,23 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
             lock.release()
 
 
-def _check_refusals(config: RunConfig, request: UnlearningRequest) -> None:
+def _check_request(config: RunConfig, method, request: UnlearningRequest) -> None:
     """The refusals file an IDK-DPO / RT run trains towards, read before the model loads (training
     reads it again), and the retain items a retain term needs: a bad request fails in seconds, not
     after the load."""
     if _uses_refusals(config):
         load_refusals(refusals_source(config.objective.refusals, request.refusals))
-    if config.method in OBJECTIVES and needs_retain(config.method, config.objective) and not request.retain:
+    retain = (method.retain_items or (lambda request, config: request.retain))(request, config)
+    if config.method in OBJECTIVES and needs_retain(config.method, config.objective) and not retain:
         raise UserError(no_retain_message(config.method))  # before the model loads and SNAP generates its data
+    if request.answers_are_refusals and config.method not in REFUSAL_ANSWER_METHODS:
+        raise UserError(f"method '{config.method}' on a request whose answers are refusals (rwku forget: refusals): "
+                        "it would push the model away from refusals, or prefer them to themselves; use rt, "
+                        "finetune or ulmr on it, or rwku forget: probes / passages for this method")
+
+
+#: methods that train towards a request's refusal answers, or use only its questions
+REFUSAL_ANSWER_METHODS = ("rt", "finetune", "ulmr")
 
 
 def _uses_refusals(config: RunConfig) -> bool:

@@ -35,6 +35,8 @@ class Method:
     summary: str
     section: tuple[str, type] | None = None  # (config section name, its dataclass)
     presets: Mapping[str, Any] = field(default_factory=dict)  # dotted key -> value, under the user's values
+    # the request's items its retain term trains on (default: request.retain); SNAP adds the neighbours
+    retain_items: Callable[..., list] | None = None
 
 
 def register_method(method: Method) -> Method:

@@ -78,7 +78,7 @@ def prepare(run) -> tuple[list[dict], list[dict], dict]:
     cache = run.run_dir / "generation_cache"
     stats = {"instruction_fallbacks": 0, "response_fallbacks": 0}
     # hard positives first: the original model answers them before anything else touches it
-    positives = hard_positives([*request.retain, *(request.neighbors if cfg.use_neighbors else [])],
+    positives = hard_positives(retain_items(request, run.config),
                                run.model, run.tokenizer, gen, cache,
                                given=cfg.hard_positive_answers == "given", stats=stats)
     asker = make_generator(gen, run.model, run.tokenizer, cache, "rewrite")
@@ -103,6 +103,11 @@ def recipe(run) -> dict:
     return {"model": trained}
 
 
+def retain_items(request, config) -> list:
+    """What the hard positives are made from: the retain items, and the neighbours (snap.use_neighbors)."""
+    return [*request.retain, *(request.neighbors if config.snap.use_neighbors else [])]
+
+
 register_method(Method("snap", recipe, "negative instructions with obliterated responses, hard positives, "
                        "sliced-Wasserstein regularisation (SNAP)", section=("snap", SnapConfig),
-                       presets=PRESETS))
+                       presets=PRESETS, retain_items=retain_items))

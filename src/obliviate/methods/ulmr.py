@@ -24,6 +24,7 @@ preparation counts under manifest.json's method_stats.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,12 +157,26 @@ def prepare(items: list[QAItem], config: RunConfig, model, tokenizer, run_dir: P
     return rows, stats
 
 
+def _leak_checked(request, gen) -> list[QAItem]:
+    """The forget items whose answers the rewrites and negative responses are checked against;
+    a request whose answers are refusals (rwku forget: refusals) has no facts to check: its
+    answers are left out (a check against a refusal rejected texts sharing "about", "that")."""
+    if not getattr(request, "answers_are_refusals", False):
+        return request.forget
+    if gen.backend != "template":
+        print("[obliviate] warning: ULMR: the request's answers are refusals (rwku forget: refusals), so the "
+              "generated rewrites and negative responses are not checked for leaks of the target's facts; "
+              "use rwku forget: probes to check them against its answers", flush=True)
+    return [dataclasses.replace(item, answer="") for item in request.forget]
+
+
 def recipe(run) -> dict:
     """The algorithm box: prepare D' -> SFT from theta_0 -> average with theta_0 (and the sweep's alphas)."""
     cfg = run.config.ulmr
     base = copy.deepcopy(run.model).eval()  # theta_0, on the same device as the model
     base.requires_grad_(False)
-    rows, stats = prepare(run.request.forget, run.config, run.model, run.tokenizer, run.run_dir, run.request.retain)
+    rows, stats = prepare(_leak_checked(run.request, run.config.generation), run.config, run.model, run.tokenizer,
+                          run.run_dir, run.request.retain)
     sft_items = [QAItem(question=r["instruction"], answer=r["response"], subject=r["subject"]) for r in rows]
     finetuned = run.train(forget=sft_items, objective="finetune")
     models = {f"model_alpha{alpha:g}": interpolate_(copy.deepcopy(finetuned), base, alpha)

@@ -122,6 +122,8 @@ def leaks_answer(response: str, question: str, answer: str, threshold: float = 0
     or at least `threshold` of the answer's informative words (not in the question, longer than
     3 letters) appear in it. Strict on purpose: a rejected response is regenerated or replaced by
     a refusal, which costs little."""
+    if not answer.strip():
+        return False  # no answer, nothing to leak (a request whose answers are refusals: see methods/ulmr.py)
     response_words = _words(response)
     if {w for w in _names(answer) - _words(question) if len(w) > 2} & response_words:
         return True
