@@ -100,6 +100,9 @@ def test_a_model_without_weights_is_refused_in_one_line(tiny_model_dir, tmp_path
         ob.unlearn(model, tokenizer, {"forget": FORGET}, method="ga", output_dir=tmp_path / "run", max_steps=1)
     with pytest.raises(UserError, match="evaluate: the model's weights are on the meta device"):
         ob.evaluate(model, tokenizer, data=str(SHARED_TOFU), output_dir=tmp_path / "eval")
+    model.hf_device_map = {"model.embed_tokens": "cpu", "model.layers.1": "disk"}  # accelerate's offload
+    with pytest.raises(UserError, match="evaluate: the model is offloaded .* on cpu, disk\\): not supported"):
+        ob.evaluate(model, tokenizer, data=str(SHARED_TOFU), output_dir=tmp_path / "eval")
     with pytest.raises(UserError, match=r"evaluate: model is a \w+, not a loaded model"):
         ob.evaluate(tokenizer, tokenizer, data=str(SHARED_TOFU), output_dir=tmp_path / "eval")
     assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()

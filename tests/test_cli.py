@@ -268,6 +268,7 @@ def test_eval_config_file_picks_the_benchmark_and_its_options(captured_eval, tmp
     ("forget_splt: forget05", [], "{config}: benchmark 'tofu' option 'forget_splt' is not known"),
     ("data: /no/tofu", [], "{config}: /no/tofu: no such TOFU directory"),
     ("ds_size: 0", ["--ds_size", "-2"], "error: benchmark 'tofu' option 'ds_size' = -2"),  # the flag's value
+    ("forget_split: forget01", ["--data", "/no/tofu"], "error: /no/tofu: no such TOFU directory"),  # not the file's
     ("benchmark: harmful\n  threshold: 2", [], "{config}: benchmark 'harmful' option 'threshold' = 2.0"),
 ])
 def test_a_bad_option_in_an_eval_config_names_the_file(body, flags, message, tmp_path, capsys):

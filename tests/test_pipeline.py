@@ -105,6 +105,12 @@ def test_presets_sit_under_the_users_values(shrink_method):
         config = load_config(None, ["method=shrink", epochs])
         assert (config.train.max_steps, config.train.num_epochs) == (-1, 3)
     assert load_config(None, ["method=shrink", "train.num_epochs=3", "train.max_steps=4"]).train.max_steps == 4
+    # over a resolved config (api.unlearn(..., config=cfg, num_train_epochs=1), --config old/config.yaml)
+    from obliviate.io import flatten_keys
+
+    resolved = flatten_keys(load_config(None, ["method=shrink"]).to_dict())
+    assert load_config(None, [("train.num_epochs", 1)], base=resolved).train.max_steps == -1
+    assert load_config(None, [], base=resolved).train.max_steps == 2
 
 
 def test_resolved_config_keeps_every_section(tmp_path):
@@ -185,6 +191,7 @@ def test_resume_refuses_another_request_in_memory_or_a_changed_refusals_file(tin
     """A request given as a mapping has no file to hash: its items' sha256 is kept, so a resume
     with other items is refused (it trained half on each). The refusals file IDK-DPO / RT train
     towards is an input like the request's files."""
+    from obliviate.methods import pipeline
     from obliviate.methods.pipeline import run
 
     items = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} did."} for i in range(4)]
@@ -193,6 +200,9 @@ def test_resume_refuses_another_request_in_memory_or_a_changed_refusals_file(tin
     run(load_config(None, first), request={"forget": items, "retain": items})
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["request"]["sha256"] == json.loads((out / "started_from.json").read_text())["request_sha256"]
+    # an optional field a later version adds to the items (unset here) leaves the hash as it was
+    assert pipeline._without_unset({"forget": [{"question": "q", "answer": "a", "new_field": None}]}) == \
+        {"forget": [{"question": "q", "answer": "a"}]}
     (out / "manifest.json").unlink()  # as if killed before it finished
     other = [dict(item, answer="Nobody did.") for item in items]
     with pytest.raises(UserError, match="--resume: the request's items differ from those the run"):

@@ -182,7 +182,7 @@ def test_items_without_a_subject_are_counted_and_warned_about(capsys):
 
     config = _cfg(n_instructions=2)
     stats = {"instruction_fallbacks": 0, "response_fallbacks": 0}
-    bare = [QAItem(item.question, item.answer) for item in FORGET]
+    bare = [QAItem(item.question, item.answer, subject="" if i else None) for i, item in enumerate(FORGET)]
     rows = negative_instructions([*bare, FORGET[0]], config.snap, config.generation,
                                  CachedGenerator(TemplateBackend("rewrite"), None), 0, stats)
     assert len(rows) == len(bare) + 1 + 2 and stats["items_without_subject"] == len(bare)

@@ -415,10 +415,11 @@ def test_answers_cut_whole_by_max_length_have_no_extras():
         return AnswerStats(-sum(logprobs), n, logprobs=logprobs, preds=[1] * n, targets=[1] * n, mu=[-1.0] * n,
                            sigma=[1.0] * n)
 
-    items = [QAItem(f"Q{i}?", f"Answer {i}.") for i in range(3)]
-    stats = [answer([-0.1, -0.2, -0.1]), AnswerStats(0.0, 0, [], [], [], [], []), answer([-0.3, -0.1, -0.2])]
+    items = [QAItem(f"Q{i}?", f"Answer {i}.") for i in range(4)]
+    stats = [answer([-0.1, -0.2, -0.1]), AnswerStats(0.0, 0, [], [], [], [], []), answer([-0.3, -0.1, -0.2]),
+             answer([-5.0])]  # one token left: nothing once the last is dropped
     holdout = [answer([-2.0, -3.0, -1.0]), AnswerStats(0.0, 0, [], [], [], [], [])]
-    extras, per_item = forget_extras(items, stats, [0, 1, 2], holdout, items[:2])
-    assert per_item[1] == {"extraction_strength": None, "exact_memorisation": None, "mia": None}
-    assert extras["answers_cut"] == 2 and extras["extraction_strength"] == 1.0
+    extras, per_item = forget_extras(items, stats, [0, 1, 2, 3], holdout, items[:2])
+    assert per_item[1] == per_item[3] == {"extraction_strength": None, "exact_memorisation": None, "mia": None}
+    assert extras["answers_cut"] == 3 and extras["extraction_strength"] == 1.0
     assert extras["mia_min_k_auc"] == 1.0  # the two kept forget answers against the one kept holdout answer

@@ -246,8 +246,12 @@ def test_privleak_is_left_out_when_our_log_holds_the_auc_of_other_items(tmp_path
 
 
 def test_a_log_that_is_not_json_text_is_one_line(tmp_path):
+    import gzip
+
     (tmp_path / "weights.bin").write_bytes(b"\x80\x81\xfe" * 10)
-    (tmp_path / "torn.json.gz").write_bytes(b"not gzip")
-    for name in ("weights.bin", "torn.json.gz"):
+    (tmp_path / "notgzip.json.gz").write_bytes(b"not gzip")
+    whole = gzip.compress(json.dumps({"tasks": {"forget": {"items": list(range(3000))}}}).encode())
+    (tmp_path / "torn.json.gz").write_bytes(whole[:len(whole) // 2])  # a download cut short
+    for name in ("weights.bin", "notgzip.json.gz", "torn.json.gz"):
         with pytest.raises(UserError, match=rf"{name}: cannot be read as a JSON log"):
             reference_logs.forget_truth_ratios(tmp_path / name)

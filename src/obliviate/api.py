@@ -175,13 +175,13 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
 
 
 def _naming_file(err: UserError, config, from_file: dict) -> UserError:
-    """A refusal of an option the eval config file gave (its key quoted in the message, or its
-    text there) names the file."""
+    """A refusal of an option the eval config file gave (its key quoted in the message, or a path
+    it gave there) names the file."""
     if not isinstance(config, str | Path):
         return err
     text = str(err)
     for key, value in from_file.items():
-        if f"'{key}'" in text or (isinstance(value, str) and len(value) > 1 and value in text):
+        if f"'{key}'" in text or (isinstance(value, str) and "/" in value and value in text):  # a path it gave
             return UserError(f"{config}: {text}")
     return err
 
@@ -229,6 +229,10 @@ def _check_loaded(model, what: str) -> None:
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"{what}: model is a {type(model).__name__}, not a loaded model; pass a causal LM "
                         "(AutoModelForCausalLM.from_pretrained(...)), a hub id or a directory")
+    offloaded = {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()} & {"cpu", "disk"}
+    if offloaded and any(t.is_meta for t in model.parameters()):
+        raise UserError(f"{what}: the model is offloaded (device_map puts layers on {', '.join(sorted(offloaded))}): "
+                        "not supported; load it without offloading (one device, or several GPUs)")
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         raise UserError(f"{what}: the model's weights are on the meta device (built under torch.device('meta') or "
                         "init_empty_weights): they hold no values; load them (from_pretrained) first")

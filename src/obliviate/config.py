@@ -276,6 +276,10 @@ def load_config(path: str | Path | None = None, overrides: list = (), base: dict
     train = data.get("train") if isinstance(data.get("train"), dict) else {}
     if "num_epochs" in train and "max_steps" not in train:  # a preset step budget would override the epochs
         presets.pop("train.max_steps", None)
+    elif "train.num_epochs" in spelled and "train.max_steps" not in spelled and \
+            train.get("max_steps") == presets.get("train.max_steps"):  # a resolved base holds the preset's
+        del train["max_steps"]
+        presets.pop("train.max_steps", None)
     merged: dict = {}
     for key, value in presets.items():  # under everything the user set
         _set_dotted(merged, key, value)

@@ -55,7 +55,8 @@ def load_json(path: str | Path) -> Any:
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); {FIX_HINT}") from None
     except (UnicodeDecodeError, EOFError, OSError) as err:  # binary, a torn or non-gzip .gz, a folder
-        what = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else (err.strerror or str(err))
+        what = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else (
+            getattr(err, "strerror", None) or str(err) or type(err).__name__)
         raise UserError(f"{path}: cannot be read as a JSON log ({what}); {FIX_HINT}") from None
 
 

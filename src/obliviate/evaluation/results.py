@@ -23,6 +23,7 @@ from typing import Any
 
 from obliviate.evaluation.engine import ENGINE_VERSION, resolve_precision
 from obliviate.hardware import model_device
+from obliviate.errors import UserError
 from obliviate.io import atomic_write_json, atomic_write_text
 from obliviate.rundir import RunLock, try_lock
 
@@ -139,9 +140,14 @@ def _claim(folder: Path) -> RunLock | None:
         folder.mkdir(exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # a file of that name
         return None
-    if {p.name for p in folder.iterdir()} - {CLAIM}:
-        return None
-    lock = try_lock(folder / CLAIM)
+    try:
+        if {p.name for p in folder.iterdir()} - {CLAIM}:
+            return None
+        lock = try_lock(folder / CLAIM)
+    except (FileNotFoundError, UserError):
+        if folder.exists():
+            raise
+        return None  # its evaluation ended and removed it meanwhile: the next number
     if isinstance(lock, str):
         return None  # another evaluation's, running
     if {p.name for p in folder.iterdir()} - {CLAIM}:  # it finished between the look and the lock

@@ -144,8 +144,16 @@ def _refusals_file(config: RunConfig, request: UnlearningRequest) -> list[str]:
 
 def request_sha256(request: UnlearningRequest) -> str:
     """The request's items (every set, the passages), whether read from files or given in memory."""
-    text = json.dumps(request.to_dict(), sort_keys=True, ensure_ascii=False, default=str)
+    text = json.dumps(_without_unset(request.to_dict()), sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _without_unset(value):
+    """Unset fields (None, empty) dropped at every depth: an optional field a later version adds
+    to the items does not change the hash of a request that does not use it."""
+    if isinstance(value, dict):
+        return {k: _without_unset(v) for k, v in value.items() if v not in (None, [], {}, "")}
+    return [_without_unset(v) for v in value] if isinstance(value, list) else value
 
 
 def _say_what_resumes(run_dir: Path) -> None:

@@ -43,9 +43,9 @@ def negative_instructions(forget: list[QAItem], cfg, gen, generator, seed: int, 
     rows = [{"subject": i.subject, "instruction": i.question, "kind": "forget_question", "answers": [i.answer]}
             for i in forget]
     subjects = [s for s in answers if s]  # items without a subject get no generated instructions
-    stats["items_without_subject"] = len(answers.get(None, []))
-    if answers.get(None) and cfg.n_instructions:
-        print(f"[obliviate] warning: SNAP: {len(answers[None])} of {len(forget)} forget items have no subject, so "
+    stats["items_without_subject"] = bare = sum(len(v) for s, v in answers.items() if not s)
+    if bare and cfg.n_instructions:
+        print(f"[obliviate] warning: SNAP: {bare} of {len(forget)} forget items have no subject, so "
               f"snap.n_instructions={cfg.n_instructions} generates no negative instructions for them (only their "
               "own questions are negatives); give each a subject (docs/request.md)", flush=True)
     asked: dict[str, list[str]] = {s: [i.question for i in forget if i.subject == s] for s in subjects}

@@ -28,14 +28,15 @@ def forget_extras(items: Sequence[QAItem], stats, answer_slots: list[int], holdo
                   holdout_items: Sequence[QAItem] | None) -> tuple[dict, dict[int, dict]]:
     """``(aggregates, {item index: per-item values})``; the MIA AUCs (forget as members,
     holdout as non-members) only with ``holdout_items`` and their detail stats. An answer that
-    ``max_length`` cut whole (no tokens) has no values (None) and is left out of the AUCs, and
-    ``answers_cut`` counts such answers (every score of an empty answer would be 0, not a value)."""
+    ``max_length`` cut to at most one token (nothing left once the last is dropped, as the EOS is)
+    has no values (None) and is left out of the AUCs, and ``answers_cut`` counts such answers
+    (every score of an empty answer would be 0, not a value)."""
     per_item: dict[int, dict] = {}
     scores: dict[str, list[float]] = {key: [] for key in MIA_SCORES}
     cut = 0
     for index, (item, slot) in enumerate(zip(items, answer_slots)):
         s = stats[slot]
-        if not s.n_tokens:
+        if s.n_tokens <= 1:  # nothing left once the (possibly cut) last token is dropped
             per_item[index] = {"extraction_strength": None, "exact_memorisation": None, "mia": None}
             cut += 1
             continue
@@ -52,8 +53,8 @@ def forget_extras(items: Sequence[QAItem], stats, answer_slots: list[int], holdo
     if holdout_stats is not None and holdout_items:
         hold: dict[str, list[float]] = {key: [] for key in MIA_SCORES}
         for item, s in zip(holdout_items, holdout_stats):
-            cut += not s.n_tokens
-            for key, value in (mia_scores(s, item.answer) if s.n_tokens else {}).items():
+            cut += s.n_tokens <= 1
+            for key, value in (mia_scores(s, item.answer) if s.n_tokens > 1 else {}).items():
                 hold[key].append(value)
         for key in MIA_SCORES:
             extras[f"mia_{key}_auc"] = metrics.mia_auc(scores[key], hold[key]) if scores[key] and hold[key] else None

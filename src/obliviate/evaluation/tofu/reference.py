@@ -136,6 +136,8 @@ def compare_with_retain(forget_rows: list[dict], reference: RetainReference, ext
         if reference.min_k_auc is not None and extras.get("mia_min_k_auc") is not None:
             extras["privleak"] = metrics.privleak(extras["mia_min_k_auc"], reference.min_k_auc)
             extras["retain_mia_min_k_auc"] = reference.min_k_auc
+        elif holdout_present and extras.get("mia_min_k_auc") is None:
+            notes.append("PrivLeak not computed: this model's min-k MIA AUC could not be computed")
         elif holdout_present and reference.min_k_note:
             notes.append(reference.min_k_note)
         elif holdout_present:
