@@ -272,16 +272,8 @@ def load_config(path: str | Path | None = None, overrides: list = (), base: dict
     if not isinstance(method, str) or method not in registry.methods():
         raise UserError(f"config key 'method' = {short_repr(method)} is invalid; expected one of "
                         f"{', '.join(registry.methods())}")
-    presets = dict(registry.get_method(method).presets)
-    train = data.get("train") if isinstance(data.get("train"), dict) else {}
-    if "num_epochs" in train and "max_steps" not in train:  # a preset step budget would override the epochs
-        presets.pop("train.max_steps", None)
-    elif "train.num_epochs" in spelled and "train.max_steps" not in spelled and \
-            train.get("max_steps") == presets.get("train.max_steps"):  # a resolved base holds the preset's
-        del train["max_steps"]
-        presets.pop("train.max_steps", None)
     merged: dict = {}
-    for key, value in presets.items():  # under everything the user set
+    for key, value in registry.presets_under(method, data, set(spelled)).items():  # under everything the user set
         _set_dotted(merged, key, value)
     _merge(merged, data)
     config = _build(RunConfig, merged, extra=registry.sections())
