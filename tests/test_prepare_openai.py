@@ -29,6 +29,7 @@ class FakeServer:
         self.fail_first: list[int] = []  # statuses to answer before succeeding
         self.always_status: int | None = None
         self.delay_s = 0.0
+        self.raw_body: bytes | None = None  # a 200 answer's body as sent, instead of a JSON reply
         self.active = 0
         self.max_active = 0
         server = self
@@ -38,7 +39,7 @@ class FakeServer:
                 pass
 
             def _send(self, status: int, payload: dict):
-                body = json.dumps(payload).encode()
+                body = server.raw_body if server.raw_body is not None and status == 200 else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -223,10 +224,18 @@ def test_openai_backend_timeout_is_one_line(server):
     backend = OpenAICompatibleBackend(server.base_url, "m", timeout_s=0.2, max_retries=1)
     with pytest.raises(UserError) as info:
         backend.generate([msgs("slow")])
-    assert str(info.value) == (
-        f"cannot reach {server.base_url} (timed out after 0.2s) after 1 try: "
-        "start the server or fix generation.base_url"
+    assert str(info.value) == (  # the server is there: starting it or fixing the URL would not help
+        f"{server.base_url} did not answer within 0.2s, 1 try: raise the timeout (generation.timeout_s), "
+        "lower the load on the server, or check its log"
     )
+
+
+def test_a_body_that_is_not_json_is_one_line(server):
+    """A 200 answer with a torn JSON body was a JSONDecodeError traceback (the client does not wrap it)."""
+    server.raw_body = b'{"choices": [ {"message": '
+    backend = OpenAICompatibleBackend(server.base_url, "m", max_retries=1)
+    with pytest.raises(UserError, match=r"returned a response without choices\[0\].message.content: 'not JSON: "):
+        backend.generate([msgs("q")])
 
 
 def test_missing_openai_client_says_how_to_install(monkeypatch):

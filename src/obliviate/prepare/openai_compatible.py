@@ -173,6 +173,8 @@ class OpenAICompatibleBackend:
             )
         except openai.APIError as err:
             raise self._failure(openai, err, key) from None
+        except ValueError as err:  # a 200 body that is not JSON: the client raises json's own error
+            raise self._no_content(_redact(f"not JSON: {err}", key)) from None
         try:
             content = response.choices[0].message.content
         except (AttributeError, IndexError, TypeError):
@@ -190,9 +192,11 @@ class OpenAICompatibleBackend:
         tries = f"{self.max_retries} {'try' if self.max_retries == 1 else 'tries'}"
         if isinstance(err, openai.APIStatusError):
             return self._status_failure(err, key, tries)
-        if isinstance(err, openai.APITimeoutError):
-            reason = f"timed out after {self.timeout_s:g}s"
-        elif isinstance(err, openai.APIConnectionError):
+        if isinstance(err, openai.APITimeoutError):  # it is there, but slow
+            timeout = " (generation.timeout_s)" if self.option == "generation.base_url" else ""
+            return UserError(f"{self.base_url} did not answer within {self.timeout_s:g}s, {tries}: raise the "
+                             f"timeout{timeout}, lower the load on the server, or check its log")
+        if isinstance(err, openai.APIConnectionError):
             reason = _connection_reason(err, key)
         else:  # a 200 answer the client could not parse
             return self._no_content(_redact(str(getattr(err, "body", None) or err), key))
