@@ -120,3 +120,27 @@ def test_retain_mix_without_a_retain_set_is_a_user_error(tiny_model_and_tokenize
     with pytest.raises(UserError, match="ulmr.retain_mix"):
         ulmr.prepare(ITEMS, config, model, tok, tmp_path, retain=[])
     assert not (tmp_path / "ulmr_dataset.jsonl").exists()
+
+
+def test_a_generator_whose_outputs_all_fall_back_is_warned_about(tiny_model_and_tokenizer, tmp_path, monkeypatch,
+                                                                  capsys):
+    """A server answering empty content made every negative a refusal template with exit 0 and
+    nothing said: the 'LLM' dataset was all canned. Now the run says so."""
+    from obliviate.methods import ulmr
+    from obliviate.prepare.cache import CachedGenerator
+
+    class Silent:
+        name, model_id, batch_size = "silent", "silent-1", 8
+
+        def generate(self, prompts, **kwargs):
+            return ["" for _ in prompts]
+
+        def cache_key_fields(self):
+            return {"backend": self.name, "model_id": self.model_id}
+
+    monkeypatch.setattr(ulmr, "make_generator", lambda *args, **kwargs: CachedGenerator(Silent(), None))
+    model, tokenizer = tiny_model_and_tokenizer
+    config = load_config(None, ["generation.backend=local", "ulmr.n_rewrites=1", "ulmr.max_attempts=1"])
+    rows, stats = ulmr.prepare(ITEMS[:2], config, model, tokenizer, tmp_path)
+    assert stats["negative_fallbacks"] == len(rows) == 4
+    assert "ULMR: every negative response (4) is a refusal template" in capsys.readouterr().out

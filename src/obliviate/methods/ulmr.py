@@ -152,6 +152,10 @@ def prepare(items: list[QAItem], config: RunConfig, model, tokenizer, run_dir: P
     stats["generation_calls"] = rewriter.calls + (negator.calls if negator is not rewriter else 0)
     stats["generation_cache_hits"] = rewriter.hits + (negator.hits if negator is not rewriter else 0)
     stats.update(negative_items=len(rows), retain_mix_items=len(mixed))
+    if gen.backend != "template" and rows and stats["negative_fallbacks"] == len(rows):
+        print(f"[obliviate] warning: ULMR: every negative response ({len(rows)}) is a refusal template: the "
+              f"generator's outputs were all empty or rejected (leaking, not refusing); check {gen.backend} "
+              "generation (generation.model, the server) or ulmr.negative_prompt", flush=True)
     rows += mixed
     atomic_write_jsonl(run_dir / "ulmr_dataset.jsonl", rows)
     return rows, stats
