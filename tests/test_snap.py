@@ -176,6 +176,30 @@ def test_negative_instructions_and_obliterated_responses_leak_no_forget_answer(t
                 assert not leaks_answer(row["response"], row["instruction"], item.answer)
 
 
+def test_generated_instructions_are_checked_for_gibberish_and_leaks():
+    """Any generated text was kept as a negative instruction (is_valid_rewrite with no question
+    checked only emptiness and repeats): gibberish, or one stating the forget answer."""
+    from obliviate.methods.snap_data import negative_instructions
+
+    item = FORGET[0]
+    bad = ["c spider on his you\u00e9 are ho", "6ecame", item.answer]
+
+    class Bad:
+        name, model_id, batch_size = "bad", "bad-1", 8
+
+        def generate(self, prompts, **kwargs):
+            return [bad[len(str(p)) % len(bad)] for p in prompts]
+
+        def cache_key_fields(self):
+            return {"backend": self.name, "model_id": self.model_id}
+
+    config = _cfg(n_instructions=3, max_attempts=2)
+    stats = {"instruction_fallbacks": 0, "response_fallbacks": 0}
+    rows = negative_instructions([item], config.snap, config.generation, CachedGenerator(Bad(), None), 0, stats)
+    generated = [r["instruction"] for r in rows if r["kind"] != "forget_question"]
+    assert len(generated) == 3 and stats["instruction_fallbacks"] == 3 and not set(generated) & set(bad)
+
+
 def test_items_without_a_subject_are_counted_and_warned_about(capsys):
     """TOFU items carry no subject: snap.n_instructions generated nothing for them, silently."""
     from obliviate.methods.snap_data import negative_instructions

@@ -16,7 +16,8 @@ from __future__ import annotations
 from obliviate.data.request import QAItem
 from obliviate.prepare.backend import user_turn
 from obliviate.prepare.cache import CachedGenerator, GenerationCache
-from obliviate.prepare.checks import clean_rewrite, is_refusal, is_valid_rewrite, leaks_answer, safe_refusal
+from obliviate.prepare.checks import (clean_rewrite, is_refusal, is_valid_instruction, is_valid_rewrite, leaks_answer,
+                                      safe_refusal)
 from obliviate.prepare.local import LocalHFBackend
 from obliviate.prepare.retry import generate_until_valid
 from obliviate.prepare.templates import TemplateBackend
@@ -59,7 +60,7 @@ def negative_instructions(forget: list[QAItem], cfg, gen, generator, seed: int, 
 
         def accept(i: int, output: str) -> str | None:
             text = clean_rewrite(output)
-            return text if is_valid_rewrite(text, "", asked[subjects[i]]) else None
+            return text if is_valid_instruction(text, subjects[i], asked[subjects[i]], answers[subjects[i]]) else None
 
         def fallback(i: int, fallback_question=fallback_question, k=k) -> str:
             stats["instruction_fallbacks"] += 1

@@ -105,6 +105,15 @@ def is_valid_rewrite(rewrite: str, question: str, earlier: list[str]) -> bool:
     return _is_question(rewrite) and _same_subject(rewrite, question) and _mostly_real_words(rewrite, question)
 
 
+def is_valid_instruction(text: str, subject: str, earlier: list[str], answers: list[str]) -> bool:
+    """A usable generated instruction about ``subject`` (SNAP's negatives): not empty, not a
+    repeat, made of mostly real words (not gibberish), and carrying none of the forget answers
+    (a question that states the fact, "Was X born in Kuwait City?", would teach the model to
+    refuse while saying it). Not necessarily a question: SNAP asks for indirect forms too."""
+    return (is_valid_rewrite(text, "", earlier) and _mostly_real_words(text, subject)
+            and not any(leaks_answer(text, subject, answer) for answer in answers))
+
+
 def _names(text: str) -> set[str]:
     """Lower-cased words written with a capital inside a sentence (names, places, titles),
     without function words ("The Horse That Counted Stars" -> horse, counted, stars)."""
