@@ -30,11 +30,15 @@ model_dir, data, out = sys.argv[1:4]
 options = json.loads(sys.argv[4])
 model = AutoModelForCausalLM.from_pretrained(model_dir)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
+ran = {"positions": 0}  # what this process's model computed, whatever the result records
+model.get_decoder().register_forward_pre_hook(lambda module, args, kwargs: ran.update(
+    positions=ran["positions"] + (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).numel()),
+    with_kwargs=True)
 with data_parallel() as state:
     model.to(state.device)
     result = tofu.evaluate_tofu(model, tokenizer, data=data, out_dir=out if state.is_main_process else None,
                                 **options)
-    Path(out, f"tokens_{state.process_index}.json").write_text(json.dumps(result["model_tokens"]))
+    Path(out, f"ran_{state.process_index}.json").write_text(json.dumps(ran))
 """
 
 
@@ -72,12 +76,18 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, tiny_model_dir, tofu_di
     single = tofu.evaluate_tofu(model, tokenizer, data=tofu_dir, **OPTIONS)
     written = json.loads((out / "tofu_eval.json").read_text())  # process 0's file
     assert _comparable(written) == _comparable(single)
-    # each process ran a share of the model work, not all of it
-    shares = [json.loads((out / f"tokens_{rank}.json").read_text()) for rank in (0, 1)]
+    # the file counts the launch's model work (it counted process 0's share only), each process
+    # having run a share of it, not all of it
     for name, total in single["model_tokens"].items():
         if name != "prompt tokens":  # the prefix shared by all prompts runs in every process
-            assert sum(share[name] for share in shares) == total, name
-    assert all(0 < share["answer tokens"] < single["model_tokens"]["answer tokens"] for share in shares)
+            assert written["model_tokens"][name] == total, name
+    ran = [json.loads((out / f"ran_{rank}.json").read_text())["positions"] for rank in (0, 1)]
+    alone = {"positions": 0}
+    model.get_decoder().register_forward_pre_hook(lambda module, args, kwargs: alone.update(
+        positions=alone["positions"] + (kwargs.get("input_ids") if kwargs.get("input_ids") is not None
+                                        else args[0]).numel()), with_kwargs=True)
+    tofu.evaluate_tofu(model, tokenizer, data=tofu_dir, **OPTIONS)
+    assert all(0 < share < alone["positions"] for share in ran), (ran, alone)
 
 
 def test_one_process_is_unchanged(tiny_model_and_tokenizer, tofu_dir):  # noqa: F811
@@ -115,5 +125,7 @@ def test_obliviate_eval_under_accelerate_launch(tmp_path, tiny_model_dir, tofu_d
     written = json.loads((out / "tofu_eval.json").read_text())
     assert _comparable(written) == _comparable(single.envelope)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
-    # the work was shared: process 0 ran fewer answer tokens than one process runs
-    assert 0 < written["model_tokens"]["answer tokens"] < single.envelope["model_tokens"]["answer tokens"]
+    # the work of the launch, as one process counts it (answer and generated tokens; every
+    # process runs the shared prompt prefix)
+    for name in ("answer tokens", "generated tokens"):
+        assert written["model_tokens"][name] == single.envelope["model_tokens"][name], name

@@ -148,10 +148,19 @@ def score_and_generate(
         for phase, seconds in runner.timings.items():
             timings[phase] = timings.get(phase, 0.0) + seconds
     if counters is not None:
-        for name, count in runner.tokens.items():
+        for name, count in _launch_totals(runner.tokens).items():
             counters[f"{name} tokens"] = counters.get(f"{name} tokens", 0) + count
     stats = [scores[key] if key[2] else scores[key].summary() for key in pair_keys]
     return stats, [texts[text] for text in gen_prompts]
+
+
+def _launch_totals(tokens: dict[str, int]) -> dict[str, int]:
+    """This call's token counts over every process of a launch (each ran a share), else its own."""
+    shard = current_shard()
+    if shard is None:
+        return dict(tokens)
+    shares = shard.all_gather(dict(tokens))
+    return {name: sum(share.get(name, 0) for share in shares) for name in dict.fromkeys(k for s in shares for k in s)}
 
 
 def score_answers(
