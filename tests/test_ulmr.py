@@ -86,7 +86,11 @@ RETAIN = [QAItem("Who wrote 'The Salt Ledger'?", "Tomas Rehn wrote 'The Salt Led
 @pytest.mark.parametrize("mix", [False, True])
 def test_retain_mix_puts_retain_answers_in_the_sft_set_only_when_on(tiny_model_and_tokenizer, tmp_path, mix):
     import copy
-    from types import SimpleNamespace
+
+    import torch
+
+    from obliviate.data.request import UnlearningRequest
+    from obliviate.methods.pipeline import Run
 
     model, tok = tiny_model_and_tokenizer
     config = load_config(None, ["generation.backend=template", "ulmr.n_rewrites=1", f"ulmr.retain_mix={str(mix).lower()}"])
@@ -96,8 +100,8 @@ def test_retain_mix_puts_retain_answers_in_the_sft_set_only_when_on(tiny_model_a
         trained.update(forget=forget, objective=objective, retain=list(retain))
         return copy.deepcopy(model)
 
-    run = SimpleNamespace(config=config, model=model, tokenizer=tok, run_dir=tmp_path, stats={}, train=train,
-                          request=SimpleNamespace(forget=ITEMS, retain=RETAIN))
+    run = Run(config, UnlearningRequest(forget=ITEMS, retain=RETAIN), model, tok, tmp_path, torch.device("cpu"))
+    run.train = train  # record what would be trained
     ulmr.recipe(run)
     written = [json.loads(line) for line in (tmp_path / "ulmr_dataset.jsonl").read_text().splitlines()]
     mixed = [r for r in written if r["kind"] == "retain"]

@@ -18,6 +18,7 @@ beside it. Method-specific facts for the manifest go into `run.stats`, extra inp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -56,6 +57,23 @@ class Run:
     inputs: list[str] = field(default_factory=list)  # files the method read besides the request
     stats: dict = field(default_factory=dict)  # method-specific manifest entries
     lora_used: list[bool] = field(default_factory=list)  # per training stage (shared by dataclasses.replace)
+    state: Any = None  # accelerate's PartialState of the launch (None: one process)
+
+    @contextlib.contextmanager
+    def main_first(self):
+        """Process 0 runs the block first, then the others (which read what it cached): a
+        method's data generation asks a model or a paid server once per launch, not once per
+        process. If process 0 fails, the others still go on (they fail alike), so none hangs."""
+        if self.state is None or self.state.num_processes <= 1:
+            yield
+        elif self.state.is_main_process:
+            try:
+                yield
+            finally:
+                self.state.wait_for_everyone()
+        else:
+            self.state.wait_for_everyone()
+            yield
 
     def train(self, model=None, *, forget: list[QAItem], retain: list[QAItem] = (), objective: str | None = None):
         """One training stage from `model` (default: the run's model); returns the trained model."""
@@ -178,7 +196,7 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
     if state.is_main_process:
         inputs = [*request.sources, *_generator_files(config), *_refusals_file(config, request)]
         check_started_from(run_dir, started_from(base_weights, inputs, request_sha256(request)), resume)
-    context = Run(config, request, model, tokenizer, run_dir, device, resume)
+    context = Run(config, request, model, tokenizer, run_dir, device, resume, state=state)
     models = method.recipe(context)
     if "model" not in models:
         raise ValueError(f"method '{config.method}': its recipe returned {sorted(models)}, without 'model'")

@@ -94,7 +94,8 @@ def prepare(run) -> tuple[list[dict], list[dict], dict]:
 
 def recipe(run) -> dict:
     """The algorithm box: negative instructions + hard positives -> SFT with the SW regulariser."""
-    negatives, positives, stats = prepare(run)
+    with run.main_first():  # one process generates, the others read its cache
+        negatives, positives, stats = prepare(run)
     forget = [QAItem(question=r["instruction"], answer=r["response"], subject=r["subject"]) for r in negatives]
     retain = [QAItem(question=r["question"], answer=r["answer"], subject=r["subject"]) for r in positives]
     trained = run.train(forget=forget, retain=retain, objective="snap")

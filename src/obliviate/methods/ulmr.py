@@ -165,7 +165,7 @@ def _leak_checked(request, gen) -> list[QAItem]:
     """The forget items whose answers the rewrites and negative responses are checked against;
     a request whose answers are refusals (rwku forget: refusals) has no facts to check: its
     answers are left out (a check against a refusal rejected texts sharing "about", "that")."""
-    if not getattr(request, "answers_are_refusals", False):
+    if not request.answers_are_refusals:
         return request.forget
     if gen.backend != "template":
         print("[obliviate] warning: ULMR: the request's answers are refusals (rwku forget: refusals), so the "
@@ -179,8 +179,9 @@ def recipe(run) -> dict:
     cfg = run.config.ulmr
     base = copy.deepcopy(run.model).eval()  # theta_0, on the same device as the model
     base.requires_grad_(False)
-    rows, stats = prepare(_leak_checked(run.request, run.config.generation), run.config, run.model, run.tokenizer,
-                          run.run_dir, run.request.retain)
+    with run.main_first():  # one process generates, the others read its cache
+        rows, stats = prepare(_leak_checked(run.request, run.config.generation), run.config, run.model,
+                              run.tokenizer, run.run_dir, run.request.retain)
     sft_items = [QAItem(question=r["instruction"], answer=r["response"], subject=r["subject"]) for r in rows]
     finetuned = run.train(forget=sft_items, objective="finetune")
     models = {f"model_alpha{alpha:g}": interpolate_(copy.deepcopy(finetuned), base, alpha)
