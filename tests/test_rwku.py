@@ -429,25 +429,36 @@ def test_a_refusals_request_is_refused_for_methods_that_would_unlearn_the_refusa
 
     from obliviate.config import load_config
     from obliviate.data.request import QAItem, load_request
-    from obliviate.methods import pipeline, ulmr
-    from obliviate.prepare.checks import leaks_answer
+    from obliviate.methods import pipeline
+    from obliviate.prepare.checks import leak_checked_items, leaks_answer
 
     request = load_request({"rwku": {"data": str(rwku_dir), "targets": 1, "forget": "refusals"}})
     assert request.answers_are_refusals and not load_request({"rwku": {"data": str(rwku_dir), "targets": 1,
                                                                         "passages": "none"}}).answers_are_refusals
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    for method in ("idk_dpo", "ga", "npo"):
-        config = load_config(None, [f"method={method}", f"output_dir={tmp_path / method}",
-                                    "objective.retain_loss=none"])
-        with pytest.raises(UserError, match=f"method '{method}' on a request whose answers are refusals"):
+
+    class Loaded(Exception):
+        pass
+
+    def load_model(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(pipeline, "load_model", load_model)
+    for method in ("idk_dpo", "ga", "npo", "sku"):
+        config = load_config(None, [f"method={method}", f"output_dir={tmp_path / method}"])
+        with pytest.raises(UserError, match=f"method '{method}' on a request whose answers are refusals.*"
+                                            r"use finetune, rt, snap, ulmr on this request"):
             pipeline.run(config, request=request)
-    gen = load_config(None, ["generation.backend=local"]).generation
-    checked = ulmr._leak_checked(request, gen)
+    for method in ("rt", "finetune", "ulmr", "snap"):  # they train towards the refusals or use the questions only
+        config = load_config(None, [f"method={method}", f"output_dir={tmp_path / method}", "objective.retain_loss=none"])
+        with pytest.raises(Loaded):
+            pipeline.run(config, request=request)
+    checked = leak_checked_items(request, "local", "ULMR")
     assert [item.answer for item in checked] == [""] * len(request.forget)
-    assert "are not checked for leaks" in capsys.readouterr().out
+    assert "ULMR: the request's answers are refusals" in capsys.readouterr().out
     assert not leaks_answer("I'm not certain about that.", "Where was Ada born?", "")  # nothing to leak
     plain = QAItem("Where was Ada born?", "Ada was born in Paris.")
-    assert ulmr._leak_checked(dataclasses.replace(request, forget=[plain], answers_are_refusals=False), gen) == [plain]
+    assert leak_checked_items(dataclasses.replace(request, forget=[plain], answers_are_refusals=False), "local",
+                              "ULMR") == [plain]
 
 
 def test_hub_branch_reads_a_local_copy_of_the_hub_layout(rwku_dir, tmp_path, monkeypatch, tiny_model_and_tokenizer):

@@ -200,6 +200,22 @@ def test_generated_instructions_are_checked_for_gibberish_and_leaks():
     assert len(generated) == 3 and stats["instruction_fallbacks"] == 3 and not set(generated) & set(bad)
 
 
+def test_legitimate_instructions_pass_the_checks():
+    """The checks must not throw away good instructions: one naming the subject when an answer is
+    part of its name ("Hilton"), one holding a number that contains an answer ("2017" / "17"),
+    possessives, other scripts and accents (the gibberish test knows English spelling only)."""
+    from obliviate.prepare.checks import is_valid_instruction
+
+    answers = ["Hilton", "17", "Paris Hilton was born in New York City.", "She is known for The Simple Life."]
+    for text in ("Where was Paris Hilton born?", "What is Paris Hilton best known for?",
+                 "What did Paris Hilton do in 2017?", "Describe Paris Hilton's career.", "巴黎希尔顿在哪里出生？",
+                 "Où est née Paris Hilton ?", "Tell me something about the childhood of Paris Hilton."):
+        assert is_valid_instruction(text, "Paris Hilton", [], answers), text
+    for text in ("Was Paris Hilton born in New York City?", "Did Paris Hilton star in The Simple Life?",
+                 "c spider on his you are ho", "Where was Paris Hilton born?"):
+        assert not is_valid_instruction(text, "Paris Hilton", ["Where was Paris Hilton born?"], answers), text
+
+
 def test_items_without_a_subject_are_counted_and_warned_about(capsys):
     """TOFU items carry no subject: snap.n_instructions generated nothing for them, silently."""
     from obliviate.methods.snap_data import negative_instructions

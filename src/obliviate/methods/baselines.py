@@ -46,4 +46,5 @@ PRESETS = {"simnpo": {"objective.beta": 4.5, "objective.delta": 0.0, "objective.
                       "objective.retain_weight": 1.0}}
 
 for _name, _summary in BASELINES.items():
-    register_method(Method(_name, one_stage, _summary, presets=PRESETS.get(_name, {})))
+    register_method(Method(_name, one_stage, _summary, presets=PRESETS.get(_name, {}),
+                           refusal_answers=_name in ("rt", "finetune")))  # they train towards the answers

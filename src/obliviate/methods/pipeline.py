@@ -33,7 +33,7 @@ from obliviate.data.request import QAItem, UnlearningRequest, load_request
 from obliviate.data.refusals import load_refusals, refusals_source
 from obliviate.errors import UserError
 from obliviate.hardware import resolve_device
-from obliviate.methods.registry import get_method
+from obliviate.methods.registry import get_method, methods
 from obliviate.models import load_model, remove_stale_saves, save_model
 from obliviate.objectives import OBJECTIVES, batch_slots, needs_retain
 from obliviate.rundir import (CHECKPOINTS, MANIFEST, check_resume_config, check_run_dir, check_started_from,
@@ -125,19 +125,16 @@ def _check_request(config: RunConfig, method, request: UnlearningRequest) -> Non
     """The refusals file an IDK-DPO / RT run trains towards, read before the model loads (training
     reads it again), and the retain items a retain term needs: a bad request fails in seconds, not
     after the load."""
+    if request.answers_are_refusals and not method.refusal_answers:  # first: the other advice would not help
+        takers = ", ".join(sorted(name for name, m in methods().items() if m.refusal_answers))
+        raise UserError(f"method '{config.method}' on a request whose answers are refusals (rwku forget: refusals): "
+                        "it would unlearn the refusals, or prefer another refusal to them; use rwku forget: probes "
+                        f"for it (or use {takers} on this request)")
     if _uses_refusals(config):
         load_refusals(refusals_source(config.objective.refusals, request.refusals))
     retain = (method.retain_items or (lambda request, config: request.retain))(request, config)
     if config.method in OBJECTIVES and needs_retain(config.method, config.objective) and not retain:
         raise UserError(no_retain_message(config.method))  # before the model loads and SNAP generates its data
-    if request.answers_are_refusals and config.method not in REFUSAL_ANSWER_METHODS:
-        raise UserError(f"method '{config.method}' on a request whose answers are refusals (rwku forget: refusals): "
-                        "it would push the model away from refusals, or prefer them to themselves; use rt, "
-                        "finetune or ulmr on it, or rwku forget: probes / passages for this method")
-
-
-#: methods that train towards a request's refusal answers, or use only its questions
-REFUSAL_ANSWER_METHODS = ("rt", "finetune", "ulmr")
 
 
 def _uses_refusals(config: RunConfig) -> bool:

@@ -37,6 +37,9 @@ class Method:
     presets: Mapping[str, Any] = field(default_factory=dict)  # dotted key -> value, under the user's values
     # the request's items its retain term trains on (default: request.retain); SNAP adds the neighbours
     retain_items: Callable[..., list] | None = None
+    # it may run on a request whose answers are refusals (rwku forget: refusals): it trains towards
+    # them (rt, finetune) or uses only the questions (ulmr, snap); the others would unlearn them
+    refusal_answers: bool = False
 
 
 def register_method(method: Method) -> Method:

@@ -28,6 +28,7 @@ from obliviate.io import atomic_write_jsonl
 from obliviate.methods.registry import Method, register_method
 from obliviate.methods.snap_data import hard_positives, negative_instructions, obliterated_responses
 from obliviate.objectives import snap as snap_objective
+from obliviate.prepare.checks import leak_checked_items
 from obliviate.prepare.factory import make_generator
 from obliviate.prompts import fill_check
 
@@ -82,7 +83,8 @@ def prepare(run) -> tuple[list[dict], list[dict], dict]:
                                run.model, run.tokenizer, gen, cache,
                                given=cfg.hard_positive_answers == "given", stats=stats)
     asker = make_generator(gen, run.model, run.tokenizer, cache, "rewrite")
-    negatives = negative_instructions(request.forget, cfg, gen, asker, run.config.seed, stats)
+    negatives = negative_instructions(leak_checked_items(request, gen.backend, "SNAP"), cfg, gen, asker,
+                                      run.config.seed, stats)
     refuser = asker if gen.backend != "template" else make_generator(gen, run.model, run.tokenizer, cache, "negative")
     obliterated_responses(negatives, cfg, gen, refuser, run.config.seed, stats)
     stats["generation_calls"] = asker.calls + (refuser.calls if refuser is not asker else 0)
@@ -111,4 +113,4 @@ def retain_items(request, config) -> list:
 
 register_method(Method("snap", recipe, "negative instructions with obliterated responses, hard positives, "
                        "sliced-Wasserstein regularisation (SNAP)", section=("snap", SnapConfig),
-                       presets=PRESETS, retain_items=retain_items))
+                       presets=PRESETS, retain_items=retain_items, refusal_answers=True))

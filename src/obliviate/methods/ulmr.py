@@ -24,7 +24,6 @@ preparation counts under manifest.json's method_stats.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,8 @@ from obliviate.io import atomic_write_jsonl
 from obliviate.methods.registry import Method, register_method
 from obliviate.methods.ulmr_mix import retain_rows
 from obliviate.prepare.backend import user_turn
-from obliviate.prepare.checks import clean_rewrite, is_refusal, is_valid_rewrite, leaks_answer, safe_refusal
+from obliviate.prepare.checks import (clean_rewrite, is_refusal, is_valid_rewrite, leak_checked_items, leaks_answer,
+                                      safe_refusal)
 from obliviate.prepare.factory import make_generator
 from obliviate.prepare.retry import generate_until_valid
 from obliviate.prepare.templates import TemplateBackend
@@ -161,27 +161,14 @@ def prepare(items: list[QAItem], config: RunConfig, model, tokenizer, run_dir: P
     return rows, stats
 
 
-def _leak_checked(request, gen) -> list[QAItem]:
-    """The forget items whose answers the rewrites and negative responses are checked against;
-    a request whose answers are refusals (rwku forget: refusals) has no facts to check: its
-    answers are left out (a check against a refusal rejected texts sharing "about", "that")."""
-    if not request.answers_are_refusals:
-        return request.forget
-    if gen.backend != "template":
-        print("[obliviate] warning: ULMR: the request's answers are refusals (rwku forget: refusals), so the "
-              "generated rewrites and negative responses are not checked for leaks of the target's facts; "
-              "use rwku forget: probes to check them against its answers", flush=True)
-    return [dataclasses.replace(item, answer="") for item in request.forget]
-
-
 def recipe(run) -> dict:
     """The algorithm box: prepare D' -> SFT from theta_0 -> average with theta_0 (and the sweep's alphas)."""
     cfg = run.config.ulmr
     base = copy.deepcopy(run.model).eval()  # theta_0, on the same device as the model
     base.requires_grad_(False)
     with run.main_first():  # one process generates, the others read its cache
-        rows, stats = prepare(_leak_checked(run.request, run.config.generation), run.config, run.model,
-                              run.tokenizer, run.run_dir, run.request.retain)
+        rows, stats = prepare(leak_checked_items(run.request, run.config.generation.backend, "ULMR"), run.config,
+                              run.model, run.tokenizer, run.run_dir, run.request.retain)
     sft_items = [QAItem(question=r["instruction"], answer=r["response"], subject=r["subject"]) for r in rows]
     finetuned = run.train(forget=sft_items, objective="finetune")
     models = {f"model_alpha{alpha:g}": interpolate_(copy.deepcopy(finetuned), base, alpha)
@@ -192,4 +179,4 @@ def recipe(run) -> dict:
 
 
 register_method(Method("ulmr", recipe, "rewrite forget questions, negative responses, fine-tune, average with "
-                       "the original (ULMR)", section=("ulmr", UlmrConfig)))
+                       "the original (ULMR)", section=("ulmr", UlmrConfig), refusal_answers=True))

@@ -9,7 +9,9 @@ little. The refusal vocabulary they recognise lives in :mod:`obliviate.data.refu
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import unicodedata
 from typing import TYPE_CHECKING
 
 from obliviate.data.refusals import REFUSAL_MARKERS
@@ -44,7 +46,8 @@ _QUESTION_START = frozenset(
     "what who whom whose when where which why how is are was were am do does did can could should "
     "would will shall may might must has have had in on at for from to with by of during according "
     "describe explain tell name list give identify please".split())
-_COMMON_SHORT = frozenset("a i an at be by do go he in is it me my no of on or so to up us we".split())
+_COMMON_SHORT = frozenset("a i an at be by do go he in is it me my no of on or so to up us we s t d m ll re ve"
+                          .split())  # the last: pieces of "Einstein's", "don't", "we'll" once split
 _PRONOUNCEABLE = re.compile(r"[aeiouy]")
 _CONSONANT_RUN = re.compile(r"[bcdfghjklmnpqrstvwxz]{5,}|(.)\1\1")
 
@@ -109,9 +112,20 @@ def is_valid_instruction(text: str, subject: str, earlier: list[str], answers: l
     """A usable generated instruction about ``subject`` (SNAP's negatives): not empty, not a
     repeat, made of mostly real words (not gibberish), and carrying none of the forget answers
     (a question that states the fact, "Was X born in Kuwait City?", would teach the model to
-    refuse while saying it). Not necessarily a question: SNAP asks for indirect forms too."""
-    return (is_valid_rewrite(text, "", earlier) and _mostly_real_words(text, subject)
-            and not any(leaks_answer(text, subject, answer) for answer in answers))
+    refuse while saying it: a name of the answer, or half its other words; one shared word such
+    as "born" is the topic, not the fact). Not necessarily a question: SNAP asks for indirect forms
+    too. Accents are folded for the gibberish test; another script is not judged for gibberish."""
+    if any(leaks_answer(text, subject, answer, threshold=0.5) for answer in answers):
+        return False
+    if not all(c.isascii() or not c.isalpha() or unicodedata.name(c, "").startswith("LATIN") for c in text):
+        key = " ".join(text.casefold().split())  # another script: not judged for gibberish
+        return bool(key) and key not in {" ".join(t.casefold().split()) for t in earlier}
+    folded = _ascii_folded(text)  # "Où est née" -> "Ou est nee": the real-word test knows no accents
+    return is_valid_rewrite(folded, "", [_ascii_folded(t) for t in earlier]) and _mostly_real_words(folded, subject)
+
+
+def _ascii_folded(text: str) -> str:
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
 
 
 def _names(text: str) -> set[str]:
@@ -137,8 +151,11 @@ def leaks_answer(response: str, question: str, answer: str, threshold: float = 0
     if {w for w in _names(answer) - _words(question) if len(w) > 2} & response_words:
         return True
     informative = {w for w in _words(answer) - _words(question) if len(w) > 3}
-    if not informative:
-        return answer.strip().lower() in response.lower()
+    if not informative:  # a short answer ("Yes", "17", "Hilton" for Paris Hilton): as whole words
+        if _words(answer) <= _words(question):
+            return False  # nothing the question does not say already
+        phrase = " ".join(_WORD.findall(answer.lower()))
+        return f" {phrase} " in f" {' '.join(_WORD.findall(response.lower()))} "
     return len(informative & response_words) / len(informative) >= threshold
 
 
@@ -157,3 +174,17 @@ def safe_refusal(templates: TemplateBackend, row: dict, index: int) -> str:
         if not leaks_answer(text, row["question"], row["answer"]):
             return text
     return "I don't know."
+
+
+def leak_checked_items(request, backend: str, method: str) -> list:
+    """The forget items whose answers generated texts are checked against for leaks; a request
+    whose answers are refusals (rwku forget: refusals) has no facts to check, so its answers are
+    left out (a check against a refusal rejected texts sharing "about", "that", and let facts
+    through), with a warning when a model generates the texts."""
+    if not request.answers_are_refusals:
+        return request.forget
+    if backend != "template":
+        print(f"[obliviate] warning: {method}: the request's answers are refusals (rwku forget: refusals), so "
+              "the generated texts are not checked for leaks of the target's facts; use rwku forget: probes "
+              "to check them against its answers", flush=True)
+    return [dataclasses.replace(item, answer="") for item in request.forget]
