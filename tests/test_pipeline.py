@@ -283,3 +283,37 @@ def test_rt_on_a_tofu_folder_trains_on_tofus_own_refusals(tiny_model_dir, tmp_pa
     assert str(folder / "idontknow.jsonl") in manifest["inputs"]
     refusals = {text for dataset in seen for text in getattr(dataset, "refusals", None) or []}
     assert refusals == {"Zebra refusal one.", "Zebra refusal two."}
+
+
+def test_main_first_makes_the_others_wait_on_a_marker_and_fail_with_process_0(tmp_path, monkeypatch):
+    """Under a launch, process 0 prepares the data and the others wait on a marker file (a wait
+    inside a collective would time out during a long generation); if process 0 failed, they fail
+    at once instead of generating everything again."""
+    from types import SimpleNamespace
+
+    import accelerate.utils
+
+    from obliviate.methods.pipeline import PREPARED, Run
+
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda objects: ["token"])
+    marker = tmp_path / f"{PREPARED}-token"
+
+    def run_as(main: bool) -> Run:
+        state = SimpleNamespace(num_processes=2, is_main_process=main)
+        return Run(None, None, None, None, tmp_path, torch.device("cpu"), state=state)
+
+    (tmp_path / f"{PREPARED}-old").write_text("done")  # an earlier launch's
+    with pytest.raises(ZeroDivisionError), run_as(True).main_first():
+        1 / 0
+    assert marker.read_text() == "failed" and not (tmp_path / f"{PREPARED}-old").exists()
+    ran = []
+    with pytest.raises(UserError, match="process 0 failed while preparing the method's data"):
+        with run_as(False).main_first():
+            ran.append("other")
+    assert not ran  # it did not generate again
+    with run_as(True).main_first():
+        ran.append("main")
+    assert marker.read_text() == "done"
+    with run_as(False).main_first():
+        ran.append("other")
+    assert ran == ["main", "other"]

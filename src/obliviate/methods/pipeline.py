@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from obliviate.data.request import QAItem, UnlearningRequest, load_request
 from obliviate.data.refusals import load_refusals, refusals_source
 from obliviate.errors import UserError
 from obliviate.hardware import resolve_device
+from obliviate.io import atomic_write_text
 from obliviate.methods.registry import get_method, methods
 from obliviate.models import load_model, remove_stale_saves, save_model
 from obliviate.objectives import OBJECTIVES, batch_slots, needs_retain
@@ -40,6 +42,10 @@ from obliviate.rundir import (CHECKPOINTS, MANIFEST, check_resume_config, check_
                               discard_unstarted_run, lock_run_dir, prepare_run_dir, started_from, weights_sha256,
                               write_manifest)
 from obliviate.training import no_retain_message, process_state, resolve_precision, train
+
+
+#: the marker process 0 writes once a method's data is prepared (Run.main_first)
+PREPARED = ".prepared"
 
 
 @dataclass
@@ -63,17 +69,31 @@ class Run:
     def main_first(self):
         """Process 0 runs the block first, then the others (which read what it cached): a
         method's data generation asks a model or a paid server once per launch, not once per
-        process. If process 0 fails, the others still go on (they fail alike), so none hangs."""
+        process. The others wait on a marker file in the run directory, not in a collective
+        (NCCL's would time out during a long generation), and fail at once if process 0 failed."""
         if self.state is None or self.state.num_processes <= 1:
             yield
-        elif self.state.is_main_process:
+            return
+        from accelerate.utils import broadcast_object_list
+
+        token = broadcast_object_list([uuid.uuid4().hex if self.state.is_main_process else None])[0]
+        marker = self.run_dir / f"{PREPARED}-{token}"
+        if self.state.is_main_process:
+            for stale in self.run_dir.glob(f"{PREPARED}-*"):  # an earlier launch's
+                stale.unlink(missing_ok=True)
+            outcome = "failed"
             try:
                 yield
+                outcome = "done"
             finally:
-                self.state.wait_for_everyone()
-        else:
-            self.state.wait_for_everyone()
-            yield
+                atomic_write_text(marker, outcome)
+            return
+        while not marker.exists():
+            time.sleep(0.5)
+        if marker.read_text(encoding="utf-8") != "done":
+            raise UserError("process 0 failed while preparing the method's data (its error is above); fix that "
+                            "and rerun")
+        yield
 
     def train(self, model=None, *, forget: list[QAItem], retain: list[QAItem] = (), objective: str | None = None):
         """One training stage from `model` (default: the run's model); returns the trained model."""
