@@ -225,7 +225,7 @@ def test_openai_backend_timeout_is_one_line(server):
     with pytest.raises(UserError) as info:
         backend.generate([msgs("slow")])
     assert str(info.value) == (  # the server is there: starting it or fixing the URL would not help
-        f"{server.base_url} did not answer within 0.2s, 1 try: raise the timeout (generation.timeout_s), "
+        f"{server.base_url} did not answer within 0.2s, 1 try: raise generation.timeout_s, "
         "lower the load on the server, or check its log"
     )
 

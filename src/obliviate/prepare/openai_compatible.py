@@ -10,6 +10,7 @@ the request header (never in logs, caches, error messages or ``repr``).
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -173,7 +174,7 @@ class OpenAICompatibleBackend:
             )
         except openai.APIError as err:
             raise self._failure(openai, err, key) from None
-        except ValueError as err:  # a 200 body that is not JSON: the client raises json's own error
+        except json.JSONDecodeError as err:  # a 200 body that is not JSON: the client raises json's own error
             raise self._no_content(_redact(f"not JSON: {err}", key)) from None
         try:
             content = response.choices[0].message.content
@@ -193,9 +194,9 @@ class OpenAICompatibleBackend:
         if isinstance(err, openai.APIStatusError):
             return self._status_failure(err, key, tries)
         if isinstance(err, openai.APITimeoutError):  # it is there, but slow
-            timeout = " (generation.timeout_s)" if self.option == "generation.base_url" else ""
-            return UserError(f"{self.base_url} did not answer within {self.timeout_s:g}s, {tries}: raise the "
-                             f"timeout{timeout}, lower the load on the server, or check its log")
+            raise_it = "raise generation.timeout_s, " if self.option == "generation.base_url" else ""
+            return UserError(f"{self.base_url} did not answer within {self.timeout_s:g}s, {tries}: {raise_it}lower "
+                             "the load on the server, or check its log")
         if isinstance(err, openai.APIConnectionError):
             reason = _connection_reason(err, key)
         else:  # a 200 answer the client could not parse
