@@ -94,7 +94,7 @@ def test_a_new_method_plugs_in_through_the_registry(shrink_method, tiny_model_di
     assert "shrink" in capsys.readouterr().out and "test method" in api.methods()["shrink"]
 
 
-def test_presets_sit_under_the_users_values(shrink_method):
+def test_presets_sit_under_the_users_values(shrink_method, tmp_path):
     assert load_config(None, ["method=shrink"]).train.max_steps == 2
     # an explicit value wins, also when it equals the generic default
     assert load_config(None, ["method=shrink", "train.max_steps=-1"]).train.max_steps == -1
@@ -111,6 +111,9 @@ def test_presets_sit_under_the_users_values(shrink_method):
     resolved = flatten_keys(load_config(None, ["method=shrink"]).to_dict())
     assert load_config(None, [("train.num_epochs", 1)], base=resolved).train.max_steps == -1
     assert load_config(None, [], base=resolved).train.max_steps == 2
+    written = tmp_path / "mine.yaml"  # the user's own file sets the preset's value: it stays
+    written.write_text("method: shrink\ntrain:\n  max_steps: 2\n")
+    assert load_config(written, ["train.num_epochs=3"]).train.max_steps == 2
 
 
 def test_resolved_config_keeps_every_section(tmp_path):

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from obliviate.errors import UserError
-from obliviate.io import parse_yaml, read_user_text, short_repr
+from obliviate.io import flatten_keys, parse_yaml, read_user_text, short_repr
 from obliviate.methods import registry
 
 
@@ -258,8 +258,11 @@ def load_config(path: str | Path | None = None, overrides: list = (), base: dict
     data: dict = {}
     for key, value in (base or {}).items():
         _set_dotted(data, key, value)
+    written: set[str] = set()  # keys the user's file sets
     if path is not None:
-        _merge(data, _train_aliases(_read_yaml(Path(path)), str(path)))
+        file_data = _train_aliases(_read_yaml(Path(path)), str(path))
+        written = set(flatten_keys(file_data))
+        _merge(data, file_data)
     spelled: dict[str, str] = {}  # key under our names -> how an override spelled it
     for override in overrides:
         key, value = override if isinstance(override, tuple) else _parse_override(override)
@@ -273,7 +276,7 @@ def load_config(path: str | Path | None = None, overrides: list = (), base: dict
         raise UserError(f"config key 'method' = {short_repr(method)} is invalid; expected one of "
                         f"{', '.join(registry.methods())}")
     merged: dict = {}
-    for key, value in registry.presets_under(method, data, set(spelled)).items():  # under everything the user set
+    for key, value in registry.presets_under(method, data, set(spelled) | written).items():  # under everything the user set
         _set_dotted(merged, key, value)
     _merge(merged, data)
     config = _build(RunConfig, merged, extra=registry.sections())

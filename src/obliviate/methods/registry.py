@@ -50,16 +50,17 @@ def register_method(method: Method) -> Method:
     return method
 
 
-def presets_under(name: str, data: dict, overridden: set[str]) -> dict[str, Any]:
-    """Method `name`'s presets that apply under the user's `data` (nested config values) and
-    `overridden` (dotted keys the overrides set): a step budget (SKU's train.max_steps=1000)
-    yields to the user's train.num_epochs, which it would override (max_steps > 0 wins), also
-    when a resolved config given as the base holds the preset's value (it is dropped from `data`)."""
+def presets_under(name: str, data: dict, user_set: set[str]) -> dict[str, Any]:
+    """Method `name`'s presets that apply under the user's `data` (nested config values; `user_set`:
+    the dotted keys the user's file and overrides set, not a base): a step budget (SKU's
+    train.max_steps=1000) yields to the user's train.num_epochs, which it would override
+    (max_steps > 0 wins), also when a resolved config given as the base holds the preset's value
+    (it is dropped from `data`)."""
     presets = dict(get_method(name).presets)
     train = data.get("train") if isinstance(data.get("train"), dict) else {}
     if "num_epochs" in train and "max_steps" not in train:
         presets.pop("train.max_steps", None)
-    elif "train.num_epochs" in overridden and "train.max_steps" not in overridden and \
+    elif "train.num_epochs" in user_set and "train.max_steps" not in user_set and \
             train.get("max_steps") == presets.get("train.max_steps"):
         del train["max_steps"]
         presets.pop("train.max_steps", None)
