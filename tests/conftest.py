@@ -176,3 +176,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def launch_two(args: list[str], *, timeout: float, cwd: Path | None = None):
+    """`accelerate launch` of two CPU processes (examples/accelerate_multi_gpu.yaml, a free port,
+    one thread each, offline) running `args` (a script and its arguments, or `-m obliviate ...`)."""
+    import socket
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+         str(root / "examples" / "accelerate_multi_gpu.yaml"), "--num_processes", "2", "--main_process_port",
+         str(port), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)

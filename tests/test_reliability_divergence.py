@@ -101,25 +101,11 @@ train(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretra
 def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path, tiny_model_dir):
     """Only process 1's loss is NaN and no gradient is: process 0 learns it from the shared check
     before the optimiser step and stops too (alone it would step on and wait for process 1)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import launch_two
 
-    root = Path(__file__).resolve().parents[1]
     script = tmp_path / "nan_on_1.py"
     script.write_text(NAN_ON_ONE_PROCESS)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(root / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-         str(root / "examples" / "accelerate_multi_gpu.yaml"), "--num_processes", "2", "--main_process_port",
-         str(port), str(script), str(tiny_model_dir), str(tmp_path / "run")],
-        env=env, capture_output=True, text=True, timeout=120)
+    done = launch_two([str(script), str(tiny_model_dir), str(tmp_path / "run")], timeout=120)
     assert done.returncode != 0
     assert "loss is nan" in done.stderr, done.stderr[-3000:]
     assert "non-finite on another process" in done.stderr, done.stderr[-3000:]

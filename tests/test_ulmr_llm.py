@@ -125,16 +125,11 @@ def test_ulmr_with_an_openai_compatible_generator_trains_on_its_texts(scripted_s
 def test_a_launch_of_two_processes_asks_the_server_once(scripted_server, tiny_model_dir, tmp_path, monkeypatch):
     """Under `accelerate launch` every process generated ULMR's data itself: a paid endpoint was
     asked once per process. Process 0 now generates, the others read its cache."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import launch_two
 
     from obliviate.cli import main
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    root = Path(__file__).resolve().parents[1]
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"forget": ITEMS, "retain": [ITEMS[0]]}))
     args = ["unlearn", "--method", "ulmr", f"model={tiny_model_dir}", f"request={request}", "generation.backend=openai",
@@ -143,16 +138,7 @@ def test_a_launch_of_two_processes_asks_the_server_once(scripted_server, tiny_mo
     assert main([*args, f"output_dir={tmp_path / 'one'}"]) == 0
     once, scripted_server.requests = scripted_server.requests, 0
     scripted_server.asked.clear()  # it serves rewrites in the order asked: start the launch where the first began
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(root / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-         str(root / "examples" / "accelerate_multi_gpu.yaml"), "--num_processes", "2", "--main_process_port", str(port),
-         "-m", "obliviate", *args, f"output_dir={tmp_path / 'two'}"],
-        env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    done = launch_two(["-m", "obliviate", *args, f"output_dir={tmp_path / 'two'}"], timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert scripted_server.requests == once > 0
     assert (tmp_path / "two" / "ulmr_dataset.jsonl").read_text() == (tmp_path / "one" / "ulmr_dataset.jsonl").read_text()
