@@ -497,3 +497,23 @@ def test_hub_branch_reads_a_local_copy_of_the_hub_layout(rwku_dir, tmp_path, mon
         assert result["n_samples"]["1_Ada_Example/forget_fb"] == 1 and "1_Ada_Example/mmlu" in result["tasks"]
     finally:
         rwku_data._hub_records.cache_clear()
+
+
+def test_rt_can_train_each_question_towards_its_own_refusal(rwku_dir, tiny_tokenizer, tmp_path):
+    """objective.refusal_draw=own: RWKU's RT trains each reject.json question towards its own
+    output; the pool draw paired them with refusals from a file. Refused on a request whose
+    answers are facts (it would be plain fine-tuning on them)."""
+    from obliviate.config import load_config
+    from obliviate.data.collate import SlotDataset
+    from obliviate.data.request import load_request
+    from obliviate.methods import pipeline
+
+    request = load_request({"rwku": {"data": str(rwku_dir), "targets": 1, "forget": "refusals"}})
+    ds = SlotDataset(tiny_tokenizer, ("forget_refusal",), forget=request.forget, max_length=128, refusal_draw="own")
+    for i, item in enumerate(request.forget):
+        assert ds[i]["forget_refusal"] == ds.encode(item.question, item.answer)
+    config = load_config(None, ["method=rt", f"output_dir={tmp_path / 'rt'}", "objective.refusal_draw=own",
+                                "objective.retain_loss=none"])
+    facts = load_request({"rwku": {"data": str(rwku_dir), "targets": 1, "passages": "none"}})
+    with pytest.raises(UserError, match="objective.refusal_draw=own trains each question towards its own answer"):
+        pipeline.run(config, request=facts)

@@ -75,7 +75,7 @@ class ObjectiveConfig:
     beta: float = 0.1  # NPO / DPO temperature (SimNPO: 4.5)
     delta: float = 0.0  # SimNPO margin
     refusals: str | None = None  # file of refusal strings for IDK-DPO / RT (default: built-in list)
-    refusal_draw: str = "each_epoch"  # each_epoch: a refusal drawn afresh per epoch (the reference) | once
+    refusal_draw: str = "each_epoch"  # each_epoch: drawn afresh per epoch (the reference) | once | own (RWKU's RT)
     kl_positions: str = "answer"  # KL terms over answer tokens | all: every padded position (open-unlearning)
     rmu_layer: int = -1  # -1: round(7/32 x depth), WMDP's layer 7 of 32 (objectives/rmu.py); else a layer index
     rmu_steering_coeff: float = 6.5
@@ -362,7 +362,8 @@ def validate(config: RunConfig) -> None:
         (config.objective.beta > 0, "objective.beta", "a positive number (NPO / SimNPO / IDK-DPO divide by it)"),
         (config.objective.rmu_layer >= -1, "objective.rmu_layer", "-1 (WMDP's relative depth) or a layer index >= 0"),
         (config.objective.retain_loss in ("nll", "kl", "none"), "objective.retain_loss", "nll, kl or none"),
-        (config.objective.refusal_draw in ("each_epoch", "once"), "objective.refusal_draw", "each_epoch or once"),
+        (config.objective.refusal_draw in ("each_epoch", "once", "own"), "objective.refusal_draw",
+         "each_epoch, once or own"),
         (config.objective.kl_positions in ("answer", "all"), "objective.kl_positions", "answer or all"),
         (config.objective.rmu_tokens in ("answer", "all"), "objective.rmu_tokens", "answer or all"),
         (config.objective.rmu_train_modules in ("down_proj", "mlp"), "objective.rmu_train_modules",

@@ -328,7 +328,8 @@ def train(
     dataset = SlotDataset(
         tokenizer, slots, forget=forget, retain=retain if "retain" in slots else [],
         max_length=config.train.max_length, seed=config.seed,
-        refusals=load_refusals(objective_cfg.refusals) if "forget_refusal" in slots else None,
+        refusals=load_refusals(objective_cfg.refusals) if "forget_refusal" in slots and
+        objective_cfg.refusal_draw != "own" else None,
         other_answers=getattr(options, "other_answers", 5), refusal_draw=objective_cfg.refusal_draw,
     )
     set_seed(config.seed)  # LoRA's initial adapter weights

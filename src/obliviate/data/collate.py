@@ -77,7 +77,7 @@ class SlotDataset(torch.utils.data.Dataset):
             raise UserError(f"the forget set holds raw passages, but this objective's {question_slots[0]} slot needs "
                             "questions; train passages with ga, npo, graddiff, simnpo or finetune, or use QA items "
                             "(rwku.forget: probes or refusals)")
-        if "forget_refusal" in slots and not refusals:
+        if "forget_refusal" in slots and not refusals and refusal_draw != "own":
             raise UserError("this objective trains towards refusals but none were given; check objective.refusals")
         self.tokenizer, self.slots, self.max_length, self.seed = tokenizer, tuple(slots), max_length, seed
         self.forget_items, self.retain_items = list(forget), list(retain)
@@ -128,9 +128,12 @@ def _forget_refusal(ds: SlotDataset, i: int) -> dict:
 
     Default ("each_epoch"): drawn afresh each time the item is used, as open-unlearning's
     dataset draws one per __getitem__, seeded by (seed, epoch, i) so a resumed run is identical.
-    `refusal_draw="once"` (objective.refusal_draw=once) keeps the old behaviour:
+    `refusal_draw="own"`: the item's own answer, which is its refusal in an rwku forget: refusals
+    request (reject.json's, as RWKU's RT trains). `refusal_draw="once"` keeps the old behaviour:
     one refusal per question, drawn once, the same target every epoch.
     """
+    if ds.refusal_draw == "own":  # the item's answer is its refusal (rwku forget: refusals, RWKU's RT)
+        return ds.encode(ds.forget_items[i].question, ds.forget_items[i].answer)
     if ds.refusal_draw == "once":
         if not hasattr(ds, "_refusal_of"):
             rng = random.Random(ds.seed)

@@ -21,7 +21,8 @@ from obliviate.objectives import get_objective
 def one_stage(run) -> dict:
     """theta = train(theta_0) on the request with the objective named like the method."""
     config = run.config
-    if "forget_refusal" in get_objective(config.method).slots:  # TOFU's idontknow.jsonl when the request has one
+    own = config.objective.refusal_draw == "own"  # each item's answer is its refusal: no file
+    if "forget_refusal" in get_objective(config.method).slots and not own:  # TOFU's idontknow.jsonl beside a request
         config.objective.refusals = refusals_source(config.objective.refusals, run.request.refusals)
         if config.objective.refusals:
             run.inputs.append(config.objective.refusals)

@@ -150,7 +150,10 @@ def _check_request(config: RunConfig, method, request: UnlearningRequest) -> Non
         raise UserError(f"method '{config.method}' on a request whose answers are refusals (rwku forget: refusals): "
                         "it would unlearn the refusals, or prefer another refusal to them; use rwku forget: probes "
                         f"for it (or use {takers} on this request)")
-    if _uses_refusals(config):
+    if _uses_refusals(config) and config.objective.refusal_draw == "own" and not request.answers_are_refusals:
+        raise UserError("objective.refusal_draw=own trains each question towards its own answer, a refusal only in "
+                        "an rwku forget: refusals request; this request's answers are facts: use each_epoch or once")
+    if _uses_refusals(config) and config.objective.refusal_draw != "own":
         load_refusals(refusals_source(config.objective.refusals, request.refusals))
     retain = (method.retain_items or (lambda request, config: request.retain))(request, config)
     if config.method in OBJECTIVES and needs_retain(config.method, config.objective) and not retain:
@@ -173,7 +176,8 @@ def _generator_files(config: RunConfig) -> list[str]:
 
 def _refusals_file(config: RunConfig, request: UnlearningRequest) -> list[str]:
     """The refusals file an IDK-DPO / RT run trains towards: an input a resume must find unchanged."""
-    source = refusals_source(config.objective.refusals, request.refusals) if _uses_refusals(config) else None
+    used = _uses_refusals(config) and config.objective.refusal_draw != "own"
+    source = refusals_source(config.objective.refusals, request.refusals) if used else None
     return [source] if source else []
 
 
