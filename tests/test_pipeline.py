@@ -288,7 +288,7 @@ def test_rt_on_a_tofu_folder_trains_on_tofus_own_refusals(tiny_model_dir, tmp_pa
     assert refusals == {"Zebra refusal one.", "Zebra refusal two."}
 
 
-def test_main_first_makes_the_others_wait_on_a_marker_and_fail_with_process_0(tmp_path, monkeypatch):
+def test_main_first_makes_the_others_wait_on_a_marker_and_fail_with_process_0(tmp_path, monkeypatch, capsys):
     """Under a launch, process 0 prepares the data and the others wait on a marker file (a wait
     inside a collective would time out during a long generation); if process 0 failed, they fail
     at once instead of generating everything again."""
@@ -319,4 +319,5 @@ def test_main_first_makes_the_others_wait_on_a_marker_and_fail_with_process_0(tm
     assert marker.read_text() == "done"
     with run_as(False).main_first():
         ran.append("other")
-    assert ran == ["main", "other"]
+        print("[obliviate] warning: said by process 0 already")
+    assert ran == ["main", "other"] and "said by process 0" not in capsys.readouterr().out

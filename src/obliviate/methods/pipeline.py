@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import time
 import uuid
@@ -70,7 +71,8 @@ class Run:
         """Process 0 runs the block first, then the others (which read what it cached): a
         method's data generation asks a model or a paid server once per launch, not once per
         process. The others wait on a marker file in the run directory, not in a collective
-        (NCCL's would time out during a long generation), and fail at once if process 0 failed."""
+        (NCCL's would time out during a long generation), fail at once if process 0 failed, and
+        print nothing of it (process 0 printed the progress and warnings)."""
         if self.state is None or self.state.num_processes <= 1:
             yield
             return
@@ -93,7 +95,8 @@ class Run:
         if marker.read_text(encoding="utf-8") != "done":
             raise UserError("process 0 failed while preparing the method's data (its error is above); fix that "
                             "and rerun")
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):  # process 0 has said it all (progress, warnings)
+            yield
 
     def train(self, model=None, *, forget: list[QAItem], retain: list[QAItem] = (), objective: str | None = None):
         """One training stage from `model` (default: the run's model); returns the trained model."""
