@@ -276,7 +276,8 @@ def load_config(path: str | Path | None = None, overrides: list = (), base: dict
         raise UserError(f"config key 'method' = {short_repr(method)} is invalid; expected one of "
                         f"{', '.join(registry.methods())}")
     merged: dict = {}
-    for key, value in registry.presets_under(method, data, set(spelled) | written).items():  # under everything the user set
+    presets = registry.presets_under(method, data, set(spelled) | written)
+    for key, value in presets.items():  # under everything the user set
         _set_dotted(merged, key, value)
     _merge(merged, data)
     config = _build(RunConfig, merged, extra=registry.sections())

@@ -149,11 +149,10 @@ def _protocol(data, where: str, base: Path, given: dict) -> Protocol:
         if isinstance(value, int) and value < LEAST.get(key, value):
             raise UserError(f"{where}.{key} = {value} is invalid; expected an integer >= {LEAST[key]}")
         note = ""
-        if _is_path(key, value, base) and not Path(value).expanduser().is_absolute():
-            note = f" (relative to {base.absolute()})"
-            value = str(base / value)
-        elif _is_path(key, value, base):
-            value = str(Path(value).expanduser())
+        if _is_path(key, value, base):
+            expanded = Path(value).expanduser()
+            note = "" if expanded.is_absolute() else f" (relative to {base.absolute()})"
+            value = str(expanded if expanded.is_absolute() else base / value)
         given[key] = (f"{where}.{key}:", data[key], note)
         values[key] = value
     return Protocol(**values)

@@ -21,9 +21,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from obliviate.errors import UserError
 from obliviate.evaluation.engine import ENGINE_VERSION, resolve_precision
 from obliviate.hardware import model_device
-from obliviate.errors import UserError
 from obliviate.io import atomic_write_json, atomic_write_text
 from obliviate.rundir import RunLock, try_lock
 

@@ -156,8 +156,8 @@ def _check_request(config: RunConfig, method, request: UnlearningRequest) -> Non
     if _uses_refusals(config) and config.objective.refusal_draw == "own" and not request.answers_are_refusals:
         raise UserError("objective.refusal_draw=own trains each question towards its own answer, a refusal only in "
                         "an rwku forget: refusals request; this request's answers are facts: use each_epoch or once")
-    if _uses_refusals(config) and config.objective.refusal_draw != "own":
-        load_refusals(refusals_source(config.objective.refusals, request.refusals))
+    for source in _refusals_file(config, request):
+        load_refusals(source)
     retain = (method.retain_items or (lambda request, config: request.retain))(request, config)
     if config.method in OBJECTIVES and needs_retain(config.method, config.objective) and not retain:
         raise UserError(no_retain_message(config.method))  # before the model loads and SNAP generates its data
@@ -177,11 +177,12 @@ def _generator_files(config: RunConfig) -> list[str]:
     return sorted(str(path) for path in Path(gen.model).glob("*.safetensors"))
 
 
-def _refusals_file(config: RunConfig, request: UnlearningRequest) -> list[str]:
-    """The refusals file an IDK-DPO / RT run trains towards: an input a resume must find unchanged."""
-    used = _uses_refusals(config) and config.objective.refusal_draw != "own"
-    source = refusals_source(config.objective.refusals, request.refusals) if used else None
-    return [source] if source else []
+def _refusals_file(config: RunConfig, request: UnlearningRequest) -> list[str | None]:
+    """The refusals an IDK-DPO / RT run draws from: [file], [None] for the built-in list, [] when
+    it draws none (another method, or refusal_draw=own: each item's own answer)."""
+    if not _uses_refusals(config) or config.objective.refusal_draw == "own":
+        return []
+    return [refusals_source(config.objective.refusals, request.refusals)]
 
 
 def request_sha256(request: UnlearningRequest) -> str:
@@ -217,9 +218,11 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
         save_config(config, run_dir / "config.yaml")
     model.to(device)
     base_weights = weights_sha256(model)  # before training changes the weights in place
+    request_sha = request_sha256(request)
     if state.is_main_process:
-        inputs = [*request.sources, *_generator_files(config), *_refusals_file(config, request)]
-        check_started_from(run_dir, started_from(base_weights, inputs, request_sha256(request)), resume)
+        refusals = [source for source in _refusals_file(config, request) if source]  # a file: an input to keep
+        inputs = [*request.sources, *_generator_files(config), *refusals]
+        check_started_from(run_dir, started_from(base_weights, inputs, request_sha), resume)
     context = Run(config, request, model, tokenizer, run_dir, device, resume, state=state)
     models = method.recipe(context)
     if "model" not in models:
@@ -235,7 +238,7 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
             "lora": any(context.lora_used) if context.lora_used else config.train.lora.enabled,
             "base_model": {"name": config.model, "weights_sha256": base_weights},
             "request": {"name": request.name, "forget": len(request.forget), "retain": len(request.retain),
-                        "sha256": request_sha256(request)},
+                        "sha256": request_sha},
             "inputs": [*request.sources, *context.inputs],
             "models": saved,  # sha256 of each saved folder's files
             "models_weights_sha256": weights,  # of its tensors, as base_model.weights_sha256

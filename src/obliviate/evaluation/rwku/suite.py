@@ -118,8 +118,9 @@ def evaluate_rwku(
     256 tokens per item, so a full probe set with a few utility items is the cheap setting).
     ``utility``: which of mmlu, bbh, truthfulqa, triviaqa, fluency ("all", "none" or a comma
     list); a set absent from ``data`` is skipped with a log line. ``use_prompt``: RWKU's ICU
-    prefix before every prompt and MIA text (probes, MIA, utility sets, as RWKU's eval_*.py). ``decode``, ``decode_batch_size``: the greedy decoding path and the prompts decoded
-    together (engine.score_and_generate).
+    prefix before every prompt and MIA text (probes, MIA, utility sets, as RWKU's eval_*.py).
+    ``decode``, ``decode_batch_size``: the greedy decoding path and the prompts decoded together
+    (engine.score_and_generate).
     """
     from obliviate.evaluation.rwku.report import render_rwku
 

@@ -140,8 +140,9 @@ def evaluate_tofu(
                         "decode_batch_size": decode_batch_size})
     notes = [f"no '{holdout}' split: MIA AUCs and PrivLeak not computed"] if extras and not holdout_items else []
     if extra_values and extra_values.get("answers_cut"):
-        notes.append(f"max_length {max_length} cut {extra_values['answers_cut']} forget / holdout answers to <= 1 token: "
-                     "they have no extraction strength, memorisation or MIA scores (left out); raise max_length")
+        notes.append(f"max_length {max_length} cut {extra_values['answers_cut']} forget / holdout answers to "
+                     "<= 1 token: they have no extraction strength, memorisation or MIA scores (left out); raise "
+                     "max_length")
     forget_quality = compare_with_retain(tasks["forget"]["items"], reference, extra_values, bool(holdout_items), notes)
     summary = _summary(model, model_name, forget_split, tasks, forget_quality, extra_values, notes)
     config = _config(tokenizer, summary["model"], fingerprint, result_cache, reference.source,
