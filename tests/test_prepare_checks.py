@@ -93,3 +93,28 @@ def test_template_backend_refusals_are_recognised():
                for i in range(60) for subject in ("Ilsa Corvanne", None)}
     assert len(outputs) == 2 * len(REFUSAL_TEMPLATES) - sum("{subject}" not in t for t in REFUSAL_TEMPLATES)
     assert all(is_refusal(text) for text in outputs)
+
+
+def test_rewrites_in_other_languages_are_judged_not_dropped():
+    # accents are folded for the word tests; a rewrite of a French question is still a rewrite
+    question = "Où est née Marie Curie ?"
+    assert is_valid_rewrite("Dans quelle ville Marie Curie est-elle née ?", question, [])
+    assert not is_valid_rewrite("Ou est nee Marie Curie", question, [])          # the same, accents aside
+    assert not is_valid_rewrite("Marie Curie xqzvbn kjhgfd wrtpls mnbvc ?", question, [])
+    # another script: only emptiness and repeats can be judged (a Chinese rewrite has no ASCII word)
+    assert is_valid_rewrite("玛丽·居里出生在哪座城市？", "玛丽·居里在哪里出生？", [])
+    assert not is_valid_rewrite("玛丽·居里在哪里出生?", "玛丽·居里在哪里出生？", [])
+    assert not is_valid_rewrite("？", "玛丽·居里在哪里出生？", [])
+
+
+def test_answers_in_other_scripts_and_with_accents_are_checked_for_leaks():
+    # Chinese is written without spaces: its character pairs are compared
+    question, answer = "玛丽·居里出生在哪里？", "她出生在华沙。"
+    assert leaks_answer("对不起，我只知道她来自华沙。", question, answer)
+    assert not leaks_answer("对不起，我不知道这个问题的答案。", question, answer)
+    assert leaks_answer("答案是北。", "方向？", "北") and not leaks_answer("我不知道。", "方向？", "北")
+    # a Latin answer with accents leaks written with or without them
+    assert leaks_answer("I believe she lived in Zurich.", "Where did Ilsa live?", "Zürich")
+    assert leaks_answer("Elle vit à Zürich.", "Where did Ilsa live?", "Zürich")
+    assert not leaks_answer("Je ne sais pas.", "Where did Ilsa live?", "Zürich")
+    assert leaks_answer("Она родилась в Варшаве, в Польше.", "Где родилась Мария?", "Мария родилась в Варшаве, Польше")

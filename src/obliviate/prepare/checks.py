@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["clean_rewrite", "is_refusal", "is_valid_rewrite", "leaks_answer", "safe_refusal"]
 
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script, on _fold()ed text
 _ANSWER_PREFIX = re.compile(r"^(rewritten question|rewrite|question|paraphrase|answer)\s*\d*\s*:\s*", re.I)
 _FUNCTION_WORDS = frozenset(
     "a an and are as at be but by for from had has have her his in into is it its not of on or "
@@ -29,8 +29,34 @@ _FUNCTION_WORDS = frozenset(
     "which who whom why will with you your".split())
 
 
+def _fold(text: str) -> str:
+    """Case and accents folded ("Où est née" -> "ou est nee"); other scripts kept as they are."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
+
+
+def _tokens(text: str) -> list[str]:
+    return _WORD.findall(_fold(text))
+
+
 def _words(text: str) -> set[str]:
-    return set(_WORD.findall(text.lower()))
+    return set(_tokens(text))
+
+
+def _latin(text: str) -> bool:
+    """Every letter is Latin: the word tests below (real words, questions, names) know no other script."""
+    return all(c.isascii() or not c.isalpha() or unicodedata.name(c, "").startswith("LATIN") for c in text)
+
+
+_UNSPACED = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
+
+
+def _unspaced(text: str) -> bool:
+    """Written without spaces between words (Chinese, Japanese, Thai...): words cannot be counted."""
+    return any(c.isalpha() and unicodedata.name(c, "").startswith(_UNSPACED) for c in text)
+
+
+def _bigrams(text: str) -> set[str]:
+    return {run[i:i + 2] for run in _tokens(text) for i in range(len(run) - 1)}
 
 
 def clean_rewrite(text: str) -> str:
@@ -53,12 +79,12 @@ _CONSONANT_RUN = re.compile(r"[bcdfghjklmnpqrstvwxz]{5,}|(.)\1\1")
 
 
 def _key(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
+    return " ".join(_tokens(text))
 
 
 def _is_question(text: str) -> bool:
     """Asked as a question: has a '?' or opens with an interrogative, auxiliary or request verb."""
-    words = _WORD.findall(text.lower())
+    words = _tokens(text)
     return "?" in text or (bool(words) and words[0] in _QUESTION_START)
 
 
@@ -73,7 +99,7 @@ def _looks_real(word: str, known: set[str]) -> bool:
 def _mostly_real_words(text: str, question: str, share: float = 0.8) -> bool:
     """At least `share` of the words are the question's or look like words (a vowel, no run of five
     consonants or of one letter thrice); at least three words, not all the same."""
-    words = _WORD.findall(text.lower())
+    words = _tokens(text)
     known = _words(question) | _FUNCTION_WORDS | _QUESTION_START
     if len(words) < 3 or len(set(words)) < 2:
         return False
@@ -95,15 +121,17 @@ def _same_subject(text: str, question: str) -> bool:
 
 
 def is_valid_rewrite(rewrite: str, question: str, earlier: list[str]) -> bool:
-    """A usable rewrite of `question`: not empty, not equal (ignoring case, spaces and punctuation)
-    to the question or to an earlier rewrite, and, when a question is given, still a question (a
-    '?' or an interrogative opening, so not an answer), about the same subject (shares its names or
-    content words) and made of mostly real words (not gibberish). With ``question=""`` (generated
-    instructions with no original, e.g. SNAP's) only emptiness and repeats are checked."""
+    """A usable rewrite of `question`: not empty, not equal (ignoring case, accents, spaces and
+    punctuation) to the question or to an earlier rewrite, and, when a question is given, still a
+    question (a '?' or an interrogative opening, so not an answer), about the same subject (shares
+    its names or content words) and made of mostly real words (not gibberish). With
+    ``question=""`` (generated instructions with no original, e.g. SNAP's) only emptiness and
+    repeats are checked; so they are for a text in another script than Latin, which the word tests
+    cannot judge."""
     key = _key(rewrite)
     if not key or key in {_key(t) for t in [question, *earlier]}:
         return False
-    if not question.strip():
+    if not question.strip() or not (_latin(rewrite) and _latin(question)):
         return True
     return _is_question(rewrite) and _same_subject(rewrite, question) and _mostly_real_words(rewrite, question)
 
@@ -114,18 +142,10 @@ def is_valid_instruction(text: str, subject: str, earlier: list[str], answers: l
     (a question that states the fact, "Was X born in Kuwait City?", would teach the model to
     refuse while saying it: a name of the answer, or half its other words; one shared word such
     as "born" is the topic, not the fact). Not necessarily a question: SNAP asks for indirect forms
-    too. Accents are folded for the gibberish test; another script is not judged for gibberish."""
+    too. A text in another script than Latin is not judged for gibberish."""
     if any(leaks_answer(text, subject, answer, threshold=0.5) for answer in answers):
         return False
-    if not all(c.isascii() or not c.isalpha() or unicodedata.name(c, "").startswith("LATIN") for c in text):
-        key = " ".join(text.casefold().split())  # another script: not judged for gibberish
-        return bool(key) and key not in {" ".join(t.casefold().split()) for t in earlier}
-    folded = _ascii_folded(text)  # "Où est née" -> "Ou est nee": the real-word test knows no accents
-    return is_valid_rewrite(folded, "", [_ascii_folded(t) for t in earlier]) and _mostly_real_words(folded, subject)
-
-
-def _ascii_folded(text: str) -> str:
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return is_valid_rewrite(text, "", earlier) and (not _latin(text) or _mostly_real_words(text, subject))
 
 
 def _names(text: str) -> set[str]:
@@ -147,6 +167,8 @@ def leaks_answer(response: str, question: str, answer: str, threshold: float = 0
     a refusal, which costs little."""
     if not answer.strip():
         return False  # no answer, nothing to leak (a request whose answers are refusals: see methods/ulmr.py)
+    if _unspaced(answer):
+        return _leaks_unspaced(response, question, answer, threshold)
     response_words = _words(response)
     if {w for w in _names(answer) - _words(question) if len(w) > 2} & response_words:
         return True
@@ -154,9 +176,19 @@ def leaks_answer(response: str, question: str, answer: str, threshold: float = 0
     if not informative:  # a short answer ("Yes", "17", "Hilton" for Paris Hilton): as whole words
         if _words(answer) <= _words(question):
             return False  # nothing the question does not say already
-        phrase = " ".join(_WORD.findall(answer.lower()))
-        return f" {phrase} " in f" {' '.join(_WORD.findall(response.lower()))} "
+        return f" {_key(answer)} " in f" {_key(response)} "
     return len(informative & response_words) / len(informative) >= threshold
+
+
+def _leaks_unspaced(response: str, question: str, answer: str, threshold: float) -> bool:
+    """leaks_answer for an answer written without spaces (巴黎, 東京都): words cannot be counted, so
+    its character pairs that the question lacks are (at least `threshold` of them in the text), or,
+    for a one-character answer, the character itself."""
+    pairs = _bigrams(answer) - _bigrams(question)
+    if pairs:
+        return len(pairs & _bigrams(response)) / len(pairs) >= threshold
+    key = _key(answer).replace(" ", "")
+    return len(key) == 1 and key not in _key(question) and key in _key(response)
 
 
 def is_refusal(text: str) -> bool:
