@@ -144,3 +144,14 @@ def test_an_rwku_data_folder_is_relative_to_the_request_file(layout):
     (requests / "req.yaml").write_text("rwku: {data: ../data-rwku, targets: 1}\n")
     with pytest.raises(UserError, match=r"\[rwku\.data\]: \.\./data-rwku: no such directory"):
         load_request(requests / "req.yaml")
+
+
+def test_a_missing_folder_under_a_folder_beside_the_request_is_a_path_not_a_hub_id(layout, monkeypatch):
+    """`forget: data/forget_set` beside a data/ folder is a path with a typo, not the hub dataset
+    data/forget_set: it was sent to the hub (half a minute offline) and reported as unreachable."""
+    requests, _ = layout
+    monkeypatch.setattr("obliviate.data.loaders._read_hub_dataset", lambda *a: pytest.fail("asked the hub"))
+    (requests / "data").mkdir()
+    (requests / "req.yaml").write_text("forget: data/forget_set\n")
+    with pytest.raises(UserError, match=r"req.yaml \[forget\]: data/forget_set: no such file \(relative to "):
+        load_request(requests / "req.yaml")

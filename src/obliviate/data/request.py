@@ -168,7 +168,8 @@ def resolve_source(spec: str, base: Path | None, where: str, *, what: str = "fil
     """The path a request names, or `spec` itself for a hub dataset id. An absolute (or ~) path as
     it is; a relative one under `base`, the request file's folder, and never in the working
     directory instead (None: no request file, the name is relative to the working directory). A
-    name written like a hub id (no file suffix, not ./ / ~) that is not under `base` is a hub id.
+    name written like a hub id (no file suffix, not ./ / ~) that is not under `base` is a hub id,
+    unless its first folder is there ("data/forget" beside a data/ folder is a missing path).
     A missing file or folder raises UserError naming `where` (the request file and key)."""
     try:
         path = Path(spec).expanduser()  # a YAML value gets no shell to expand ~
@@ -182,9 +183,10 @@ def resolve_source(spec: str, base: Path | None, where: str, *, what: str = "fil
         if candidate.exists():
             return str(candidate)
         in_cwd = path.exists()
+        local_folder = (base / path.parts[0]).is_dir()  # "data/forget" beside a data/ folder: a path
     except (OSError, RuntimeError, ValueError) as error:  # a name too long, an unknown ~user
         raise UserError(f"{where}: {short_repr(spec)} is not a usable path ({type(error).__name__})") from None
-    if looks_like_hub_id(spec) and not in_cwd:
+    if looks_like_hub_id(spec) and not in_cwd and not local_folder:
         return spec  # a hub dataset
     hint = ("; the one in the working directory is not read: paths in a request file are relative to its "
             "folder, so write the path from there or give an absolute one" if in_cwd else
