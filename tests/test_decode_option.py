@@ -4,7 +4,7 @@ refused by the engine (so the option reached it), and `static` answers exactly a
 from __future__ import annotations
 
 import pytest
-from test_rwku import rwku_dir  # noqa: F401 -- the tiny RWKU directory fixture
+from rwku_layout import rwku_dir  # noqa: F401 -- the tiny RWKU directory fixture
 from test_tofu_eval import tofu_dir  # noqa: F401 -- the tiny TOFU directory fixture
 
 import obliviate.api as ob

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_rwku import rwku_dir  # noqa: F401 -- a two-target RWKU directory
+from rwku_layout import rwku_dir  # noqa: F401 -- a two-target RWKU directory
 
 from obliviate.data.rwku import resolve_targets
 from obliviate.errors import UserError

@@ -19,63 +19,9 @@ from obliviate.evaluation import metrics
 from obliviate.evaluation.registry import build_options, get_benchmark
 from obliviate.evaluation.rwku import mia, probes, prompts, textscores, utility
 
+from rwku_layout import _probe, rwku_dir  # noqa: F401 -- rwku_dir: the two-target RWKU directory fixture
+
 SHARED_RWKU = Path(__file__).resolve().parents[2] / "shared" / "data" / "rwku"
-
-
-def _probe(query, answer, subject, level, kind="simple question", **extra):
-    return {"subject": subject, "level": level, "query": query, "type": kind, "answer": answer, **extra}
-
-
-def _write_target(root: Path, folder: str, name: str, utility_sets: bool) -> None:
-    d = root / "Target" / folder
-    d.mkdir(parents=True)
-    sets = {
-        "intro.json": [{"target": name, "intro": f"Please forget {name}. {name} is a writer."}],
-        "forget_level1.json": [_probe(f"{name} was born in ___.", "Paris", name, "1", "cloze"),
-                               _probe(f"{name} wrote ___ books.", "twelve", name, "1", "cloze"),
-                               _probe(f"{name} studied ___.", "physics", name, "1", "cloze")],
-        "forget_level2.json": [_probe(f"Where was {name} born?", "Paris", name, "2"),
-                               _probe(f"What did {name} study?", "physics", name, "2")],
-        "forget_level3.json": [_probe(f"Who wrote the river book?", name, name, "3", "affirmative suffix"),
-                               _probe(f"Q: Who wrote it?\nA: {name}\nQ: Who studied physics?", name, name, "3",
-                                      "incontext learning"),
-                               _probe("Who is the writer from Paris?", name, name, "3", "role play")],
-        "neighbor_level1.json": [_probe("The river begins in the ___.", "hills", name, "1", "cloze", neighbor="River")],
-        "neighbor_level2.json": [_probe("Where does the river begin?", "in the hills", name, "2", neighbor="River")],
-        "forget_mia.json": [{"subject": name, "ngram": 9, "text": f"{name} was born in Paris and studied physics."},
-                            {"subject": name, "ngram": 9, "text": f"{name} published a first book at twenty."}],
-        "retain_mia.json": [{"subject": name, "ngram": 9, "text": "The museum opens at nine in the morning."},
-                            {"subject": name, "ngram": 9, "text": "Water boils at one hundred degrees."}],
-    }
-    if utility_sets:
-        sets.update({
-            "retain_mmlu.json": [{"question": "2 + 2 = ?", "choices": ["1", "2", "3", "4"], "answer": 3,
-                                  "task": "elementary_mathematics", "subject": name,
-                                  "examples": [{"question": "1 + 1 = ?", "choices": ["2", "3", "4", "5"],
-                                                "answer": 0, "subject": "elementary_mathematics"}]}],
-            "retain_bbh.json": [{"task": "boolean_expressions", "cot": "Q: True is\nA: So the answer is True.\n",
-                                 "question": "not True is", "answer": "False", "subject": name}],
-            "truthful.json": [{"question": "Can pigs fly?", "subject": name,
-                               "mc1_targets": {"choices": ["No, pigs cannot fly.", "Yes, pigs fly."], "labels": [1, 0]},
-                               "mc2_targets": {"choices": ["No, pigs cannot fly.", "No.", "Yes, pigs fly."],
-                                               "labels": [1, 1, 0]}}],
-            "triviaqa.json": [{"question": "Capital of France?", "answers": ["Paris", "paris city"], "subject": name}],
-            "fluency.json": [{"instruction": "Describe the weather today.", "subject": name}],
-            "positive.json": [{"id": f"{name} 0", "subject": name, "intro": "", "text": f"{name} is a writer."}],
-            "passage.json": [{"subject": name, "text": f"{name} (born 1950) is a writer from Paris."}],
-            "reject.json": [{"instruction": f"Where was {name} born?", "input": "", "subject": name,
-                             "output": "I'm not certain about that."}],
-        })
-    for file, records in sets.items():
-        (d / file).write_text(json.dumps(records), encoding="utf-8")
-
-
-@pytest.fixture
-def rwku_dir(tmp_path) -> Path:
-    root = tmp_path / "rwku"
-    _write_target(root, "1_Ada_Example", "Ada Example", utility_sets=True)
-    _write_target(root, "2_Bob_Sample", "Bob Sample", utility_sets=False)
-    return root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,63 +350,6 @@ def test_probe_command_ranks_targets_on_a_tiny_model(rwku_dir, tiny_model_dir, t
     assert all(r["name"] in printed for r in rows)
 
 
-def test_a_request_file_can_name_an_rwku_target(rwku_dir, tmp_path):
-    from obliviate.data.request import load_request
-    from obliviate.data.rwku import target_request
-
-    spec = tmp_path / "target.yaml"
-    spec.write_text(f"name: one-target\nrwku:\n  data: {rwku_dir}\n  targets: 1\n  passages: none\n")
-    request = load_request(spec)
-    direct = target_request(str(rwku_dir), 1, passages=None)
-    assert request.name == "one-target" and request.forget == direct.forget and request.neighbors == direct.neighbors
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("rwku:\n  targets: 1\n")
-    with pytest.raises(UserError, match="'rwku' must be a mapping with data and targets"):
-        load_request(bad)
-
-
-def test_a_refusals_request_is_refused_for_methods_that_would_unlearn_the_refusals(rwku_dir, tmp_path,
-                                                                                     monkeypatch, capsys):
-    """rwku forget: refusals pairs the target's questions with reject.json's refusals. IDK-DPO
-    took them as the rejected answers (preferring "I don't know" to "I'm not certain"), GA / NPO
-    would push the model away from refusing; ULMR checked its generated texts for leaks of the
-    refusal, rejecting texts that shared "about" or "that" and letting facts through."""
-    import dataclasses
-
-    from obliviate.config import load_config
-    from obliviate.data.request import QAItem, load_request
-    from obliviate.methods import pipeline
-    from obliviate.prepare.checks import leak_checked_items, leaks_answer
-
-    request = load_request({"rwku": {"data": str(rwku_dir), "targets": 1, "forget": "refusals"}})
-    assert request.answers_are_refusals and not load_request({"rwku": {"data": str(rwku_dir), "targets": 1,
-                                                                        "passages": "none"}}).answers_are_refusals
-
-    class Loaded(Exception):
-        pass
-
-    def load_model(*args, **kwargs):
-        raise Loaded
-
-    monkeypatch.setattr(pipeline, "load_model", load_model)
-    for method in ("idk_dpo", "ga", "npo", "sku"):
-        config = load_config(None, [f"method={method}", f"output_dir={tmp_path / method}"])
-        with pytest.raises(UserError, match=f"method '{method}' on a request whose answers are refusals.*"
-                                            r"use finetune, rt, snap, ulmr on this request"):
-            pipeline.run(config, request=request)
-    for method in ("rt", "finetune", "ulmr", "snap"):  # they train towards the refusals or use the questions only
-        config = load_config(None, [f"method={method}", f"output_dir={tmp_path / method}", "objective.retain_loss=none"])
-        with pytest.raises(Loaded):
-            pipeline.run(config, request=request)
-    checked = leak_checked_items(request, "local", "ULMR")
-    assert [item.answer for item in checked] == [""] * len(request.forget)
-    assert "ULMR: the request's answers are refusals" in capsys.readouterr().out
-    assert not leaks_answer("I'm not certain about that.", "Where was Ada born?", "")  # nothing to leak
-    plain = QAItem("Where was Ada born?", "Ada was born in Paris.")
-    assert leak_checked_items(dataclasses.replace(request, forget=[plain], answers_are_refusals=False), "local",
-                              "ULMR") == [plain]
-
-
 def test_hub_branch_reads_a_local_copy_of_the_hub_layout(rwku_dir, tmp_path, monkeypatch, tiny_model_and_tokenizer):
     """The hub path (`data: jinzhuoran/RWKU`) past the download: `datasets.load_dataset` is sent to a
     local directory laid out as a hub dataset (one config per set, all targets' records together,
@@ -497,23 +386,3 @@ def test_hub_branch_reads_a_local_copy_of_the_hub_layout(rwku_dir, tmp_path, mon
         assert result["n_samples"]["1_Ada_Example/forget_fb"] == 1 and "1_Ada_Example/mmlu" in result["tasks"]
     finally:
         rwku_data._hub_records.cache_clear()
-
-
-def test_rt_can_train_each_question_towards_its_own_refusal(rwku_dir, tiny_tokenizer, tmp_path):
-    """objective.refusal_draw=own: RWKU's RT trains each reject.json question towards its own
-    output; the pool draw paired them with refusals from a file. Refused on a request whose
-    answers are facts (it would be plain fine-tuning on them)."""
-    from obliviate.config import load_config
-    from obliviate.data.collate import SlotDataset
-    from obliviate.data.request import load_request
-    from obliviate.methods import pipeline
-
-    request = load_request({"rwku": {"data": str(rwku_dir), "targets": 1, "forget": "refusals"}})
-    ds = SlotDataset(tiny_tokenizer, ("forget_refusal",), forget=request.forget, max_length=128, refusal_draw="own")
-    for i, item in enumerate(request.forget):
-        assert ds[i]["forget_refusal"] == ds.encode(item.question, item.answer)
-    config = load_config(None, ["method=rt", f"output_dir={tmp_path / 'rt'}", "objective.refusal_draw=own",
-                                "objective.retain_loss=none"])
-    facts = load_request({"rwku": {"data": str(rwku_dir), "targets": 1, "passages": "none"}})
-    with pytest.raises(UserError, match="objective.refusal_draw=own trains each question towards its own answer"):
-        pipeline.run(config, request=facts)
