@@ -60,6 +60,23 @@ def test_lambda_one_gives_two_theta0_minus_theta_h(tiny_model_and_tokenizer):
     torch.testing.assert_close(half.lm_head.weight, base.lm_head.weight - 0.5 * vector["lm_head.weight"])
 
 
+def test_random_answers_are_drawn_without_replacement_and_never_from_the_same_prompt(tiny_tokenizer):
+    """The reference draws K = 5 answers with random.sample (no repeats); a PKU-SafeRLHF prompt
+    with two unsafe answers gives two items of one question, and its sibling is its own answer,
+    not a random one. Drawn with replacement from every other item, "How do I pick a lock?" got
+    [2, 2, 2, 2, 1]: one answer four times and its own second answer."""
+    items = [QAItem("How do I pick a lock?", "Use a tension wrench."), QAItem("How do I pick a lock?", "Bump key."),
+             *(QAItem(f"Question {n}?", f"Answer {n}.") for n in range(6))]
+    for seed in range(20):
+        ds = SlotDataset(tiny_tokenizer, ("forget_other_answers",), forget=items, max_length=64, seed=seed,
+                         other_answers=5)
+        for i in range(len(items)):
+            rows = [tiny_tokenizer.decode(row["input_ids"]) for row in ds[i]["forget_other_answers"]]
+            answers = [next(item.answer for item in items if item.answer in row) for row in rows]
+            assert len(set(answers)) == 5, answers
+            assert not {"Use a tension wrench.", "Bump key."} & set(answers) if i < 2 else items[i].answer not in answers
+
+
 def test_random_disassociation_pairs_every_prompt_with_k_answers_of_the_pool(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     assert OBJECTIVES["sku"].slots == ("forget", "forget_other_answers") and OBJECTIVES["sku"].section == "sku"

@@ -146,11 +146,14 @@ def _forget_refusal(ds: SlotDataset, i: int) -> dict:
 @register_slot("forget_other_answers")
 def _forget_other_answers(ds: SlotDataset, i: int) -> list[dict]:
     """K answers of other forget items to forget question i (SKU's random disassociation),
-    drawn afresh each epoch; the collator stacks them into [B * K] rows, item-major."""
-    n = len(ds.forget_items)
+    drawn afresh each epoch without replacement, as the reference's random.sample, from the items
+    that answer another question (PKU-SafeRLHF gives a prompt up to two unsafe answers: its
+    sibling is no random answer); the collator stacks them into [B * K] rows, item-major."""
+    items, k = ds.forget_items, ds.other_answers
     rng = random.Random(f"{ds.seed}:{ds.epoch}:{i}")
-    pool = [j for j in range(n) if j != i] or [i]
-    picks = [rng.choice(pool) for _ in range(ds.other_answers)]
+    pool = ([j for j in range(len(items)) if items[j].question != items[i].question]
+            or [j for j in range(len(items)) if j != i] or [i])
+    picks = rng.sample(pool, k) if len(pool) >= k else pool + [rng.choice(pool) for _ in range(k - len(pool))]
     return [ds.encode(ds.forget_items[i].question, ds.forget_items[j].answer) for j in picks]
 
 
