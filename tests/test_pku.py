@@ -51,15 +51,34 @@ def test_csv_flags_are_read_as_booleans(tmp_path):
 def test_missing_fields_are_one_line_errors_naming_file_and_record(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([OLD[0], {k: v for k, v in OLD[1].items() if k != "is_response_1_safe"}]))
-    with pytest.raises(UserError, match=r"bad.json: record 1 has no 'is_response_1_safe' field") as error:
+    with pytest.raises(UserError, match=r"bad.json: record 2 has no 'is_response_1_safe' field") as error:
         load_pku(str(path))
     assert "\n" not in str(error.value)
     path.write_text(json.dumps([{**OLD[0], "response_0": ""}]))
-    with pytest.raises(UserError, match=r"record 0 has an empty .* 'response_0' field"):
+    with pytest.raises(UserError, match=r"record 1 has an empty .* 'response_0' field"):
         load_pku(str(path))
     path.write_text(json.dumps([{**OLD[0], "is_response_0_safe": "maybe"}]))
-    with pytest.raises(UserError, match=r"record 0 field 'is_response_0_safe' is 'maybe'"):
+    with pytest.raises(UserError, match=r"record 1 field 'is_response_0_safe' is 'maybe'"):
         load_pku(str(path))
     path.write_text(json.dumps([OLD[2]]))
     with pytest.raises(UserError, match="no response is flagged unsafe"):
         load_pku(str(path))
+
+
+def test_a_request_forget_set_may_be_pku_saferlhf(tmp_path):
+    """SKU's harmful data reaches a run: a forget file of PKU-SafeRLHF records (no answer field)
+    was refused with "record 1 has no 'answer' field", and load_pku had no caller."""
+    from obliviate.data.request import load_request
+
+    (tmp_path / "pku.jsonl").write_text("\n".join(json.dumps({**r, **NEW_EXTRA}) for r in OLD) + "\n")
+    (tmp_path / "retain.json").write_text(json.dumps([{"question": "What is 2 + 2?", "answer": "4"}]))
+    (tmp_path / "req.yaml").write_text("forget: pku.jsonl\nretain: retain.json\n")
+    request = load_request(tmp_path / "req.yaml")
+    assert _pairs(request.forget) == UNSAFE and _pairs(request.retain) == [("What is 2 + 2?", "4")]
+    assert _pairs(load_request(tmp_path / "pku.jsonl").forget) == UNSAFE  # a plain data file: the forget set
+    (tmp_path / "req.yaml").write_text("forget: retain.json\nretain: pku.jsonl\n")
+    with pytest.raises(UserError, match=r"req.yaml \[retain\]: PKU-SafeRLHF records give .* forget set"):
+        load_request(tmp_path / "req.yaml")
+    (tmp_path / "safe.json").write_text(json.dumps([OLD[2]]))
+    with pytest.raises(UserError, match=r"safe.json \[forget\]: no PKU-SafeRLHF response is flagged unsafe"):
+        load_request(tmp_path / "safe.json")

@@ -12,6 +12,10 @@ A CSV gives the flags as text ("True" / "false" / "1"); they are read as boolean
 
     items = load_pku("PKU-Alignment/PKU-SafeRLHF")          # hub name (split train)
     items = load_pku("pku_train.jsonl", limit=500)          # a local file
+
+A request's forget set may be such a file too (`forget: pku_train.jsonl`, or the hub dataset as
+`forget: {dataset: PKU-Alignment/PKU-SafeRLHF, split: train}`): records with prompt, response_0
+and response_1 and no answer field are read here (data/request.py). Records are counted from 1.
 """
 
 from __future__ import annotations
@@ -51,10 +55,16 @@ def _text(record: dict, name: str, where: str, number: int) -> str:
     return value
 
 
+def is_pku_record(record) -> bool:
+    """A PKU-SafeRLHF record: a prompt and two responses, and no single answer field."""
+    return (isinstance(record, dict) and {"prompt", "response_0", "response_1"} <= set(record)
+            and not any(record.get(name) is not None for name in ("answer", "response", "output", "completion")))
+
+
 def unsafe_items(records: list[dict], where: str) -> list[QAItem]:
     """One ``QAItem(prompt, response_i)`` per response flagged unsafe, in record order."""
     items = []
-    for number, record in enumerate(records):
+    for number, record in enumerate(records, 1):
         prompt = _text(record, "prompt", where, number)
         for index in RESPONSES:
             if not _flag(record, index, where, number):

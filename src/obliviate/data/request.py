@@ -67,8 +67,21 @@ class UnlearningRequest:
 
 def items_from_records(records: list[dict], where: str, *, passages: bool = False) -> list[QAItem]:
     """Map records to QAItems; a missing or mistyped field raises UserError naming the record
-    (counted from 1, as a user counts them). `passages`: a record with a 'text' and neither a
-    question nor an answer is a raw passage (data/passages.PassageItem: trained as plain text)."""
+    (counted from 1, as a user counts them). `passages` (the forget set): a record with a 'text'
+    and neither a question nor an answer is a raw passage (data/passages.PassageItem: trained as
+    plain text), and PKU-SafeRLHF records (prompt, response_0/1, their safety flags) give one
+    item per unsafe response (data/pku.py, SKU's harmful data)."""
+    from obliviate.data import pku  # pku.py builds on this module
+
+    if records and pku.is_pku_record(records[0]):
+        if not passages:
+            raise UserError(f"{where}: PKU-SafeRLHF records give (prompt, unsafe response) items to forget; "
+                            "give them as the forget set, and question/answer records here")
+        items = pku.unsafe_items(records, where)
+        if not items:
+            raise UserError(f"{where}: no PKU-SafeRLHF response is flagged unsafe (is_response_0/1_safe "
+                            "false); nothing to forget")
+        return items
     items = []
     for index, record in enumerate(records, 1):
         if not isinstance(record, dict):
