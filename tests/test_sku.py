@@ -150,27 +150,31 @@ def test_pd_is_masked_to_real_tokens_unless_legacy(tiny_model_and_tokenizer):
 
 
 def reference_code_loss(model, reference, batch, e1, e2, e3):
-    """The reference code's stage-1 loss as METHODS.md B.2 describes it, quirks included, written
-    out the slow way: per-sample mean token NLL over the positions the code weights (GD: the answer;
-    RD: every real token from position start + 1 = 3 on), PD = sum P log(P/Q) over all B x T positions."""
-    def answer_loss(enc, targets):
+    """The reference code's stage-1 loss (utils.py get_answer_loss, get_rand_ans_loss), quirks
+    included, written out the slow way: a weight of 1 on every real position from start_loc on
+    (GD: the position before the first answer token; RD: 2, len(BatchEncoding)), normalised over
+    those positions, then the last weight dropped ([:-1]) against the shifted token losses, so a
+    sample's NLL is divided by one more than the tokens it scores; PD = sum P log(P/Q) over all
+    B x T positions."""
+    def answer_loss(enc, starts):
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)  # DataCollatorForLanguageModeling
         losses = []
         for b in range(enc["input_ids"].shape[0]):
-            position_loss = F.cross_entropy(logits[b, :-1], enc["input_ids"][b, 1:], reduction="none")
-            weight = targets[b, 1:].float()
-            losses.append((weight / weight.sum() * position_loss).sum())
+            position_loss = F.cross_entropy(logits[b, :-1], labels[b, 1:], reduction="none")
+            weight = torch.zeros(enc["input_ids"].shape[1])
+            weight[starts[b]:] = 1
+            weight[enc["attention_mask"][b] == 0] = 0  # position_weight[one_inp == pad] = 0
+            losses.append((weight / weight.sum())[:-1] @ position_loss)
         return torch.stack(losses).mean()
 
     forget, others, normal = batch["forget"], batch["forget_other_answers"], batch["retain"]
-    gd = answer_loss(forget, forget["labels"] != -100)
-    positions = torch.arange(others["input_ids"].shape[1])
-    rd = answer_loss(others, (positions > 2) & (others["attention_mask"] == 1))  # start = len(BatchEncoding) = 2
+    gd = answer_loss(forget, [int((row != -100).nonzero()[0]) - 1 for row in forget["labels"]])
+    rd = answer_loss(others, [2] * others["input_ids"].shape[0])  # start_loc = len(BatchEncoding) = 2
     q = F.softmax(model(input_ids=normal["input_ids"], attention_mask=normal["attention_mask"]).logits, -1)
     with torch.no_grad():
         p = F.softmax(reference(input_ids=normal["input_ids"], attention_mask=normal["attention_mask"]).logits, -1)
-    p = p + 1e-12
-    pd = -(p * (p / q).log()).sum(-1).mean()
+    pd = -(p * torch.log((p + 1e-12) / q)).sum(-1).mean()  # utils.py line 212, as written
     return {"sku_gd": gd, "sku_rd": rd, "sku_pd": pd, "loss": e1 * gd + e2 * rd + e3 * pd}
 
 

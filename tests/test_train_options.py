@@ -60,6 +60,16 @@ def test_hf_names_map_to_the_new_keys():
     assert HF_NAMES["optim"] == "train.optim"
 
 
+def test_every_hf_name_is_a_flag_of_unlearn(capsys):
+    """api.unlearn takes every HF name as a keyword; the command line takes each as a flag too."""
+    from obliviate.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["unlearn", "--help"])
+    shown = capsys.readouterr().out
+    assert [name for name in HF_NAMES if f"--{name}" not in shown] == ["model_name_or_path"]  # an alias of --model
+
+
 def _benchmark():
     spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
     module = importlib.util.module_from_spec(spec)

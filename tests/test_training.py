@@ -229,6 +229,29 @@ def test_bf16_autocast_keeps_fp32_weights_and_updates_land(tmp_path, tiny_model_
     assert in_bf16 / total < 0.5
 
 
+def test_max_grad_norm_clips_and_zero_never_clips(tmp_path, tiny_model_and_tokenizer):
+    """train.max_grad_norm reaches the Trainer: with plain SGD one update is lr * g, so a clipped
+    update is g scaled to the norm and an unclipped one g itself (SKU's reference never clips;
+    the Trainer's default 1.0 clipped every SKU step at norms 1.3-2.6)."""
+    from obliviate.methods.sku import PRESETS
+
+    model, tokenizer = tiny_model_and_tokenizer
+    before = state(model)
+    deltas = {}
+    for norm in (0.0, 1e-3):
+        model.load_state_dict(before)
+        cfg = config(max_steps=1, learning_rate=1.0, optim="sgd", precision="fp32", max_grad_norm=norm,
+                     weight_decay=0.0)
+        after = state(train(model, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path / str(norm)))
+        deltas[norm] = torch.cat([(after[k] - before[k]).flatten() for k in before]).norm().item()
+    assert deltas[1e-3] == pytest.approx(1e-3, rel=1e-3) and deltas[0.0] > 10 * deltas[1e-3]
+    assert PRESETS["train.max_grad_norm"] == 0 and load_config(None, ["method=sku"]).train.max_grad_norm == 0
+    assert load_config(None, ["method=npo"]).train.max_grad_norm == 1.0  # TrainingArguments' default elsewhere
+    for bad in ("-1", ".nan", ".inf"):
+        with pytest.raises(UserError, match=r"config key 'train.max_grad_norm'.*expected a (number >= 0|finite number)"):
+            load_config(None, [f"train.max_grad_norm={bad}"])
+
+
 def test_training_args_follow_the_config(tmp_path):
     cfg = config(save_steps=0, precision="fp32", gradient_accumulation_steps=2, warmup_ratio=0.1)
     args = build_training_args(cfg.train, tmp_path, seed=5)

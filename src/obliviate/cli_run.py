@@ -48,6 +48,8 @@ def _flags(parser) -> None:
          metavar="N")
     flag("gradient_accumulation_steps", "train.gradient_accumulation_steps", int, "batches per optimiser step",
          metavar="N")
+    flag("max_grad_norm", "train.max_grad_norm", float, "clip the gradient norm to this; 0: never clip",
+         metavar="NORM")
     add_bool_flag(parser, "use_peft", dest="flag.train.lora.enabled", default=argparse.SUPPRESS,
                   help="train LoRA adapters (merged into the saved model) [train.lora.enabled] (config default: "
                        "false); --no_use_peft turns it off")

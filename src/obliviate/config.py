@@ -50,6 +50,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_length: int = 256
     weight_decay: float = 0.01
+    max_grad_norm: float = 1.0  # clip the gradient norm to this (TrainingArguments' default); 0: never clip
     warmup_ratio: float = 0.0
     lr_scheduler: str = "linear"
     precision: str = "auto"  # auto: bf16 autocast where the hardware has it, else fp32; or bf16 / fp32
@@ -136,6 +137,7 @@ HF_NAMES = {
     "max_steps": "train.max_steps",
     "per_device_train_batch_size": "train.batch_size",
     "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    "max_grad_norm": "train.max_grad_norm",
     "output_dir": "output_dir",
     "use_peft": "train.lora.enabled",
     "lora_r": "train.lora.r",
@@ -356,6 +358,8 @@ def validate(config: RunConfig) -> None:
         (config.train.batch_size >= 1, "train.batch_size", "an integer >= 1"),
         (config.train.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps", "an integer >= 1"),
         (config.train.num_epochs > 0 or config.train.max_steps > 0, "train.num_epochs", "a positive number"),
+        (math.isfinite(config.train.max_grad_norm) and config.train.max_grad_norm >= 0, "train.max_grad_norm",
+         "a number >= 0 (0: no clipping)"),
         (config.train.max_length >= 16, "train.max_length", "an integer >= 16"),
         (config.train.precision in ("auto", "bf16", "fp32"), "train.precision", "auto, bf16 or fp32"),
         (config.train.lr_scheduler in SCHEDULERS, "train.lr_scheduler", f"one of {', '.join(SCHEDULERS)}"),

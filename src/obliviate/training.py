@@ -114,6 +114,7 @@ def build_training_args(train_cfg: TrainConfig, output_dir: str | Path, seed: in
         num_train_epochs=train_cfg.num_epochs,
         max_steps=train_cfg.max_steps,
         weight_decay=train_cfg.weight_decay,
+        max_grad_norm=train_cfg.max_grad_norm,  # 0: no clipping (the Trainer clips only above 0)
         warmup_steps=float(train_cfg.warmup_ratio),  # a float below 1 is a ratio of the total steps
         lr_scheduler_type=train_cfg.lr_scheduler,
         bf16=resolve_precision(train_cfg.precision, target.type) == "bf16",  # autocast; the weights stay fp32

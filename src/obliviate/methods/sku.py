@@ -10,7 +10,8 @@ The algorithm, as this file runs it:
 
 The request's forget set is the unwanted behaviour (prompts with unwanted answers), its retain set
 the normal data that L_PD pushes theta_h away from. The presets are the reference code's README
-configuration (e 2.5 / 2.5 / 1, lr 2e-4, 1000 steps, batch size 2, linear schedule, no warmup).
+configuration (e 2.5 / 2.5 / 1, lr 2e-4, 1000 steps, batch size 2, linear schedule, no warmup),
+and, as its training loop, no gradient clipping (train.max_grad_norm 0).
 
     obliviate unlearn --method sku request=my_request.json
     obliviate unlearn --method sku request=my_request.json sku.lam=1.5 sku.lambda_sweep=[0.5,1.0]
@@ -54,6 +55,7 @@ PRESETS = {
     "train.lora.enabled": True, "train.lora.r": 32, "train.lora.alpha": 16,
     "train.lora.target_modules": ["q_proj", "v_proj"],
     "train.learning_rate": 2e-4, "train.max_steps": 1000, "train.batch_size": 2,
+    "train.max_grad_norm": 0.0,  # unlearn_harm_new.py: backward, then optimizer.step(), no clipping
 }
 
 

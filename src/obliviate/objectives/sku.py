@@ -16,8 +16,10 @@ leaves normal prompts alone. L_PD <= 0, and 0 at theta = theta_0.
 Intended behaviour (default): RD on the answer tokens only; PD over the real (non-pad) tokens,
 with log_softmax. `legacy_quirks=True` reproduces the reference code (franciscoliu/SKU@a17663f):
 RD also over the question tokens (its start index is the BatchEncoding's number of keys, 2),
-PD averaged over all B x T positions padding included, and PD as sum P log(P / Q) on
-probabilities with eps = 1e-12 added to P only.
+GD and RD normalised by |y| + 1 (get_answer_loss weights from the position before the first
+scored token to the last real one, which predicts padding: one weight more than it scores),
+PD averaged over all B x T positions padding included, and PD as sum P log((P + eps) / Q) on
+probabilities, eps = 1e-12 inside the log only (utils.py line 212).
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ LEGACY_RD_START = 2  # len(BatchEncoding) = its keys (input_ids, attention_mask)
 LEGACY_EPS = 1e-12
 
 
-def per_sample_nll(model, enc: dict) -> torch.Tensor:
-    """mean_b (1/|y_b|) sum_t -log p(y_t | ...): each sample normalised by its own answer length."""
+def per_sample_nll(model, enc: dict, *, legacy: bool = False) -> torch.Tensor:
+    """mean_b (1/|y_b|) sum_t -log p(y_t | ...): each sample normalised by its own answer length;
+    `legacy`: by |y_b| + 1, as the reference's get_answer_loss weights one more position (its
+    last, which predicts padding) than it scores."""
     logp, rows = answer_logprobs(model, enc)
     size = enc["input_ids"].shape[0]
-    return -(sequence_logprob(logp, rows, size) / answer_lengths(rows, size)).mean()
+    return -(sequence_logprob(logp, rows, size) / (answer_lengths(rows, size) + int(legacy))).mean()
 
 
 def with_question_labels(enc: dict, start: int = LEGACY_RD_START) -> dict:
@@ -47,15 +51,15 @@ def with_question_labels(enc: dict, start: int = LEGACY_RD_START) -> dict:
 
 
 def legacy_kl(model, enc: dict, ctx) -> torch.Tensor:
-    """The reference code's KL: sum_v P log(P / Q), P = softmax(theta_0) + eps, Q = softmax(theta),
+    """The reference code's KL: sum_v P log((P + eps) / Q), P = softmax(theta_0), Q = softmax(theta),
     averaged over all B x T positions (prompt and padding included)."""
     inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "use_cache": False}
     logits = model(**inputs).logits.float()
     with ctx.reference() as ref:
         ref_logits = ref(**inputs).logits.float()
-    p = F.softmax(ref_logits, dim=-1) + LEGACY_EPS
+    p = F.softmax(ref_logits, dim=-1)
     q = F.softmax(logits, dim=-1)
-    return (p * (p / q).log()).sum(-1).mean()
+    return (p * ((p + LEGACY_EPS) / q).log()).sum(-1).mean()
 
 
 def preservation_divergence(model, enc: dict, ctx, *, legacy: bool = False) -> torch.Tensor:
@@ -69,8 +73,8 @@ def loss(model, batch, ctx):
     opts = ctx.options  # the method's `sku:` section (methods/sku.py: SkuConfig)
     legacy = opts.legacy_quirks
     others = batch["forget_other_answers"]
-    gd = per_sample_nll(model, batch["forget"])
-    rd = per_sample_nll(model, with_question_labels(others) if legacy else others)
+    gd = per_sample_nll(model, batch["forget"], legacy=legacy)
+    rd = per_sample_nll(model, with_question_labels(others) if legacy else others, legacy=legacy)
     pd = preservation_divergence(model, batch["retain"], ctx, legacy=legacy)
     ctx.log("sku_gd", gd)
     ctx.log("sku_rd", rd)
