@@ -17,6 +17,13 @@ WHO = ("Who is the notable author born in Astana, Kazakhstan?",
 
 def test_rewrite_checks():
     assert clean_rewrite('Rewritten question: "Where is X?"\nmore') == "Where is X?"
+    # a chat model's lead-in is not the text: SNAP trained "Sure! Here is a question ... about X:"
+    for lead in ("Sure! Here is a question a user might ask about Ilsa Corvanne:", "Here is the rewritten question",
+                 "Certainly.", "Of course! Here's one:"):
+        assert clean_rewrite(f"{lead}\n\nWhere did Ilsa Corvanne grow up?") == "Where did Ilsa Corvanne grow up?"
+    assert clean_rewrite("Sure! Where did Ilsa Corvanne grow up?") == "Sure! Where did Ilsa Corvanne grow up?"
+    assert clean_rewrite("Here is a question:") == ""
+    assert clean_rewrite("Tell me about Ilsa Corvanne's early novels.") == "Tell me about Ilsa Corvanne's early novels."
     assert not is_valid_rewrite("where was ilsa corvanne born", QUESTION, [])
     assert not is_valid_rewrite("", QUESTION, [])
     assert is_valid_rewrite("In which city was Ilsa Corvanne born?", QUESTION, [])

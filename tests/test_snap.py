@@ -13,7 +13,7 @@ from obliviate.objectives import snap as snap_objective
 from obliviate.objectives.common import LossContext
 from obliviate.objectives.sliced_wasserstein import random_projections, sliced_wasserstein, sw_regulariser
 from obliviate.prepare.cache import CachedGenerator
-from obliviate.prepare.checks import is_refusal, leaks_answer
+from obliviate.prepare.checks import is_refusal, leaks_answer, repeats_itself
 from obliviate.prepare.local import LocalHFBackend
 from obliviate.prepare.templates import TemplateBackend
 
@@ -258,10 +258,40 @@ def test_hard_positive_answers_are_the_original_models(tiny_model_and_tokenizer,
     rows = hard_positives(RETAIN, model, tok, gen, tmp_path, given=False, stats={})
     expected = LocalHFBackend(original, tok).generate([[{"role": "user", "content": i.question}] for i in RETAIN],
                                                        max_new_tokens=12, temperature=0.0)
-    assert [r["answer"] for r in rows] == [e.strip() or i.answer for e, i in zip(expected, RETAIN)]
+    assert [r["answer"] for r in rows] == [e.strip() if e.strip() and not repeats_itself(e) else i.answer
+                                           for e, i in zip(expected, RETAIN)]
     assert all(r["answer_source"] == "original_model" for r in rows if r["answer"] != r["given_answer"])
     given = hard_positives(RETAIN, model, tok, gen, None, given=True, stats={})
     assert [r["answer"] for r in given] == [i.answer for i in RETAIN]
+
+
+def test_a_looping_hard_positive_answer_falls_back_to_the_given_one(monkeypatch, tiny_model_and_tokenizer):
+    """SmolLM2 answered one retain question "He's a poet, a writer, and a poet. He's a poet...":
+    trained as the normal answer, a loop teaches looping."""
+    from obliviate.methods import snap_data
+
+    loop = "He's a poet, a writer, and a poet. He's a poet, a writer, and a poet. He's a poet, a writer"
+    fine = "He was born in Lima and writes maritime mystery novels set on cargo ships."
+    assert repeats_itself(loop) and not repeats_itself(fine) and not repeats_itself("")
+
+    class Scripted:
+        calls = 1
+
+        def __init__(self, *args):
+            pass
+
+        def generate(self, prompts, **kwargs):
+            return [loop, fine, ""][:len(prompts)]
+
+    monkeypatch.setattr(snap_data, "CachedGenerator", Scripted)
+    model, tok = tiny_model_and_tokenizer
+    stats = {}
+    items = [*RETAIN, QAItem("Who painted the Mona Lisa?", "Leonardo da Vinci.")][:3]
+    rows = snap_data.hard_positives(items, model, tok, load_config(None, []).generation, None, given=False,
+                                    stats=stats)
+    assert [r["answer"] for r in rows] == [items[0].answer, fine, items[2].answer]
+    assert [r["answer_source"] for r in rows] == ["given", "original_model", "given"]
+    assert (stats["hard_positive_looping"], stats["hard_positive_empty"]) == (1, 1)
 
 
 # -- end to end ------------------------------------------------------------------------------------

@@ -35,6 +35,24 @@ def test_template_preparation_has_one_plus_n_instructions_and_reruns_from_cache(
     assert again == rows and stats_again["generation_calls"] == 0
 
 
+def test_rewrites_past_the_template_wordings_are_counted_and_warned(tiny_model_and_tokenizer, tmp_path, capsys):
+    """ulmr.n_rewrites=12 where only the 10 template wordings are there: two rewrites per question
+    repeat one (the same instruction trained twice); they were kept without a word."""
+    model, tok = tiny_model_and_tokenizer
+    config = load_config(None, ["generation.backend=template", "ulmr.n_rewrites=12"])
+    rows, stats = ulmr.prepare(ITEMS, config, model, tok, tmp_path)
+    repeats = 0
+    for index in range(len(ITEMS)):
+        instructions = [r["instruction"] for r in rows if r["item"] == index]
+        assert len(instructions) == 13
+        repeats += len(instructions) - len(set(instructions))
+    assert repeats > 0 and stats["rewrite_repeats"] == repeats
+    assert f"ULMR: {repeats} rewrite(s) repeat an earlier one" in capsys.readouterr().out
+    _, fine = ulmr.prepare(ITEMS, load_config(None, ["generation.backend=template", "ulmr.n_rewrites=2"]), model,
+                           tok, tmp_path / "two")
+    assert fine["rewrite_repeats"] == 0
+
+
 def test_local_backend_preparation_falls_back_when_outputs_are_unusable(tiny_model_and_tokenizer, tmp_path):
     model, tok = tiny_model_and_tokenizer  # a random tiny model writes gibberish: checks must still hold
     config = load_config(None, ["generation.backend=local", "generation.max_new_tokens=8", "ulmr.n_rewrites=1"])

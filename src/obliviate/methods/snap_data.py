@@ -17,7 +17,7 @@ from obliviate.data.request import QAItem
 from obliviate.prepare.backend import user_turn
 from obliviate.prepare.cache import CachedGenerator, GenerationCache
 from obliviate.prepare.checks import (clean_rewrite, is_refusal, is_valid_instruction, is_valid_rewrite, leaks_answer,
-                                      safe_refusal)
+                                      repeats_itself, safe_refusal)
 from obliviate.prepare.local import LocalHFBackend
 from obliviate.prepare.retry import generate_until_valid
 from obliviate.prepare.templates import TemplateBackend
@@ -115,7 +115,7 @@ def obliterated_responses(rows: list[dict], cfg, gen, generator, seed: int, stat
 
 def hard_positives(items: list[QAItem], model, tokenizer, gen, cache_dir, *, given: bool, stats: dict) -> list[dict]:
     """Rows {question, answer, given_answer}: the model's own greedy answer (before training), or the
-    request's answer when `given` (or when the model answers nothing)."""
+    request's answer when `given` (or when the model answers nothing, or loops)."""
     rows = [{"question": i.question, "given_answer": i.answer, "subject": i.subject} for i in items]
     if given or not items:
         outputs = [i.answer for i in items]
@@ -126,7 +126,9 @@ def hard_positives(items: list[QAItem], model, tokenizer, gen, cache_dir, *, giv
                                      temperature=0.0, top_p=1.0, seed=0)
         stats["hard_positive_generation_calls"] = generator.calls
     for row, output in zip(rows, outputs):
-        row["answer"] = output.strip() or row["given_answer"]
-        row["answer_source"] = "given" if given or not output.strip() else "original_model"
+        looping = not given and repeats_itself(output)  # a small model's loop is no normal answer
+        row["answer"] = output.strip() if output.strip() and not looping else row["given_answer"]
+        row["answer_source"] = "given" if given or not output.strip() or looping else "original_model"
         stats["hard_positive_empty"] = stats.get("hard_positive_empty", 0) + (not given and not output.strip())
+        stats["hard_positive_looping"] = stats.get("hard_positive_looping", 0) + looping
     return rows

@@ -85,7 +85,9 @@ def rewrite_questions(items: list[QAItem], cfg: UlmrConfig, gen: GenerationConfi
         stats["rewrite_fallbacks"] += 1
         question = items[i].question
         options = templates.rewrite(question, n=10)
-        return next((o for o in options if is_valid_rewrite(o, question, rewrites[i])), options[len(rewrites[i]) % len(options)])
+        fresh = next((o for o in options if is_valid_rewrite(o, question, rewrites[i])), None)
+        stats["rewrite_repeats"] += fresh is None  # the 10 wordings used up: one comes again
+        return fresh or options[len(rewrites[i]) % len(options)]
 
     for k in range(cfg.n_rewrites):
         def prompt(i: int, k: int = k) -> list[dict]:
@@ -138,9 +140,12 @@ def prepare(items: list[QAItem], config: RunConfig, model, tokenizer, run_dir: P
     mixed = retain_rows(list(retain), config.ulmr.retain_mix)  # checked before any generation
     cfg, gen = config.ulmr, config.generation
     cache = run_dir / "generation_cache"
-    stats = {"rewrite_fallbacks": 0, "negative_fallbacks": 0}
+    stats = {"rewrite_fallbacks": 0, "rewrite_repeats": 0, "negative_fallbacks": 0}
     rewriter = make_generator(gen, model, tokenizer, cache, "rewrite")
     rewrites = rewrite_questions(items, cfg, gen, rewriter, config.seed, stats)
+    if stats["rewrite_repeats"]:
+        print(f"[obliviate] warning: ULMR: {stats['rewrite_repeats']} rewrite(s) repeat an earlier one of their "
+              "question (trained twice): the 10 template wordings ran out; lower ulmr.n_rewrites", flush=True)
     negator = rewriter if gen.backend != "template" else make_generator(gen, model, tokenizer, cache, "negative")
     rows = [
         {"item": index, "kind": "original" if k == 0 else f"rewrite{k}", "instruction": instruction,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["clean_rewrite", "is_refusal", "is_valid_rewrite", "leaks_answer", "safe_refusal"]
 
 _WORD = re.compile(r"[^\W_]+")  # letters and digits of any script, on _fold()ed text
+_PREAMBLE = re.compile(r"(sure|certainly|of course|absolutely|okay|ok|great|here(?:'s| is| are)|below is)\b", re.I)
 _ANSWER_PREFIX = re.compile(r"^(rewritten question|rewrite|question|paraphrase|answer)\s*\d*\s*:\s*", re.I)
 _FUNCTION_WORDS = frozenset(
     "a an and are as at be but by for from had has have her his in into is it its not of on or "
@@ -60,10 +61,12 @@ def _bigrams(text: str) -> set[str]:
 
 
 def clean_rewrite(text: str) -> str:
-    """First non-empty line, without a 'Rewritten question:' prefix or surrounding quotes."""
+    """First non-empty line, without a 'Rewritten question:' prefix or surrounding quotes, and
+    past a chat model's lead-in ("Sure! Here is a question a user might ask about X:", a line
+    ending in ':' or a courtesy opening with no question in it)."""
     for line in text.strip().splitlines():
         line = _ANSWER_PREFIX.sub("", line.strip()).strip().strip('"').strip()
-        if line:
+        if line and not (line.endswith(":") or (_PREAMBLE.match(line) and "?" not in line)):
             return line
     return ""
 
@@ -189,6 +192,14 @@ def _leaks_unspaced(response: str, question: str, answer: str, threshold: float)
         return len(pairs & _bigrams(response)) / len(pairs) >= threshold
     key = _key(answer).replace(" ", "")
     return len(key) == 1 and key not in _key(question) and key in _key(response)
+
+
+def repeats_itself(text: str, n: int = 3, times: int = 3) -> bool:
+    """A generation caught in a loop: some run of `n` words comes `times` times or more ("He's a
+    poet, a writer, and a poet. He's a poet, ..."), which normal answers of a paragraph do not do."""
+    words = _tokens(text)
+    runs = [tuple(words[k:k + n]) for k in range(len(words) - n + 1)]
+    return any(runs.count(run) >= times for run in set(runs))
 
 
 def is_refusal(text: str) -> bool:
