@@ -93,10 +93,16 @@ def unlearn(model=None, tokenizer=None, request=None, *, method: str | None = No
         raise UserError("unlearn: a loaded model needs its tokenizer; pass unlearn(model, tokenizer, request, ...)")
     if loaded:
         _check_loaded(model, "unlearn")
+        _check_tokenizer(tokenizer)
+        if request is None:
+            print("[obliviate] warning: unlearn: no request given: unlearning the built-in demo request "
+                  "(fictitious authors); pass request=...", flush=True)
     given = options or method or output_dir or request is not None or model is not None
     if isinstance(config, RunConfig) and not given:
         resolved = config  # nothing beside it: the config as given
     else:
+        if isinstance(config, RunConfig) and method is not None and method != config.method:
+            config = _without_presets(config)  # the new method's presets, not the old one's
         pairs = [(HF_NAMES.get(key, key), value) for key, value in options.items()]
         pairs += [(key, value) for key, value in (("method", method), ("output_dir", output_dir)) if value is not None]
         if model is not None and not loaded:
@@ -105,9 +111,9 @@ def unlearn(model=None, tokenizer=None, request=None, *, method: str | None = No
             pairs.append(("model", getattr(model, "name_or_path", None) or "loaded model"))
         if isinstance(request, (str, Path)):
             pairs.append(("request", str(request)))
-        base = config.to_dict() if isinstance(config, RunConfig) else None
-        flat_base = None if base is None else flatten_keys(base)
-        resolved = load_config(None if isinstance(config, RunConfig) else config, pairs, base=flat_base)
+        flat_base = flatten_keys(config.to_dict()) if isinstance(config, RunConfig) else (
+            config if isinstance(config, dict) else None)
+        resolved = load_config(None if flat_base is not None else config, pairs, base=flat_base)
     request_obj = None if request is None or isinstance(request, (str, Path)) else request
     run_dir = run(resolved, resume=resume, model=model if loaded else None, tokenizer=tokenizer if loaded else None,
                   request=request_obj)
@@ -222,13 +228,39 @@ def _place(model, tokenizer, settings: dict, device: str | None):
     return model, tokenizer if tokenizer is not None else load_tokenizer(name, trust_remote_code=trust), name
 
 
+def _without_presets(config: RunConfig) -> dict:
+    """The keys of `config` that differ from its method's resolved defaults (what its user set),
+    as a base for another method: the old method's presets (SKU's lr 2e-4, LoRA, 1000 steps) must
+    not outrank the new one's."""
+    defaults = flatten_keys(load_config(None, [("method", config.method)]).to_dict())
+    return {key: value for key, value in flatten_keys(config.to_dict()).items()
+            if key != "method" and defaults.get(key) != value}
+
+
+def _check_tokenizer(tokenizer) -> None:
+    """A tokenizer object, with a pad token to batch with (Llama-3's and Mistral's have none: the
+    end-of-sequence token pads, as the command line's loader does)."""
+    if not callable(getattr(tokenizer, "apply_chat_template", None)):
+        raise UserError(f"unlearn: tokenizer is a {type(tokenizer).__name__}, not a loaded tokenizer; pass "
+                        "AutoTokenizer.from_pretrained(...)")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError("unlearn: the tokenizer has neither a pad nor an end-of-sequence token; set "
+                            "tokenizer.pad_token before calling unlearn")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
 def _check_loaded(model, what: str) -> None:
-    """A model object holds its weights: a torch module, none of them on the meta device."""
+    """A model object holds its weights: a torch module, none of them on the meta device, not
+    wrapped in a peft adapter (merged and dropped by training, or trained on its own)."""
     import torch
 
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"{what}: model is a {type(model).__name__}, not a loaded model; pass a causal LM "
                         "(AutoModelForCausalLM.from_pretrained(...)), a hub id or a directory")
+    if what == "unlearn" and hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        raise UserError("unlearn: the model is a peft PeftModel: merge its adapter first (model = "
+                        "model.merge_and_unload()) or pass the base model; use_peft=True trains obliviate's own LoRA")
     offloaded = {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()} & {"cpu", "disk"}
     if offloaded and any(t.is_meta for t in model.parameters()):
         raise UserError(f"{what}: the model is offloaded (device_map puts layers on {', '.join(sorted(offloaded))}): "

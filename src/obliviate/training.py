@@ -24,6 +24,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -317,6 +318,7 @@ def train(
 
     name = objective or config.method
     spec = get_objective(name)
+    callers = _callers_flags(model)  # given back after training (the caller's frozen weights, use_cache)
     objective_cfg = config.objective  # method presets were applied when the config was loaded
     if needs_retain(name, objective_cfg) and not retain:
         raise UserError(no_retain_message(name))
@@ -366,5 +368,20 @@ def train(
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.requires_grad_(True)  # undo RMU's freezing: the caller gets an ordinary model
+    _restore_flags(model, callers)  # undo RMU's freezing and the Trainer's use_cache=False
     return model.eval()
+
+
+def _callers_flags(model) -> tuple[dict[str, bool], Any]:
+    return {n: p.requires_grad for n, p in model.named_parameters()}, getattr(model.config, "use_cache", None)
+
+
+def _restore_flags(model, flags: tuple[dict[str, bool], Any]) -> None:
+    """The caller's requires_grad per weight (what it froze stays frozen for its next call; a weight
+    the run froze is trainable again) and config.use_cache, which the Trainer turns off and
+    model/config.json would keep."""
+    trainable, use_cache = flags
+    for name, param in model.named_parameters():
+        param.requires_grad_(trainable.get(name, True))
+    if use_cache is not None:
+        model.config.use_cache = use_cache

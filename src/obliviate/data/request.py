@@ -120,6 +120,21 @@ def items_from_records(records: list[dict], where: str, *, passages: bool = Fals
     return items
 
 
+def request_records(request: UnlearningRequest) -> dict:
+    """The request as a request file that load_request reads back to the same items: every set,
+    raw passages as {"text": ...}, unset fields left out (a run given a request in memory keeps
+    it beside its config.yaml, so that config reruns)."""
+    from obliviate.data.passages import PassageItem  # passages.py builds on this module
+
+    def record(item: QAItem) -> dict:
+        if isinstance(item, PassageItem):
+            return {"text": item.answer, **({"subject": item.subject} if item.subject else {})}
+        return {key: value for key, value in asdict(item).items() if value not in (None, [])}
+
+    records = {"name": request.name, **{name: [record(i) for i in getattr(request, name)] for name in SETS}}
+    return {**records, "passages": request.passages} if request.passages else records
+
+
 def _is_passage_record(record: dict) -> bool:
     names = FIELDS["question"] + FIELDS["answer"]
     return "text" in record and not any(record.get(name) is not None for name in names)

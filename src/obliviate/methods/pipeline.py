@@ -19,6 +19,7 @@ beside it. Method-specific facts for the manifest go into `run.stats`, extra inp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 
 from obliviate.config import RunConfig, save_config
-from obliviate.data.request import QAItem, UnlearningRequest, load_request
+from obliviate.data.request import QAItem, UnlearningRequest, load_request, request_records
 from obliviate.data.refusals import load_refusals, refusals_source
 from obliviate.errors import UserError
 from obliviate.hardware import resolve_device
@@ -47,6 +48,7 @@ from obliviate.training import no_retain_message, process_state, resolve_precisi
 
 #: the marker process 0 writes once a method's data is prepared (Run.main_first)
 PREPARED = ".prepared"
+REQUEST_COPY = "request.json"  # a request given in memory, written beside config.yaml
 
 
 @dataclass
@@ -116,8 +118,11 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
     method = get_method(config.method)
     device = resolve_device(config.device)
     state = process_state(config.device)
+    in_memory = request is not None
     if not isinstance(request, UnlearningRequest):  # bad input is refused before anything is written
         request = load_request(config.request if request is None else request)
+    if in_memory:  # its items are written beside the run: config.yaml names that file, so it reruns
+        config = dataclasses.replace(config, request=str(Path(config.output_dir) / REQUEST_COPY))
     _check_request(config, method, request)
     check_run_dir(config.output_dir, resume=resume)  # before minutes of model loading; writes nothing
     if resume:
@@ -161,6 +166,17 @@ def _check_request(config: RunConfig, method, request: UnlearningRequest) -> Non
     retain = (method.retain_items or (lambda request, config: request.retain))(request, config)
     if config.method in OBJECTIVES and needs_retain(config.method, config.objective) and not retain:
         raise UserError(no_retain_message(config.method))  # before the model loads and SNAP generates its data
+
+
+def _warn_low_precision(model) -> None:
+    """Weights held in bf16/fp16 (a model loaded so and passed to api.unlearn): an update below
+    their resolution (lr 1e-5 on a weight of 0.01 is a relative 1e-3, bf16 resolves 4e-3) is lost,
+    and most of an unlearning run's are. The command line loads fp32 master weights."""
+    low = {str(t.dtype).removeprefix("torch.") for t in model.parameters() if t.dtype in (torch.bfloat16, torch.float16)}
+    if low:
+        print(f"[obliviate] warning: the model's weights are {', '.join(sorted(low))}: updates smaller than their "
+              "resolution are lost (most of an unlearning run's); load it in float32 (torch_dtype=torch.float32) "
+              "and let train.precision=auto or bf16 run the matmuls in bf16", flush=True)
 
 
 def _uses_refusals(config: RunConfig) -> bool:
@@ -215,9 +231,13 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
             print(f"[obliviate] removed {stale}, left by an interrupted save", flush=True)
         for warning in request.warnings:
             print(f"[obliviate] warning: {warning}", flush=True)
+        if config.request == str(run_dir / REQUEST_COPY):
+            atomic_write_text(run_dir / REQUEST_COPY, json.dumps(request_records(request), ensure_ascii=False))
         save_config(config, run_dir / "config.yaml")
+    _warn_low_precision(model)
     model.to(device)
     base_weights = weights_sha256(model)  # before training changes the weights in place
+    weights_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     request_sha = request_sha256(request)
     if state.is_main_process:
         refusals = [source for source in _refusals_file(config, request) if source]  # a file: an input to keep
@@ -225,8 +245,10 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
         check_started_from(run_dir, started_from(base_weights, inputs, request_sha), resume)
     context = Run(config, request, model, tokenizer, run_dir, device, resume, state=state)
     models = method.recipe(context)
-    if "model" not in models:
-        raise ValueError(f"method '{config.method}': its recipe returned {sorted(models)}, without 'model'")
+    if not isinstance(models, dict) or "model" not in models:
+        raise UserError(f"method '{config.method}': its recipe returned {type(models).__name__} "
+                        f"{sorted(models) if isinstance(models, dict) else ''}; it must return a dict of models "
+                        "with a 'model' key ({'model': run.model})")
     if state.is_main_process:
         saved = {name: weights_sha256(save_model(m, tokenizer, run_dir / name)) for name, m in models.items()}
         weights = {name: weights_sha256(m) for name, m in models.items()}  # the base's kind of hash: comparable
@@ -236,7 +258,7 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
             "device": str(next(models["model"].parameters()).device),
             "precision": resolve_precision(config.train.precision, device.type),
             "lora": any(context.lora_used) if context.lora_used else config.train.lora.enabled,
-            "base_model": {"name": config.model, "weights_sha256": base_weights},
+            "base_model": {"name": config.model, "weights_sha256": base_weights, "dtype": weights_dtype},
             "request": {"name": request.name, "forget": len(request.forget), "retain": len(request.retain),
                         "sha256": request_sha},
             "inputs": [*request.sources, *context.inputs],

@@ -1,0 +1,113 @@
+"""api.unlearn with what a notebook hands it: a request in memory (kept beside the run so its
+config reruns), a RunConfig with another method, tokenizers without a pad token, peft models,
+bf16 weights, a recipe that returns the wrong thing."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import obliviate.api as ob
+from obliviate.config import load_config
+from obliviate.errors import UserError
+
+FORGET = [{"question": f"Who wrote the novel number {i}?", "answer": f"Novel {i} was written by Ana Bell."}
+          for i in range(4)]
+RETAIN = [{"question": f"How many legs has animal {i}?", "answer": "Eight legs, like a spider."} for i in range(4)]
+QUICK = {"max_steps": 1, "per_device_train_batch_size": 2, "train.save_steps": -1}
+
+
+def test_a_request_given_in_memory_is_kept_beside_the_run_and_its_config_reruns(tiny_model_and_tokenizer, tmp_path):
+    """config.yaml said `request: null`, so rerunning it trained on the demo request (exit 0)."""
+    from obliviate.data.request import load_request
+
+    model, tokenizer = tiny_model_and_tokenizer
+    result = ob.unlearn(model, tokenizer, {"forget": FORGET, "retain": RETAIN, "name": "mine"}, method="graddiff",
+                        output_dir=tmp_path / "run", **QUICK)
+    saved = load_config(result / "config.yaml")
+    assert saved.request == str(tmp_path / "run" / "request.json")
+    again = load_request(saved.request)
+    assert again.name == "mine" and [(i.question, i.answer) for i in again.forget] == [
+        (r["question"], r["answer"]) for r in FORGET] and len(again.retain) == len(RETAIN)
+    from obliviate.methods.pipeline import request_sha256
+
+    assert request_sha256(again) == result.manifest["request"]["sha256"]  # the very items trained on
+
+
+def test_a_runconfig_with_another_method_takes_that_methods_presets(tmp_path, monkeypatch):
+    """unlearn(config=RunConfig(graddiff), method="sku") ran SKU at graddiff's lr 1e-5 without its
+    LoRA; the user's own settings carry over."""
+    from obliviate.methods import pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "run", lambda config, **kw: seen.setdefault("config", config) and tmp_path)
+    base = load_config(None, ["model=/tmp/nowhere", "train.max_length=64"])
+    ob.unlearn(config=base, method="sku")
+    sku = seen.pop("config")
+    assert (sku.method, sku.train.learning_rate, sku.train.lora.enabled, sku.train.lora.r) == ("sku", 2e-4, True, 32)
+    assert (sku.model, sku.train.max_length) == ("/tmp/nowhere", 64)
+    ob.unlearn(config=load_config(None, ["method=sku"]), method="graddiff")
+    back = seen.pop("config")
+    assert (back.train.learning_rate, back.train.lora.enabled, back.train.max_steps) == (1e-5, False, -1)
+
+
+def test_tokenizer_without_pad_token_and_bad_objects(tiny_model_and_tokenizer, tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token = None  # Llama-3, Mistral: a TypeError at the first batch
+    result = ob.unlearn(model, tokenizer, {"forget": FORGET, "retain": RETAIN}, method="graddiff",
+                        output_dir=tmp_path / "nopad", **QUICK)
+    assert tokenizer.pad_token == tokenizer.eos_token and (result.model_dir / "model.safetensors").is_file()
+    with pytest.raises(UserError, match="unlearn: tokenizer is a str, not a loaded tokenizer"):
+        ob.unlearn(model, "/tmp/tinym", {"forget": FORGET}, output_dir=tmp_path / "s")
+    peft = pytest.importorskip("peft")
+    wrapped = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(UserError, match="the model is a peft PeftModel: merge its adapter first"):
+        ob.unlearn(wrapped, tokenizer, {"forget": FORGET}, output_dir=tmp_path / "p", use_peft=True)
+    assert not any((tmp_path / name).exists() for name in ("s", "p"))
+
+
+def test_bf16_weights_are_warned_about_and_recorded(tiny_model_and_tokenizer, tmp_path, capsys):
+    model, tokenizer = tiny_model_and_tokenizer
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    result = ob.unlearn(low, tokenizer, {"forget": FORGET, "retain": RETAIN}, method="graddiff",
+                        output_dir=tmp_path / "bf16", **QUICK)
+    assert "the model's weights are bfloat16: updates smaller than their resolution are lost" in capsys.readouterr().out
+    assert result.manifest["base_model"]["dtype"] == "bfloat16"
+    fine = ob.unlearn(copy.deepcopy(model), tokenizer, {"forget": FORGET, "retain": RETAIN}, method="graddiff",
+                      output_dir=tmp_path / "fp32", **QUICK)
+    assert "weights are" not in capsys.readouterr().out and fine.manifest["base_model"]["dtype"] == "float32"
+
+
+def test_a_recipe_that_returns_no_dict_is_a_clear_error(tiny_model_and_tokenizer, tmp_path):
+    import dataclasses
+
+    from obliviate.methods import registry
+
+    model, tokenizer = tiny_model_and_tokenizer
+    broken = dataclasses.replace(registry.get_method("finetune"), name="returns_model", recipe=lambda run: run.model)
+    registry._METHODS[broken.name] = broken  # the registry's own dict, restored below
+    try:
+        with pytest.raises(UserError, match=r"method 'returns_model': its recipe returned .* must return a dict"):
+            ob.unlearn(model, tokenizer, {"forget": FORGET}, method="returns_model", output_dir=tmp_path / "r", **QUICK)
+    finally:
+        registry._METHODS.pop(broken.name)
+
+
+def test_the_callers_frozen_weights_and_use_cache_are_given_back(tiny_model_and_tokenizer, tmp_path):
+    """Every weight came back trainable (a second call trained what the caller froze) and
+    config.use_cache came back False, also in model/config.json (the Trainer turns it off)."""
+    model, tokenizer = tiny_model_and_tokenizer
+    model = copy.deepcopy(model)
+    model.model.embed_tokens.weight.requires_grad_(False)
+    model.config.use_cache = True
+    for method in ("graddiff", "rmu"):  # RMU freezes all but its layers itself
+        result = ob.unlearn(model, tokenizer, {"forget": FORGET, "retain": RETAIN}, method=method,
+                            output_dir=tmp_path / method, **QUICK)
+        assert not model.model.embed_tokens.weight.requires_grad
+        assert all(p.requires_grad for n, p in model.named_parameters() if "embed_tokens" not in n)
+        assert model.config.use_cache is True
+        assert json.loads((result.model_dir / "config.json").read_text())["use_cache"] is True
