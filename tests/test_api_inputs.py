@@ -111,3 +111,22 @@ def test_the_callers_frozen_weights_and_use_cache_are_given_back(tiny_model_and_
         assert all(p.requires_grad for n, p in model.named_parameters() if "embed_tokens" not in n)
         assert model.config.use_cache is True
         assert json.loads((result.model_dir / "config.json").read_text())["use_cache"] is True
+
+
+def test_a_list_of_items_is_the_forget_set_and_a_benchmark_must_return_a_dict(tiny_model_and_tokenizer, tmp_path,
+                                                                              monkeypatch):
+    """A list request was "TypeError: expected str, bytes or os.PathLike object, not list"; a
+    benchmark whose run returns None was "'NoneType' object has no attribute 'get'"."""
+    import dataclasses
+
+    from obliviate.data.request import load_request
+    from obliviate.evaluation import registry
+
+    assert [i.question for i in load_request(FORGET).forget] == [r["question"] for r in FORGET]
+    model, tokenizer = tiny_model_and_tokenizer
+    result = ob.unlearn(copy.deepcopy(model), tokenizer, FORGET, method="ga", output_dir=tmp_path / "list", **QUICK)
+    assert result.manifest["request"]["forget"] == len(FORGET)
+    real = registry.get_benchmark
+    monkeypatch.setattr(registry, "get_benchmark", lambda name: dataclasses.replace(real(name), run=lambda *a, **k: None))
+    with pytest.raises(UserError, match="benchmark 'tofu': its run returned NoneType; it must return the result dict"):
+        ob.evaluate(model, tokenizer, output_dir=tmp_path / "eval", progress=False, ds_size=1)

@@ -168,6 +168,9 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
                 with progress_bars(progress and (state is None or state.is_main_process)):
                     envelope = spec.run(model, tokenizer, built, out_dir=out, model_name=name,
                                         precision=settings["precision"])
+                if not isinstance(envelope, dict):
+                    raise UserError(f"benchmark '{spec.name}': its run returned {type(envelope).__name__}; it must "
+                                    "return the result dict ({'summary': ..., 'tasks': ...})")
             except BaseException:
                 if out.is_dir() and not any(out.iterdir()):
                     out.rmdir()  # a folder claimed for this evaluation, still empty

@@ -251,7 +251,8 @@ def check_started_from(run_dir: str | Path, facts: dict, resume: bool) -> None:
         saved = parse_json(read_user_text(path), str(path))
         if saved.get("base_model_sha256") != facts["base_model_sha256"]:
             raise UserError(f"--resume: the base model's weights differ from those the run in '{run_dir}' started "
-                            "from (it was retrained or replaced); choose another output_dir")
+                            "from (it was retrained or replaced: a model object that the interrupted api.unlearn "
+                            "trained in place must be loaded again from its files); choose another output_dir")
         for name, digest in saved.get("inputs", {}).items():
             if facts["inputs"].get(name) not in (None, digest):
                 raise UserError(f"--resume: {name} changed since the run in '{run_dir}' started; restore it or "

@@ -222,14 +222,17 @@ def resolve_source(spec: str, base: Path | None, where: str, *, what: str = "fil
     raise UserError(f"{where}: {spec}: no such {what} (relative to {base.absolute()}){hint}")
 
 
-def load_request(source: str | Path | dict | None = None, *, retain: str | None = None) -> UnlearningRequest:
-    """Load a request file (YAML/JSON with `forget:`), or a plain data file as the forget set.
+def load_request(source: str | Path | dict | list | None = None, *, retain: str | None = None) -> UnlearningRequest:
+    """Load a request file (YAML/JSON with `forget:`), a mapping of the same, or a plain data file
+    or a list of items as the forget set.
 
     With no source, the built-in demo request. `retain` adds a retain set to a plain data file
     (a request holds its own: giving both is refused, not silently ignored).
     """
     if source is None:
         source = DEMO_REQUEST
+    if isinstance(source, list):  # items in memory: the forget set
+        source = {"forget": source}
     if isinstance(source, dict):
         spec, base, where = source, Path.cwd(), "request"
     else:
