@@ -3,6 +3,8 @@ for the methods that would unlearn the refusals, RT towards each question's own 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from obliviate.errors import UserError
@@ -84,3 +86,21 @@ def test_rt_can_train_each_question_towards_its_own_refusal(rwku_dir, tiny_token
     facts = load_request({"rwku": {"data": str(rwku_dir), "targets": 1, "passages": "none"}})
     with pytest.raises(UserError, match="objective.refusal_draw=own trains each question towards its own answer"):
         pipeline.run(config, request=facts)
+
+
+def test_an_rwku_request_records_the_files_it_was_built_from(rwku_dir, tmp_path):
+    """The manifest's input hashes and --resume's check had nothing of an RWKU run: its only
+    source was the data folder (a folder is not hashed), and the request file was dropped."""
+    from obliviate.data.request import load_request
+    from obliviate.rundir import input_hashes
+
+    spec = tmp_path / "target.yaml"
+    spec.write_text(f"rwku:\n  data: {rwku_dir}\n  targets: 1\n  forget: refusals\n")
+    request = load_request(spec)
+    folder = rwku_dir / "Target" / "1_Ada_Example"
+    assert request.sources == [str(spec), *(str(folder / f) for f in ("reject.json", "neighbor_level1.json",
+                                                                       "neighbor_level2.json", "positive.json"))]
+    assert set(input_hashes(request.sources)) == set(request.sources)
+    probes = load_request({"rwku": {"data": str(rwku_dir), "targets": "1-2", "passages": "none"}})
+    assert [Path(p).name for p in probes.sources] == ["forget_level1.json", "forget_level2.json",
+                                                      "neighbor_level1.json", "neighbor_level2.json"] * 2

@@ -135,7 +135,7 @@ def test_a_refused_run_leaves_no_run_directory(tmp_path, tiny_model_dir):
     config.output_dir = str(kept)
     with pytest.raises(UserError, match="slot needs questions"):
         pipeline.run(config, request=request)
-    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "notes.txt", "started_from.json"]
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "notes.txt", "request.json", "started_from.json"]
 
 
 def test_a_plain_request_trains_on_raw_text(tmp_path, tiny_model_dir):
@@ -244,7 +244,8 @@ def test_a_crash_after_preparing_data_keeps_the_data_but_not_what_blocks_the_rer
                                     "train.precision=fp32", "train.save_steps=-1"])
         with pytest.raises(RuntimeError):
             pipeline.run(config, request=request)
-        assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "generation_cache", "started_from.json"]
+        assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "generation_cache", "request.json",
+                                                        "started_from.json"]  # request.json: config.yaml names it
         check_run_dir(out)  # a fresh rerun is accepted (it raised "already holds a run")
     monkeypatch.setattr(pipeline, "train", lambda *args, output_dir, **kwargs: 1 / 0)
     empty = tmp_path / "empty"

@@ -45,6 +45,7 @@ RESUME_SAFE = ("output_dir", "device", "train.save_steps", "train.save_total_lim
                "train.report_to", "train.gradient_checkpointing", "train.torch_compile", "generation.base_url",
                "generation.api_key_env", "generation.max_concurrency", "generation.timeout_s")
 LOCK = ".obliviate.lock"
+REQUEST_COPY = "request.json"  # a request given in memory, written beside config.yaml (methods/pipeline.py)
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets")
 
 
@@ -131,8 +132,8 @@ def config_agrees(run_dir: str | Path, config: dict) -> bool:
 def discard_unstarted_run(run_dir: str | Path, lock: RunLock, *, created: bool = True) -> bool:
     """After a fresh run failed (a refusal, a crash, Ctrl-C), still holding its `lock`: remove an
     empty checkpoints/ and an empty train log (any checkpoints/ makes check_run_dir take the
-    folder for a started run, which refused the corrected rerun), then config.yaml and
-    started_from.json when nothing else is left; release the lock, then remove the folder if this
+    folder for a started run, which refused the corrected rerun), then config.yaml,
+    started_from.json and request.json when nothing else is left; release the lock, then remove the folder if this
     run `created` it and it is empty (a run started there meanwhile keeps it). True if nothing of
     the run is left. Anything else (a checkpoint, a log line, ULMR's generation cache) stays, and
     the folder with it."""
@@ -145,10 +146,10 @@ def discard_unstarted_run(run_dir: str | Path, lock: RunLock, *, created: bool =
                 (run_dir / CHECKPOINTS).rmdir()
             if (run_dir / TRAIN_LOG).is_file() and (run_dir / TRAIN_LOG).stat().st_size == 0:
                 (run_dir / TRAIN_LOG).unlink()
-        if {p.name for p in run_dir.iterdir()} - {CONFIG, STARTED_FROM, LOCK}:
+        if {p.name for p in run_dir.iterdir()} - {CONFIG, STARTED_FROM, REQUEST_COPY, LOCK}:
             return False
         with contextlib.suppress(OSError):
-            for name in (CONFIG, STARTED_FROM):
+            for name in (CONFIG, STARTED_FROM, REQUEST_COPY):
                 (run_dir / name).unlink(missing_ok=True)
     finally:
         lock.release()

@@ -248,7 +248,9 @@ def load_request(source: str | Path | dict | list | None = None, *, retain: str 
         raise UserError(f"{where}: retain= adds a retain set to a plain data file only; this is a request "
                         "(forget:/rwku:): put the retain set in it (retain: FILE) instead")
     if isinstance(spec, dict) and "rwku" in spec:  # an RWKU target (or several): data/rwku.py builds it
-        return _rwku_request(spec, base, where)
+        request = _rwku_request(spec, base, where)
+        request.sources[:0] = sources  # the request file, then the target files it read
+        return request
     if isinstance(spec, dict) and "forget" not in spec and Path(str(source)).suffix.lower() in (".yaml", ".yml"):
         found = ", ".join(key_text(k) for k in list(spec)[:8]) or "nothing"
         hint = ("; this looks like a run config: pass it as --config" if {"method", "train", "model"} & set(spec)

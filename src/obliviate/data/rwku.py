@@ -294,5 +294,17 @@ def target_request(data: str | Path, targets: str | int | Sequence[str | int], *
     if forget == "probes":
         request.warnings.append("forget items are RWKU's evaluation probes: RWKU's protocol trains on the "
                                 "passages (forget corpus) only")
-    request.sources.append(str(data))
+    request.sources += _files_read(data, chosen, forget, passages) or [str(data)]
     return request
+
+
+def _files_read(data: str | Path, chosen: Sequence[RwkuTarget], forget: str, passages) -> list[str]:
+    """The files of a local copy that the request was built from (for the manifest's input hashes
+    and --resume's check); none for the hub."""
+    if not is_local(data):
+        return []
+    names = {"probes": ["forget_fb", "forget_qa"], "refusals": ["reject"], "passages": []}[forget]
+    names += ["neighbor_fb", "neighbor_qa"] + ([passages] if isinstance(passages, str) else [])
+    root = _target_root(data)
+    return [str(root / t.folder / FILES[name]) for t in chosen for name in names
+            if (root / t.folder / FILES[name]).is_file()]

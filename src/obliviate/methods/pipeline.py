@@ -40,7 +40,7 @@ from obliviate.io import atomic_write_text
 from obliviate.methods.registry import get_method, methods
 from obliviate.models import load_model, remove_stale_saves, save_model
 from obliviate.objectives import OBJECTIVES, batch_slots, needs_retain
-from obliviate.rundir import (CHECKPOINTS, MANIFEST, check_resume_config, check_run_dir, check_started_from,
+from obliviate.rundir import (CHECKPOINTS, MANIFEST, REQUEST_COPY, check_resume_config, check_run_dir, check_started_from,
                               discard_unstarted_run, lock_run_dir, prepare_run_dir, started_from, weights_sha256,
                               write_manifest)
 from obliviate.training import no_retain_message, process_state, resolve_precision, train
@@ -48,7 +48,6 @@ from obliviate.training import no_retain_message, process_state, resolve_precisi
 
 #: the marker process 0 writes once a method's data is prepared (Run.main_first)
 PREPARED = ".prepared"
-REQUEST_COPY = "request.json"  # a request given in memory, written beside config.yaml
 
 
 @dataclass
