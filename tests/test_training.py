@@ -146,6 +146,23 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
 
 
+def test_resuming_from_the_final_checkpoint_trains_no_step_past_the_end(tmp_path, tiny_model_and_tokenizer):
+    """A kill after the last checkpoint and before the model save: --resume trained step 5 of a
+    4-step run (3-step epochs: transformers skips 1 batch of epoch 1 and trains the next), giving
+    other weights under a constant schedule and a step 5 in the log."""
+    import copy
+
+    model, tokenizer = tiny_model_and_tokenizer
+    cfg = config(max_steps=4, save_steps=4, learning_rate=1e-3, lr_scheduler="constant", precision="fp32")
+    start = copy.deepcopy(model)
+    done = state(train(model, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path))
+    assert (tmp_path / "checkpoints" / "checkpoint-4").is_dir()  # 6 items, batch 2: 3 steps an epoch
+    resumed = state(train(start, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path,
+                          resume=True))
+    assert all(torch.equal(done[k], resumed[k]) for k in done)
+    assert [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
 def test_logged_learning_rate_is_the_one_each_update_used(tmp_path, tiny_model_and_tokenizer):
     """The scheduler steps before on_step_end: get_last_lr() there was the next step's rate
     (5e-6 then 0.0 logged for updates made at 1e-5 and 5e-6)."""

@@ -40,7 +40,7 @@ from obliviate.objectives import (LossContext, batch_slots, get_objective, needs
                                   shared_slots)
 from obliviate.objectives.common import PACKING, SHARED, check_packing, shared_answer_logits
 from obliviate.rundir import CHECKPOINTS, TRAIN_LOG
-from obliviate.training_callbacks import DivergenceGuard, TrainLog
+from obliviate.training_callbacks import DivergenceGuard, FinishedAtResume, NoStepPastTheEnd, TrainLog
 from obliviate.training_compile import compiled_decoder_layers
 
 
@@ -360,10 +360,12 @@ def train(
         shared=shared_slots(name, objective_cfg) if config.train.shared_forward else (),
     )
     resume_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
-    trainer.add_callback(DivergenceGuard(trainer))  # first: a broken step must not reach the log either
+    trainer.add_callback(NoStepPastTheEnd())  # first: a step past the end must not even start
+    trainer.add_callback(DivergenceGuard(trainer))  # a broken step must not reach the log either
     trainer.add_callback(TrainLog(trainer, output_dir / TRAIN_LOG, resume_step))
     with compiled_decoder_layers(model, config.train.torch_compile):  # train.torch_compile: training_compile.py
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with contextlib.suppress(FinishedAtResume):  # resumed from the last step: the weights are its
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     model = trainer.model
     if hasattr(model, "merge_and_unload"):

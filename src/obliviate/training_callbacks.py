@@ -1,6 +1,6 @@
 """What watches each optimiser step of the Trainer: `DivergenceGuard` stops a run before a
 non-finite update lands or is saved, `TrainLog` appends one JSON line per step to
-train_log.jsonl. Both read as few values back from the device as they can: on a GPU each read
+train_log.jsonl, `NoStepPastTheEnd` keeps a resumed run from training past its last step. Both read as few values back from the device as they can: on a GPU each read
 makes the host wait until the device has run everything queued (docs/speed-training.md)."""
 
 from __future__ import annotations
@@ -15,6 +15,21 @@ from transformers import TrainerCallback
 
 if TYPE_CHECKING:
     from obliviate.training import UnlearnTrainer
+
+
+class FinishedAtResume(Exception):
+    """The checkpoint a run resumed from was its last step: there is nothing left to train."""
+
+
+class NoStepPastTheEnd(TrainerCallback):
+    """transformers resumes a run whose last checkpoint is its final step into one step more when
+    max_steps does not end an epoch: at step 20 of 3-step epochs it skips 2 batches of epoch 6
+    and trains the third (a kill after the last checkpoint, before the model was saved, then gave
+    other weights and a step 21 in the log). Raised before that step's forward pass."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise FinishedAtResume
 
 
 class DivergenceGuard(TrainerCallback):
