@@ -163,6 +163,26 @@ def test_resuming_from_the_final_checkpoint_trains_no_step_past_the_end(tmp_path
     assert [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("torn", ["trainer_state.json", "model.safetensors"])
+def test_a_torn_last_checkpoint_is_dropped_and_the_one_before_resumed(tmp_path, tiny_model_and_tokenizer, torn):
+    """transformers writes trainer_state.json last but not atomically: a kill during that write (or
+    a truncated weights file) left a checkpoint that --resume took and crashed on with a
+    JSONDecodeError / SafetensorError traceback."""
+    import copy
+
+    model, tokenizer = tiny_model_and_tokenizer
+    cfg = config(max_steps=4, save_steps=2, learning_rate=1e-3, precision="fp32")
+    start = copy.deepcopy(model)
+    done = state(train(model, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path))
+    path = tmp_path / "checkpoints" / "checkpoint-4" / torn
+    path.write_bytes(path.read_bytes()[:20])
+    assert last_complete_checkpoint(tmp_path / "checkpoints").name == "checkpoint-2"
+    (tmp_path / "train_log.jsonl").write_text("".join((tmp_path / "train_log.jsonl").read_text().splitlines(True)[:2]))
+    resumed = state(train(start, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path,
+                          resume=True))
+    assert all(torch.allclose(done[k], resumed[k], atol=1e-6) for k in done)
+
+
 def test_logged_learning_rate_is_the_one_each_update_used(tmp_path, tiny_model_and_tokenizer):
     """The scheduler steps before on_step_end: get_last_lr() there was the next step's rate
     (5e-6 then 0.0 logged for updates made at 1e-5 and 5e-6)."""

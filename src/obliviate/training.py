@@ -227,13 +227,31 @@ class UnlearnTrainer(Trainer):
         )
 
 
-def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest checkpoint-N whose trainer_state.json (written last) exists; None if none."""
+def _complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """checkpoint-N folders whose trainer_state.json (written last, but not atomically) reads with
+    its step and whose safetensors files open: a kill during either write leaves one that would
+    crash the resume with a traceback instead of being removed and resumed from the one before."""
+    from safetensors import safe_open
+
+    def readable(path: Path) -> bool:
+        try:
+            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            for weights in path.glob("*.safetensors"):
+                with safe_open(str(weights), framework="pt"):
+                    pass
+            return isinstance(state, dict) and isinstance(state.get("global_step"), int)
+        except Exception:  # noqa: BLE001 -- torn JSON, bad bytes, a SafetensorError (no OSError): not complete
+            return False
+
     if not checkpoint_dir.is_dir():
-        return None
-    complete = [p for p in checkpoint_dir.glob("checkpoint-*")
-                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+        return []
+    return sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and readable(p)),
+                  key=lambda p: int(p.name.split("-")[-1]))
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint-N (_complete_checkpoints); None if none."""
+    return (_complete_checkpoints(checkpoint_dir) or [None])[-1]
 
 
 def checkpoint_is_finite(checkpoint: Path) -> bool:
@@ -247,11 +265,7 @@ def checkpoint_is_finite(checkpoint: Path) -> bool:
 
 def last_good_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest complete checkpoint whose weights are all finite (loaded and checked)."""
-    if not checkpoint_dir.is_dir():
-        return None
-    complete = [p for p in checkpoint_dir.glob("checkpoint-*")
-                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    for path in sorted(complete, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+    for path in reversed(_complete_checkpoints(checkpoint_dir)):
         if checkpoint_is_finite(path):
             return path
     return None
