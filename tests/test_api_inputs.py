@@ -130,3 +130,22 @@ def test_a_list_of_items_is_the_forget_set_and_a_benchmark_must_return_a_dict(ti
     monkeypatch.setattr(registry, "get_benchmark", lambda name: dataclasses.replace(real(name), run=lambda *a, **k: None))
     with pytest.raises(UserError, match="benchmark 'tofu': its run returned NoneType; it must return the result dict"):
         ob.evaluate(model, tokenizer, output_dir=tmp_path / "eval", progress=False, ds_size=1)
+
+
+def test_an_unwritable_eval_output_dir_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
+    """An existing file, or a path under one, as output_dir was found only when the results were
+    written, after the whole evaluation."""
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(ob, "_place", no_load)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(UserError, match="output_dir '.*afile' is a file, not a folder"):
+        ob.evaluate(str(tiny_model_dir), output_dir=afile, progress=False)
+    with pytest.raises(UserError, match=r"afile is a file, so no folder can be made under it"):
+        ob.evaluate(str(tiny_model_dir), output_dir=afile / "sub" / "dir", progress=False)
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # a read-only file system (root passes chmod)
+    with pytest.raises(UserError, match="cannot write in .* read-only file system"):
+        ob.evaluate(str(tiny_model_dir), output_dir=tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()

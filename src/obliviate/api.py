@@ -135,7 +135,7 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     _check_versions()
     from obliviate.evaluation.progress import progress_bars
     from obliviate.evaluation.registry import build_options, get_benchmark
-    from obliviate.evaluation.results import CLAIM
+    from obliviate.evaluation.results import CLAIM, check_output_dir
     from obliviate.hardware import resolve_precision
 
     settings = {"benchmark": "tofu", "device": "auto", "precision": "auto", "trust_remote_code": False,
@@ -160,6 +160,8 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     except UserError as err:
         raise _naming_file(err, config, {k: v for k, v in file_options.items() if k not in options}) from None
     resolve_precision(settings["precision"], key="precision")  # refuse a bad value before loading anything
+    if settings["output_dir"] is not None:
+        check_output_dir(settings["output_dir"])
     with _processes(settings["device"]) as state:
         model, tokenizer, name = _place(model, tokenizer, settings, device if state is None else _device_name(state.device))
         with _output_dir(settings["output_dir"], name, spec.name, state) as out:

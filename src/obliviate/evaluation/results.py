@@ -95,6 +95,24 @@ def write_outputs(out_dir: str | Path, files: Mapping[str, Any]) -> list[Path]:
     return written
 
 
+def check_output_dir(given: str | Path) -> None:
+    """Refuse, before the model loads, an output_dir no results can be written to: a file, a path
+    under a file, a folder that cannot be written (permissions, a read-only file system). It was
+    found only when the results were written, after the whole evaluation. Creates nothing."""
+    import os
+
+    path = Path(given).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output_dir '{given}' is a file, not a folder; give a folder for the results")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"output_dir '{given}': {existing} is a file, so no folder can be made under it; give "
+                        "another output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output_dir '{given}': cannot write in {existing} (no permission, or a read-only file "
+                        "system); give another output_dir")
+
+
 def default_output_dir(model_name: str, benchmark: str, root: str | Path = "runs") -> Path:
     """Where an evaluation writes when no output_dir is given: inside the run of a run's model
     (``runs/x/model`` -> ``runs/x/eval-<benchmark>``; ``runs/x/model_alpha0.3`` ->
