@@ -108,3 +108,23 @@ def test_a_failed_run_is_tidied_while_it_still_holds_the_lock(tmp_path, monkeypa
         assert seen["at_release"] == [LOCK]  # config.yaml was removed before the lock was let go
     assert not (tmp_path / "run").exists()
     assert (tmp_path / "other" / CONFIG).read_text() == "another run's config"
+
+
+def test_a_run_in_progress_is_named_before_the_already_holds_a_run_advice(tmp_path):
+    """A second run into the folder of a live one was told "already holds a run; pass --resume",
+    which the lock then refused: the live holder is named first."""
+    from obliviate.rundir import check_run_dir
+
+    out = tmp_path / "run"
+    holder = hold_lock(out)
+    try:
+        (out / "checkpoints").mkdir()
+        for resume in (False, True):
+            with pytest.raises(UserError, match=rf"output_dir '.*run' is in use by another run \(pid {holder.pid}"):
+                check_run_dir(out, resume=resume)
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        check_run_dir(out)
+    check_run_dir(out, resume=True)
