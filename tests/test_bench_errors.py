@@ -165,3 +165,17 @@ def test_a_row_sets_a_common_key_in_its_other_spelling(bench, tmp_path):
     with pytest.raises(UserError, match=re.escape(f"{config}: common: 'train.num_train_epochs' and 'train.num_epochs' "
                                                   "name the same setting")):
         row_config(loaded, loaded.rows[0], **where)
+
+
+@pytest.mark.parametrize("key", ["model", "request", "output_dir", "method"])
+def test_a_key_the_bench_sets_is_refused_in_overrides(bench, capsys, key):
+    """A row's `overrides: {model: ...}` was silently replaced by the bench's own value."""
+    config, out = bench
+    spec = yaml.safe_load(config.read_text())
+    spec["rows"][1]["overrides"] = {key: "mine"}
+    write(config, spec)
+    assert refused(capsys, config, out).startswith(f"{config}: row 'NPO': '{key}' is the bench's to set")
+    spec["rows"][1].pop("overrides")
+    spec["common"][key] = "mine"
+    write(config, spec)
+    assert refused(capsys, config, out).startswith(f"{config}: common: '{key}' is the bench's to set")

@@ -204,12 +204,20 @@ def substitute(value, data: str):
     return value
 
 
+BENCH_SET = ("method", "model", "request", "output_dir")  # keys a row's overrides cannot set
+
+
 def row_config(spec: BenchSpec, row: Row, *, model: str, request: str, output_dir: str) -> RunConfig:
     """The row's run config: common <- row overrides <- (model, request, output_dir); a bad key or
     value is refused naming the file and the row."""
     data = str(spec.protocol.data)
     common = _one_spelling(spec.common, f"{spec.source}: common")  # a row may set common's key in its
     mine = _one_spelling(row.overrides, f"{spec.source}: row '{row.name}'")  # other spelling: it wins
+    for where, keys in ((f"{spec.source}: common", common), (f"{spec.source}: row '{row.name}'", mine)):
+        taken = [key for key in keys if key in BENCH_SET]
+        if taken:  # the bench's own values came last and won, silently
+            raise UserError(f"{where}: '{taken[0]}' is the bench's to set (method: the row's method; model: "
+                            "protocol.model or the target; request, output_dir: the bench's folders); leave it out")
     overrides = [("method", row.method), *((k, substitute(v, data)) for k, v in common.items()),
                  *((k, substitute(v, data)) for k, v in mine.items()),
                  ("model", model), ("request", request), ("output_dir", output_dir)]
