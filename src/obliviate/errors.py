@@ -18,6 +18,11 @@ class UserError(Exception):
     """
 
 
+class RegistrationError(UserError, ValueError):
+    """A method or benchmark registration refused (a name taken): a UserError, and still the
+    ValueError that callers of the registries caught before."""
+
+
 HINTS = {
     errno.ENOSPC: "free some space or choose another output_dir",
     errno.EDQUOT: "free some space or choose another output_dir",

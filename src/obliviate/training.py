@@ -177,6 +177,9 @@ class UnlearnTrainer(Trainer):
                 yield self.reference_model
                 return
             model = self.model  # a PeftModel: the base network is the starting model
+            if not hasattr(model, "disable_adapter"):  # full fine-tuning keeps a frozen copy only when declared
+                raise UserError(f"objective '{self.objective_name}' calls ctx.reference() without declaring it; "
+                                "register it as Objective(loss, needs_reference=True)")
             was_training = model.training
             model.eval()
             try:

@@ -12,18 +12,21 @@ This module imports nothing from the pipeline, so the config loader can read it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from obliviate.errors import UserError
+from obliviate.errors import RegistrationError, UserError
+from obliviate.io import short_repr
 
 #: The modules that register the built-in methods (the registration lines).
 BUILTIN = ("obliviate.methods.baselines", "obliviate.methods.ulmr", "obliviate.methods.sku", "obliviate.methods.snap")
 
 _METHODS: dict[str, Method] = {}
-_loaded = False
+_loaded = False  # set only once every BUILTIN module imported: a failed load is retried, not left half done
+_loading = False  # while they import: their own register_method calls must not start the load again
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,65 @@ class Method:
 
 
 def register_method(method: Method) -> Method:
-    """Register a method by name; a second method under the same name is refused."""
+    """Register a method by name; a second method under the same name is refused. The built-ins load
+    first, so a plugin taking a built-in's name is refused here rather than breaking the first
+    listing, and the fields are checked now, naming the method, not at some later run's config load."""
+    _load_builtins()
     if method.name in _METHODS and _METHODS[method.name] is not method:
-        raise ValueError(f"method '{method.name}' is already registered")
+        raise RegistrationError(f"method '{method.name}' is registered already; register yours under another name")
+    where = f"register_method: method '{method.name}'"
+    if not callable(method.recipe):
+        raise UserError(f"{where}: recipe {short_repr(method.recipe)} is not callable; give a function "
+                        "recipe(run) -> {name: model}")
+    _check_presets(method, _check_section(method, where), where)
     _METHODS[method.name] = method
     return method
+
+
+def run_config_keys() -> frozenset[str]:
+    """RunConfig's own fields (model, method, train, ...): a method section under one of these names
+    would be shadowed by it."""
+    from obliviate.config import RunConfig  # here, not at the top: config imports this module
+
+    return frozenset(f.name for f in dataclasses.fields(RunConfig))
+
+
+def _check_section(method: Method, where: str) -> str | None:
+    """The name of `method`'s config section, checked: RunConfig builds every section from defaults
+    and reads `config.<name>`, so the name must be free and every field must have a default."""
+    if method.section is None:
+        return None
+    if not (isinstance(method.section, tuple) and len(method.section) == 2 and isinstance(method.section[0], str)):
+        raise UserError(f"{where}: section {short_repr(method.section)} is not a (name, dataclass) pair; "
+                        f"give section=('{method.name}', MyConfig)")
+    name, cls = method.section
+    if name in run_config_keys():
+        raise UserError(f"{where}: section '{name}' is a RunConfig key ({', '.join(sorted(run_config_keys()))}); "
+                        f"name the section after the method, e.g. section=('{method.name}', ...)")
+    owner = next((m.name for m in _METHODS.values() if m.name != method.name and m.section and m.section[0] == name),
+                 None)
+    if owner is not None:
+        raise UserError(f"{where}: section '{name}' belongs to method '{owner}' already; "
+                        f"name yours after your method, e.g. section=('{method.name}', ...)")
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise UserError(f"{where}: section '{name}' class {short_repr(cls)} is not a dataclass; decorate it with "
+                        "@dataclass")
+    bare = [f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if bare:
+        raise UserError(f"{where}: section '{name}' field '{cls.__name__}.{bare[0]}' has no default; give every "
+                        "field a default (the section is built even when the config does not set it)")
+    return name
+
+
+def _check_presets(method: Method, section: str | None, where: str) -> None:
+    """A preset key must start with a RunConfig field or the method's own section: the config
+    loader would otherwise blame the user's config for a key the user never wrote."""
+    heads = run_config_keys() - {"sections"} | ({section} if section else set())
+    for key in method.presets:
+        if str(key).split(".")[0] not in heads:
+            raise UserError(f"{where}: preset {short_repr(str(key))} starts with neither a RunConfig field nor the "
+                            f"method's own section; use one of {', '.join(sorted(heads))} (e.g. train.learning_rate)")
 
 
 def presets_under(name: str, data: dict, user_set: set[str]) -> dict[str, Any]:
@@ -67,13 +124,23 @@ def presets_under(name: str, data: dict, user_set: set[str]) -> dict[str, Any]:
     return presets
 
 
-def methods() -> dict[str, Method]:
-    """Name -> Method, the built-ins loaded on first use."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
+def _load_builtins() -> None:
+    """Import the BUILTIN modules once (each registers itself)."""
+    global _loaded, _loading
+    if _loaded or _loading:
+        return
+    _loading = True
+    try:
         for module in BUILTIN:
             importlib.import_module(module)
+        _loaded = True
+    finally:
+        _loading = False
+
+
+def methods() -> dict[str, Method]:
+    """Name -> Method, the built-ins loaded on first use."""
+    _load_builtins()
     return dict(_METHODS)
 
 

@@ -2,7 +2,8 @@
 
 `OBJECTIVES[name]` is an `Objective(loss, needs_reference, slots, ...)`: `slots` are the batch
 parts the loss reads (built by data/collate.py), so a new objective needing new data declares a
-slot instead of a special case in the Trainer. Method presets (SimNPO's beta, ...) live with the
+slot instead of a special case in the Trainer. A custom one is added with
+`register_objective(name, Objective(...))`. Method presets (SimNPO's beta, ...) live with the
 method's registration (methods/baselines.py) and are applied when the config is loaded. Forget
 objectives add the shared retain term (`common.retain_term`: objective.retain_loss x
 objective.retain_weight) themselves: composition, not inheritance. `docs/training.md` lists
@@ -15,6 +16,7 @@ from typing import Callable, NamedTuple
 
 from obliviate.config import ObjectiveConfig
 from obliviate.errors import UserError
+from obliviate.io import short_repr
 from obliviate.objectives import finetune, ga, graddiff, idk_dpo, kl, npo, rmu, rt, simnpo
 from obliviate.objectives import sku
 from obliviate.objectives import snap
@@ -47,9 +49,29 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
+def register_objective(name: str, objective: Objective) -> Objective:
+    """Add a custom objective under `name` (what `run.train(objective=name)` trains with). A bare
+    loss function is refused here, where the mistake is made, not as an AttributeError in the
+    Trainer; a taken name is refused so that a plugin cannot silently replace a built-in loss."""
+    where = f"register_objective: objective '{name}'"
+    if not isinstance(objective, Objective):
+        raise UserError(f"{where}: {short_repr(objective)} is not an Objective; wrap the loss function: "
+                        f"register_objective('{name}', Objective(loss, needs_reference=...))")
+    if not callable(objective.loss):
+        raise UserError(f"{where}: loss {short_repr(objective.loss)} is not callable; give a function "
+                        "loss(model, batch, ctx) -> Tensor")
+    if name in OBJECTIVES and OBJECTIVES[name] is not objective:
+        raise UserError(f"{where} is registered already; register yours under another name")
+    OBJECTIVES[name] = objective
+    return objective
+
+
 def get_objective(name: str) -> Objective:
     if name not in OBJECTIVES:
         raise UserError(f"objective '{name}' is not known; use one of {', '.join(OBJECTIVES)}")
+    if not isinstance(OBJECTIVES[name], Objective):  # put into OBJECTIVES by hand, as the old docs said
+        raise UserError(f"objective '{name}' in OBJECTIVES is {short_repr(OBJECTIVES[name])}, not an Objective; "
+                        f"register it with register_objective('{name}', Objective(loss, ...))")
     return OBJECTIVES[name]
 
 
@@ -82,5 +104,5 @@ def shared_slots(name: str, config: ObjectiveConfig) -> tuple[str, ...]:
     return slots if len(slots) > 1 else ()
 
 
-__all__ = ["OBJECTIVES", "Objective", "LossContext", "get_objective", "needs_reference", "needs_retain",
-           "batch_slots", "shared_slots"]
+__all__ = ["OBJECTIVES", "Objective", "LossContext", "register_objective", "get_objective", "needs_reference",
+           "needs_retain", "batch_slots", "shared_slots"]
