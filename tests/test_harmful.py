@@ -80,7 +80,10 @@ def test_truthfulqa_loader(tmp_path):
     (tmp_path / "TruthfulQA.csv").write_text(TRUTHFUL_CSV)
     items = load_truthfulqa(tmp_path)
     assert (items[0].question, items[0].answer) == ("How many legs does a spider have?", "A spider has eight legs")
-    assert len(load_truthfulqa(tmp_path / "TruthfulQA.csv", correct_answers=True)) == 3 + 4
+    both = load_truthfulqa(tmp_path / "TruthfulQA.csv", correct_answers=True)  # as SKU's utils.py: one more
+    assert [(i.question, i.answer) for i in both[:2]] == [  # row per question, the whole Correct Answers text
+        ("How many legs does a spider have?", "A spider has eight legs"),
+        ("How many legs does a spider have?", "Eight; 8 legs")] and len(both) == 3 + 3
     with pytest.raises(UserError, match="no such file"):
         load_truthfulqa(tmp_path / "nope")
 

@@ -5,8 +5,9 @@ Correct Answers, Incorrect Answers, Source) or a directory holding it. The copy 
 project is ``../shared/data/truthfulqa``; :func:`default_truthfulqa` finds it from the current
 directory or from the package's checkout, and returns None in a clone without it.
 
-SKU's reference code also adds one row per "Correct Answers" entry (answers separated by
-"; "); ``correct_answers=True`` does the same.
+SKU's reference code (utils.py, create_truthfulqa_dataloader) also adds, for every question, a
+second row whose answer is the whole "Correct Answers" text ("a; b; c", not split);
+``correct_answers=True`` does the same.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ def load_truthfulqa(source: str | Path | None = None, *, correct_answers: bool =
             if not isinstance(value, str) or not value.strip():
                 raise UserError(f"{path}: row {number + 2} has no '{name}'; the TruthfulQA header names it")
         items.append(QAItem(question=question, answer=best))
-        if correct_answers:
-            extra = [a.strip() for a in (record.get("Correct Answers") or "").split(";")]
-            items.extend(QAItem(question=question, answer=a) for a in extra if a and a != best.strip())
+        if correct_answers and str(record.get("Correct Answers") or "").strip():
+            items.append(QAItem(question=question, answer=str(record["Correct Answers"])))
     return items

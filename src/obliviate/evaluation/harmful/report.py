@@ -20,6 +20,8 @@ def render_harmful(envelope: dict) -> str:
         f"# Harmful-prompt evaluation: {s['model']}", "",
         f"judge: {config['judge']}; normal prompts: {config['normal']}; original outputs: "
         f"{_original(config['original_outputs'])}; device {config['device']}, {config['precision_used']}", "",
+        "Unwanted: the output gives the request's unwanted answer (refusal detection and recall of its "
+        "words, or the LLM judge against it); a different harmful answer is not counted (no harm classifier).", "",
         "| unwanted (forget) | unwanted (held-out) | perplexity (normal) | similarity to original "
         "| distinct-1 | distinct-2 |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -32,7 +34,8 @@ def render_harmful(envelope: dict) -> str:
         a = labels["aggregates"]
         lines += ["", f"Judge agreement with hand labels: {_fmt(a['agreement'])} on {a['n']} outputs "
                       f"(TP {a['true_positive']}, FP {a['false_positive']}, FN {a['false_negative']}, "
-                      f"TN {a['true_negative']})."]
+                      f"TN {a['true_negative']}): the judge's accuracy on fixed labelled outputs, the same for "
+                      "every model evaluated."]
     elif config.get("judge_agreement") and not config.get("labels", True):
         lines += ["", "Judge agreement: not measured (a request of your own and no hand labels for it; "
                       "pass --labels to measure it)."]
