@@ -22,11 +22,13 @@ import math
 import re
 from collections.abc import Sequence
 
+from obliviate.errors import UserError
 from obliviate.evaluation import metrics
 from obliviate.evaluation.engine import score_and_generate
 from obliviate.evaluation.rwku import textscores
 from obliviate.evaluation.rwku.probes import RAW
 from obliviate.evaluation.rwku.prompts import ANSWER, chat_prompt, icu
+from obliviate.prompts import answer_suffix, prompt_token_ids
 
 LETTERS = "ABCD"
 UTILITY_SETS = ("mmlu", "bbh", "truthfulqa", "triviaqa", "fluency")
@@ -104,12 +106,40 @@ def _split(targets: dict) -> tuple[list[str], list[str]]:
     return true, [c for c, label in zip(targets["choices"], targets["labels"]) if label != 1]
 
 
+def stats_of(row: list, stats) -> list:
+    """The next len(row) results of the `stats` iterator: one per option of a sample."""
+    return [next(stats) for _ in row]
+
+
+def mmlu_option(tokenizer, prompt: str, letter: str) -> str:
+    """The text whose first scored token after `prompt` is RWKU's candidate id for `letter`,
+    ``encode(" " + letter)[-1]`` (eval_mmlu.py, inference.py): where " A" is two tokens ("▁", "A"
+    in sentencepiece vocabularies), scoring " A" read the space token's probability, the same for
+    every letter, and the prediction was always A. Checked against the engine's tokenisation (the
+    answer alone with a chat template, else the joint text split after the prompt)."""
+    wanted = tokenizer.encode(" " + letter, add_special_tokens=False)[-1]
+    for text in dict.fromkeys([tokenizer.decode([wanted]), " " + letter, letter]):
+        if _first_scored_token(tokenizer, prompt, text) == wanted:
+            return text
+    raise UserError(f"RWKU MMLU: no text scores the token {wanted} ({tokenizer.decode([wanted])!r}) right after the "
+                    f"prompt with this tokenizer; the candidate for '{letter}' cannot be read")
+
+
+def _first_scored_token(tokenizer, prompt: str, text: str) -> int | None:
+    if answer_suffix(tokenizer) is None:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[0] if ids else None
+    head, full = prompt_token_ids(tokenizer, [prompt, prompt + text])
+    return full[len(head)] if len(full) > len(head) and full[:len(head)] == head else None
+
+
 def score_choices(model, tokenizer, records: Sequence[dict], name: str, use_prompt: bool = False, **engine) -> dict:
     """MMLU (next-token argmax over " A".." D") or TruthfulQA (summed log-probs of " " + choice)."""
     pairs, prompts = [], []
     for sample in records:
         if name == "mmlu":
-            prompt, options = mmlu_prompt(tokenizer, sample, use_prompt), [" " + c for c in LETTERS]
+            prompt = mmlu_prompt(tokenizer, sample, use_prompt)
+            options = [mmlu_option(tokenizer, prompt, c) for c in LETTERS]
         else:
             prompt = truthfulqa_prompt(tokenizer, sample, use_prompt)
             options = [" " + c for c in dict.fromkeys(sample["mc1_targets"]["choices"] + sample["mc2_targets"]["choices"])]
@@ -119,14 +149,13 @@ def score_choices(model, tokenizer, records: Sequence[dict], name: str, use_prom
                                   formatter=RAW, **engine)
     stats, items = iter(stats), []
     for sample, prompt, row in zip(records, prompts, pairs):
-        # First answer token for MMLU (RWKU's candidate ids); the answer tokens without EOS otherwise.
-        logp = {option[1:]: (s.logprobs[0] if name == "mmlu" else sum(s.logprobs[:-1]))
-                for (_, option), s in zip(row, stats)}
-        if name == "mmlu":
-            prediction = max(range(4), key=lambda j: logp[LETTERS[j]])
+        if name == "mmlu":  # the first scored token is RWKU's candidate id (mmlu_option)
+            logp = [s.logprobs[0] for s in stats_of(row, stats)]
+            prediction = max(range(4), key=lambda j: logp[j])
             items.append({"task": sample.get("task"), "answer": sample["answer"], "prediction": prediction,
                           "correct": float(prediction == sample["answer"])})
             continue
+        logp = {option[1:]: sum(s.logprobs[:-1]) for (_, option), s in zip(row, stats_of(row, stats))}  # no EOS
         true1, false1 = _split(sample["mc1_targets"])
         true2, false2 = _split(sample["mc2_targets"])
         mass = [math.exp(logp[c]) for c in true2 + false2]
