@@ -8,7 +8,7 @@ does under ``use_prompt``.
 
 from __future__ import annotations
 
-from obliviate.prompts import format_prompt
+from obliviate.prompts import PINNED_DATE, format_prompt
 
 FB = "Please complete the blank in the following question.\nQuestion: {}\n"
 QA = "Please briefly answer the following question.\nQuestion: {}\n"
@@ -46,9 +46,16 @@ def icu(text: str, record: dict, use_prompt: bool) -> str:
 
 
 def chat_prompt(tokenizer, user: str, suffix: str = "") -> str:
-    """``apply_chat_template([user], add_generation_prompt=True) + suffix`` (no system message
-    is added: the template's own default, as RWKU)."""
-    return format_prompt(tokenizer, user) + suffix
+    """``apply_chat_template([user], add_generation_prompt=True) + suffix``, as RWKU's eval_*.py
+    call it: the user turn only, so no system message and, for a date-printing template (Llama
+    3.1), its own default date. Not the TOFU-side pins of obliviate.prompts (open-unlearning's
+    system prompt and date). A template that prints today's date (`strftime_now`, Llama 3.2) gets
+    PINNED_DATE instead, or the prompts, and the cached results, would change every day."""
+    if tokenizer.chat_template is None:
+        return format_prompt(tokenizer, user) + suffix
+    pins = {"date_string": PINNED_DATE} if "strftime_now" in str(tokenizer.chat_template) else {}
+    return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                         add_generation_prompt=True, **pins) + suffix
 
 
 def probe_prompt(tokenizer, record: dict, kind: str, use_prompt: bool = False) -> str:
