@@ -209,3 +209,18 @@ def test_a_second_bench_in_the_same_directory_is_refused(bench_setup, capsys):
     err = capsys.readouterr().err
     assert "another bench is running there (pid" in err and len(err.strip().splitlines()) == 1
     assert not (out / "stages").exists()
+
+
+def test_a_row_without_numbers_has_as_many_html_columns_as_the_header():
+    """A skipped or not-yet-run row was one cell short in report.html (19 under 20 headers), its
+    reason under the metric columns."""
+    import re
+
+    from obliviate.bench.html import _table
+
+    page = _table([{"kind": "skipped", "name": "KL", "reason": "not run yet"}])
+    header, row = re.findall(r"<tr.*?</tr>", page)
+    width = lambda tr: sum(int(n or 1) for n in re.findall(r"<t[hd](?: colspan=(\d+))?[ >]", tr))  # noqa: E731
+    assert width(row) == width(header) == header.count("<th>")
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    assert cells[-3] == "not run yet" and header.split("<th>")[-3].startswith("hyperparameters")
