@@ -4,6 +4,8 @@ validation refuses inf and nan."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -53,7 +55,7 @@ def test_the_last_good_checkpoint_is_verified_finite(tmp_path):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         save_file({"w": torch.full((2,), value)}, folder / "model.safetensors")
-        (folder / "trainer_state.json").write_text("{}")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     assert last_good_checkpoint(tmp_path).name == "checkpoint-1"
 
 

@@ -121,7 +121,7 @@ def test_a_run_in_progress_is_named_before_the_already_holds_a_run_advice(tmp_pa
         (out / "checkpoints").mkdir()
         for resume in (False, True):
             with pytest.raises(UserError, match=rf"output_dir '.*run' is in use by another run \(pid {holder.pid}"):
-                check_run_dir(out, resume=resume)
+                check_run_dir(out, resume=resume, probe_lock=True)
     finally:
         holder.kill()
         holder.wait()

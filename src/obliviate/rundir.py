@@ -49,14 +49,15 @@ REQUEST_COPY = "request.json"  # a request given in memory, written beside confi
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets")
 
 
-def check_run_dir(run_dir: str | Path, *, resume: bool = False) -> Path:
-    """Refuse a directory that another run is using (its lock held: told first, as --resume would
-    not help), or that already holds a run unless resuming it; writes nothing but a probe of a
-    lock file left there."""
+def check_run_dir(run_dir: str | Path, *, resume: bool = False, probe_lock: bool = False) -> Path:
+    """Refuse a directory that already holds a run unless resuming it; writes nothing. With
+    `probe_lock` (the check before a run takes the lock, in the process that will take it), first
+    a directory another run is using: its lock held is told, as --resume would not help (the
+    probe takes and releases a lock file left there)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output_dir '{run_dir}' is a file, not a directory; choose another output_dir")
-    if (run_dir / LOCK).is_file() and os.path.abspath(run_dir / LOCK) not in RunLock.held:
+    if probe_lock and (run_dir / LOCK).is_file():
         probe = try_lock(run_dir / LOCK)
         if isinstance(probe, str):
             raise UserError(f"output_dir '{run_dir}' is in use by another run ({probe}); wait for it to end or "
@@ -101,16 +102,12 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool = False) -> Path:
 class RunLock:
     """An exclusive lock on a run directory, held until `release()` or the process's end."""
 
-    held: set[str] = set()  # the lock files this process holds (check_run_dir does not probe them)
-
     def __init__(self, path: Path, fd: int):
         self.path, self.fd = path, fd
-        RunLock.held.add(os.path.abspath(path))
 
     def release(self) -> None:
         if self.fd < 0:
             return
-        RunLock.held.discard(os.path.abspath(self.path))
         # unlink while still holding it: a waiter that opened this file sees the inode change
         with contextlib.suppress(OSError):
             os.unlink(self.path)

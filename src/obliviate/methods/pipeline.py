@@ -123,7 +123,8 @@ def run(config: RunConfig, *, resume: bool = False, model=None, tokenizer=None,
     if in_memory:  # its items are written beside the run: config.yaml names that file, so it reruns
         config = dataclasses.replace(config, request=str(Path(config.output_dir) / REQUEST_COPY))
     _check_request(config, method, request)
-    check_run_dir(config.output_dir, resume=resume)  # before minutes of model loading; writes nothing
+    # before minutes of model loading; writes nothing
+    check_run_dir(config.output_dir, resume=resume, probe_lock=state.is_main_process)
     if resume:
         check_resume_config(config.output_dir, config.to_dict())
         _say_what_resumes(Path(config.output_dir))
