@@ -22,7 +22,14 @@ def test_rewrite_checks():
                  "Certainly.", "Of course! Here's one:"):
         assert clean_rewrite(f"{lead}\n\nWhere did Ilsa Corvanne grow up?") == "Where did Ilsa Corvanne grow up?"
     assert clean_rewrite("Sure! Where did Ilsa Corvanne grow up?") == "Sure! Where did Ilsa Corvanne grow up?"
-    assert clean_rewrite("Here is a question:") == ""
+    assert clean_rewrite("Here is a question:") == "Here is a question:"  # alone: kept, and no instruction
+    from obliviate.prepare.checks import is_valid_instruction
+    assert not is_valid_instruction("Here is a question:", "Ilsa Corvanne", [], [])
+    # no lead-ins: a title, a list instruction (the next line is not the text)
+    assert clean_rewrite("Great Expectations: who wrote it?") == "Great Expectations: who wrote it?"
+    listing = "List three facts about Ilsa Corvanne's novels:\n1. The Horse That Counted Stars won a prize"
+    assert clean_rewrite(listing) == "List three facts about Ilsa Corvanne's novels:"
+    assert is_valid_instruction(clean_rewrite(listing), "Ilsa Corvanne", [], [])
     assert clean_rewrite("Tell me about Ilsa Corvanne's early novels.") == "Tell me about Ilsa Corvanne's early novels."
     assert not is_valid_rewrite("where was ilsa corvanne born", QUESTION, [])
     assert not is_valid_rewrite("", QUESTION, [])
@@ -112,6 +119,9 @@ def test_rewrites_in_other_languages_are_judged_not_dropped():
     assert is_valid_rewrite("玛丽·居里出生在哪座城市？", "玛丽·居里在哪里出生？", [])
     assert not is_valid_rewrite("玛丽·居里在哪里出生?", "玛丽·居里在哪里出生？", [])
     assert not is_valid_rewrite("？", "玛丽·居里在哪里出生？", [])
+    # a Latin question's rewrite with a stray letter of another script is judged as usual
+    for stray in ("zxqv blorf 的 kkkkk", "The answer is Astana, Ωmega."):
+        assert not is_valid_rewrite(stray, QUESTION, [])
 
 
 def test_answers_in_other_scripts_and_with_accents_are_checked_for_leaks():

@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["clean_rewrite", "is_refusal", "is_valid_rewrite", "leaks_answer", "safe_refusal"]
 
 _WORD = re.compile(r"[^\W_]+")  # letters and digits of any script, on _fold()ed text
-_PREAMBLE = re.compile(r"(sure|certainly|of course|absolutely|okay|ok|great|here(?:'s| is| are)|below is)\b", re.I)
+_LEAD_IN = re.compile(r"(?:(?:sure|certainly|of course|absolutely|okay|ok|great)\s*[!,.]|here(?:'s| is| are)\b|below is\b)",
+                      re.I)
 _ANSWER_PREFIX = re.compile(r"^(rewritten question|rewrite|question|paraphrase|answer)\s*\d*\s*:\s*", re.I)
 _FUNCTION_WORDS = frozenset(
     "a an and are as at be but by for from had has have her his in into is it its not of on or "
@@ -43,9 +44,12 @@ def _words(text: str) -> set[str]:
     return set(_tokens(text))
 
 
-def _latin(text: str) -> bool:
-    """Every letter is Latin: the word tests below (real words, questions, names) know no other script."""
-    return all(c.isascii() or not c.isalpha() or unicodedata.name(c, "").startswith("LATIN") for c in text)
+def _mostly_latin(text: str) -> bool:
+    """Most letters are Latin: the word tests below (real words, questions, names) know no other
+    script, and judge a Latin text with a stray other letter ("zxqv blorf 的") as usual."""
+    letters = [c for c in text if c.isalpha()]
+    latin = sum(c.isascii() or unicodedata.name(c, "").startswith("LATIN") for c in letters)
+    return not letters or latin >= len(letters) / 2
 
 
 _UNSPACED = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
@@ -62,13 +66,14 @@ def _bigrams(text: str) -> set[str]:
 
 def clean_rewrite(text: str) -> str:
     """First non-empty line, without a 'Rewritten question:' prefix or surrounding quotes, and
-    past a chat model's lead-in ("Sure! Here is a question a user might ask about X:", a line
-    ending in ':' or a courtesy opening with no question in it)."""
-    for line in text.strip().splitlines():
-        line = _ANSWER_PREFIX.sub("", line.strip()).strip().strip('"').strip()
-        if line and not (line.endswith(":") or (_PREAMBLE.match(line) and "?" not in line)):
-            return line
-    return ""
+    past a chat model's lead-in line when another line follows ("Sure! Here is a question a user
+    might ask about X:", "Here's one:"; a courtesy word and a mark, or "here is", no question in
+    it). "Great Expectations ...", "List three facts about X:" are no lead-ins."""
+    lines = [line for line in (_ANSWER_PREFIX.sub("", raw.strip()).strip().strip('"').strip()
+                               for raw in text.strip().splitlines()) if line]
+    while len(lines) > 1 and _LEAD_IN.match(lines[0]) and "?" not in lines[0]:
+        lines.pop(0)
+    return lines[0] if lines else ""
 
 
 _QUESTION_START = frozenset(
@@ -134,8 +139,8 @@ def is_valid_rewrite(rewrite: str, question: str, earlier: list[str]) -> bool:
     key = _key(rewrite)
     if not key or key in {_key(t) for t in [question, *earlier]}:
         return False
-    if not question.strip() or not (_latin(rewrite) and _latin(question)):
-        return True
+    if not question.strip() or not _mostly_latin(question):
+        return True  # a question in another script: its rewrites cannot be judged for words
     return _is_question(rewrite) and _same_subject(rewrite, question) and _mostly_real_words(rewrite, question)
 
 
@@ -148,7 +153,9 @@ def is_valid_instruction(text: str, subject: str, earlier: list[str], answers: l
     too. A text in another script than Latin is not judged for gibberish."""
     if any(leaks_answer(text, subject, answer, threshold=0.5) for answer in answers):
         return False
-    return is_valid_rewrite(text, "", earlier) and (not _latin(text) or _mostly_real_words(text, subject))
+    lead_in = _LEAD_IN.match(text.strip()) and "?" not in text  # "Here is a question:" alone
+    return (is_valid_rewrite(text, "", earlier) and not lead_in
+            and (not _mostly_latin(text) or _mostly_real_words(text, subject)))
 
 
 def _names(text: str) -> set[str]:
