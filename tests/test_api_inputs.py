@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,7 +61,11 @@ def test_tokenizer_without_pad_token_and_bad_objects(tiny_model_and_tokenizer, t
     tokenizer.pad_token = None  # Llama-3, Mistral: a TypeError at the first batch
     result = ob.unlearn(model, tokenizer, {"forget": FORGET, "retain": RETAIN}, method="graddiff",
                         output_dir=tmp_path / "nopad", **QUICK)
-    assert tokenizer.pad_token == tokenizer.eos_token and (result.model_dir / "model.safetensors").is_file()
+    assert (result.model_dir / "model.safetensors").is_file()
+    assert tokenizer.pad_token is None  # the caller's tokenizer given back as it was
+    with pytest.raises(UserError, match="'method' = 'nosuch' is invalid"):  # refused: the tokenizer is untouched
+        ob.unlearn(model, tokenizer, {"forget": FORGET}, method="nosuch", output_dir=tmp_path / "n")
+    assert tokenizer.pad_token is None
     with pytest.raises(UserError, match="unlearn: tokenizer is a str, not a loaded tokenizer"):
         ob.unlearn(model, "/tmp/tinym", {"forget": FORGET}, output_dir=tmp_path / "s")
     peft = pytest.importorskip("peft")
@@ -149,3 +154,48 @@ def test_an_unwritable_eval_output_dir_is_refused_before_the_model_loads(tiny_mo
     with pytest.raises(UserError, match="cannot write in .* read-only file system"):
         ob.evaluate(str(tiny_model_dir), output_dir=tmp_path / "new", progress=False)
     assert not (tmp_path / "new").exists()
+
+
+def test_the_request_copy_reads_back_as_the_same_request(tmp_path):
+    """request.json must load to the very request: raw passages were written as a list of strings
+    (read back as file names), and an RWKU refusals request's flag and a TOFU request's
+    idontknow.jsonl were lost."""
+    from obliviate.data.request import load_request, request_records
+    from obliviate.methods.pipeline import request_sha256
+    from rwku_layout import _write_target
+
+    rwku = tmp_path / "rwku"
+    _write_target(rwku, "1_Ada_Example", "Ada Example", utility_sets=True)
+    (tmp_path / "tofu").mkdir()
+    (tmp_path / "tofu" / "forget01.json").write_text(json.dumps(FORGET))
+    (tmp_path / "tofu" / "idontknow.jsonl").write_text("I don't know.\n")
+    for given in (None, {"forget": str(tmp_path / "tofu" / "forget01.json")},
+                  {"rwku": {"data": str(rwku), "targets": 1, "forget": "refusals"}},
+                  {"rwku": {"data": str(rwku), "targets": 1, "forget": "passages"}}):
+        request = load_request(given)
+        copy_path = tmp_path / "request.json"
+        copy_path.write_text(json.dumps(request_records(request)))
+        again = load_request(copy_path)
+        assert request_sha256(again) == request_sha256(request)
+        assert (again.answers_are_refusals, again.passages) == (request.answers_are_refusals, request.passages)
+        assert (again.refusals and str(again.refusals)) == (request.refusals and str(Path(request.refusals).absolute()))
+
+
+def test_resume_compares_a_request_copy_and_keys_added_since(tmp_path):
+    """An api.unlearn run saved by the previous version has `request: null` (now the copy's path),
+    and a saved SKU config without train.max_grad_norm clipped at 1.0 (now 0): the first resumes,
+    the second is refused instead of changing its training mid-run."""
+    import yaml
+
+    from obliviate.rundir import check_resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = load_config(None, ["method=sku"]).to_dict()
+    old["train"].pop("max_grad_norm")
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    new = load_config(None, ["method=sku", f"request={run / 'request.json'}"]).to_dict()
+    with pytest.raises(UserError, match=r"config key 'train.max_grad_norm' = 0.0 differs from the run's 1.0"):
+        check_resume_config(run, new)
+    new["train"]["max_grad_norm"] = 1.0
+    check_resume_config(run, new)  # request: null beside the copy's path is not a difference

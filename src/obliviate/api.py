@@ -115,8 +115,9 @@ def unlearn(model=None, tokenizer=None, request=None, *, method: str | None = No
             config if isinstance(config, dict) else None)
         resolved = load_config(None if flat_base is not None else config, pairs, base=flat_base)
     request_obj = None if request is None or isinstance(request, (str, Path)) else request
-    run_dir = run(resolved, resume=resume, model=model if loaded else None, tokenizer=tokenizer if loaded else None,
-                  request=request_obj)
+    with _padding_with_eos(tokenizer if loaded else None):
+        run_dir = run(resolved, resume=resume, model=model if loaded else None,
+                      tokenizer=tokenizer if loaded else None, request=request_obj)
     manifest_path = run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     return UnlearnResult(run_dir=run_dir, model_dir=run_dir / "model", manifest=manifest)
@@ -243,16 +244,28 @@ def _without_presets(config: RunConfig) -> dict:
 
 
 def _check_tokenizer(tokenizer) -> None:
-    """A tokenizer object, with a pad token to batch with (Llama-3's and Mistral's have none: the
-    end-of-sequence token pads, as the command line's loader does)."""
+    """A tokenizer object that can pad: a pad token, or an end-of-sequence token to pad with."""
     if not callable(getattr(tokenizer, "apply_chat_template", None)):
         raise UserError(f"unlearn: tokenizer is a {type(tokenizer).__name__}, not a loaded tokenizer; pass "
                         "AutoTokenizer.from_pretrained(...)")
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise UserError("unlearn: the tokenizer has neither a pad nor an end-of-sequence token; set "
-                            "tokenizer.pad_token before calling unlearn")
+    if tokenizer.pad_token is None and tokenizer.eos_token is None:
+        raise UserError("unlearn: the tokenizer has neither a pad nor an end-of-sequence token; set "
+                        "tokenizer.pad_token before calling unlearn")
+
+
+@contextlib.contextmanager
+def _padding_with_eos(tokenizer):
+    """For the run, a tokenizer without pad token (Llama-3's, Mistral's) pads with the
+    end-of-sequence token, as the command line's loader sets it; the caller's is given back as it
+    was (the saved model/ keeps the pad token it trained with)."""
+    unset = tokenizer is not None and tokenizer.pad_token is None
+    if unset:
         tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield
+    finally:
+        if unset:
+            tokenizer.pad_token = None
 
 
 def _check_loaded(model, what: str) -> None:

@@ -45,6 +45,8 @@ RESUME_SAFE = ("output_dir", "device", "train.save_steps", "train.save_total_lim
                "train.report_to", "train.gradient_checkpointing", "train.torch_compile", "generation.base_url",
                "generation.api_key_env", "generation.max_concurrency", "generation.timeout_s")
 LOCK = ".obliviate.lock"
+#: keys added since runs were first saved, with the value that a run saved before them ran with
+ADDED_KEYS = {"train.max_grad_norm": 1.0}
 REQUEST_COPY = "request.json"  # a request given in memory, written beside config.yaml (methods/pipeline.py)
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets")
 
@@ -72,7 +74,8 @@ def check_run_dir(run_dir: str | Path, *, resume: bool = False, probe_lock: bool
 def check_resume_config(run_dir: str | Path, config: dict) -> None:
     """Refuse to resume `run_dir` with a config (`RunConfig.to_dict()`) that differs from the saved
     config.yaml in any key but RESUME_SAFE; the error names the first such key and both values.
-    Keys only one side has (a newer obliviate's new field) are not compared."""
+    Keys only one side has (a newer obliviate's new field) are not compared, but for ADDED_KEYS,
+    whose old value is known (an SKU run saved before train.max_grad_norm clipped at 1.0)."""
     import yaml
 
     from obliviate.io import flatten_keys, parse_yaml, read_user_text, short_repr
@@ -80,9 +83,12 @@ def check_resume_config(run_dir: str | Path, config: dict) -> None:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         return  # killed before it saved its config: nothing to compare with
-    saved = flatten_keys(parse_yaml(read_user_text(path), str(path)) or {})
+    saved = {**ADDED_KEYS, **flatten_keys(parse_yaml(read_user_text(path), str(path)) or {})}
     new = flatten_keys(yaml.safe_load(yaml.safe_dump(config)))  # the types a saved config reads back as
     for key, value in saved.items():
+        if key == "request" and Path(str(new.get(key))).name == REQUEST_COPY and (
+                value is None or Path(str(value)).name == REQUEST_COPY):
+            continue  # a request given in memory (its copy, or none by an older version): its hash decides
         if key in new and key not in RESUME_SAFE and not key.endswith("_sweep") and new[key] != value:
             raise UserError(f"--resume: config key '{key}' = {short_repr(new[key])} differs from the run's "
                             f"{short_repr(value)} ({path}); resume with the run's config, or choose another "

@@ -132,7 +132,13 @@ def request_records(request: UnlearningRequest) -> dict:
         return {key: value for key, value in asdict(item).items() if value not in (None, [])}
 
     records = {"name": request.name, **{name: [record(i) for i in getattr(request, name)] for name in SETS}}
-    return {**records, "passages": request.passages} if request.passages else records
+    if request.passages:  # records: a list of strings would read as several file names
+        records["passages"] = [{"text": text} for text in request.passages]
+    if request.answers_are_refusals:
+        records["answers_are_refusals"] = True
+    if request.refusals:  # TOFU's idontknow.jsonl found beside the data files: the copy names it
+        records["refusals"] = str(Path(request.refusals).absolute())
+    return records
 
 
 def _is_passage_record(record: dict) -> bool:
@@ -259,10 +265,14 @@ def load_request(source: str | Path | dict | list | None = None, *, retain: str 
     if not isinstance(spec, dict) or "forget" not in spec:  # a plain data file: it is the forget set
         spec = {"forget": str(source), "retain": retain, "name": Path(str(source)).stem}
         sources, base = [], None  # names given on the command line: relative to the working directory
-    unknown = {str(k) for k in spec} - {"name", "description", "forget", "retain", "neighbors", "passages", "subject"}
+    unknown = {str(k) for k in spec} - {"name", "description", "forget", "retain", "neighbors", "passages", "subject",
+                                        "answers_are_refusals", "refusals"}
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(key_text(k) for k in sorted(unknown))}; allowed: name, forget, retain, "
-                        "neighbors, passages, subject, description")
+                        "neighbors, passages, subject, description, answers_are_refusals, refusals")
+    if not isinstance(spec.get("answers_are_refusals", False), bool):
+        raise UserError(f"{where}: 'answers_are_refusals' must be true or false, got "
+                        f"{short_repr(spec['answers_are_refusals'])}")
     _text_keys(spec, where)
     sets = {}
     for name in SETS:
@@ -273,8 +283,12 @@ def load_request(source: str | Path | dict | list | None = None, *, retain: str 
     passages = _passages(_load_set(spec.get("passages"), base, f"{where} [passages]", sources), f"{where} [passages]")
     if not sets["forget"]:
         raise UserError(f"{where}: the forget set is empty; give at least one item under 'forget'")
-    request = UnlearningRequest(**sets, passages=passages, name=str(spec.get("name", "request")),
-                                sources=sources, refusals=tofu_refusals_file(sources))
+    refusals = spec.get("refusals")  # the refusals IDK-DPO / RT draw from, named by the request
+    if refusals is not None and not isinstance(refusals, str):
+        raise UserError(f"{where}: 'refusals' must be a file name, got {short_repr(refusals)}")
+    request = UnlearningRequest(**sets, passages=passages, name=str(spec.get("name", "request")), sources=sources,
+                                refusals=resolve_source(refusals, base, f"{where} [refusals]") if refusals else
+                                tofu_refusals_file(sources), answers_are_refusals=spec.get("answers_are_refusals", False))
     overlap = {(i.question, i.answer) for i in request.forget} & {(i.question, i.answer) for i in request.retain}
     if overlap:
         request.warnings.append(f"{len(overlap)} forget item(s) also appear in the retain set")
