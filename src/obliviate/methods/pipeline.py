@@ -234,7 +234,8 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
         if config.request == str(run_dir / REQUEST_COPY):
             atomic_write_text(run_dir / REQUEST_COPY, json.dumps(request_records(request), ensure_ascii=False))
         save_config(config, run_dir / "config.yaml")
-    _warn_low_precision(model)
+    if state.is_main_process:
+        _warn_low_precision(model)
     model.to(device)
     base_weights = weights_sha256(model)  # before training changes the weights in place
     weights_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
