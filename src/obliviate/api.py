@@ -82,7 +82,10 @@ def unlearn(model=None, tokenizer=None, request=None, *, method: str | None = No
     (`**{"train.max_steps": 2}`), or whole sections (`ulmr={"alpha": 0.5}`).
 
     A loaded `model` is trained **in place**: afterwards it holds the unlearned weights (the same
-    as run_dir/model). To keep the original, pass a copy: `unlearn(copy.deepcopy(model), ...)`."""
+    as run_dir/model). To keep the original, pass a copy: `unlearn(copy.deepcopy(model), ...)`.
+    It comes back in eval mode with the caller's requires_grad flags and config.use_cache; the
+    global random generators (torch, numpy, random) are left seeded with `seed`, as the
+    transformers Trainer leaves them. A request given in memory is kept as run_dir/request.json."""
     _check_versions()
     from obliviate.methods.pipeline import run
 
