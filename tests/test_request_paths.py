@@ -155,3 +155,18 @@ def test_a_missing_folder_under_a_folder_beside_the_request_is_a_path_not_a_hub_
     (requests / "req.yaml").write_text("forget: data/forget_set\n")
     with pytest.raises(UserError, match=r"req.yaml \[forget\]: data/forget_set: no such file \(relative to "):
         load_request(requests / "req.yaml")
+
+
+def test_a_request_names_its_refusals_beside_it_and_says_its_answers_are_refusals(layout):
+    requests, _ = layout
+    (requests / "idk.txt").write_text("I don't know.\n")
+    (requests / "req.yaml").write_text("forget: [{question: \"Q?\", answer: I would rather not say.}]\nrefusals: idk.txt\n"
+                                       "answers_are_refusals: true\n")
+    request = load_request(requests / "req.yaml")
+    assert request.refusals == str(requests / "idk.txt") and request.answers_are_refusals
+    for bad, message in (("refusals: [a]", "'refusals' must be a file name"),
+                         ("answers_are_refusals: maybe", "'answers_are_refusals' must be true or false"),
+                         ("refusals: nothere.txt", r"\[refusals\]: nothere.txt: no such file")):
+        (requests / "req.yaml").write_text(f"forget: [{{question: \"Q?\", answer: A.}}]\n{bad}\n")
+        with pytest.raises(UserError, match=message):
+            load_request(requests / "req.yaml")

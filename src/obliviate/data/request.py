@@ -265,15 +265,7 @@ def load_request(source: str | Path | dict | list | None = None, *, retain: str 
     if not isinstance(spec, dict) or "forget" not in spec:  # a plain data file: it is the forget set
         spec = {"forget": str(source), "retain": retain, "name": Path(str(source)).stem}
         sources, base = [], None  # names given on the command line: relative to the working directory
-    unknown = {str(k) for k in spec} - {"name", "description", "forget", "retain", "neighbors", "passages", "subject",
-                                        "answers_are_refusals", "refusals"}
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(key_text(k) for k in sorted(unknown))}; allowed: name, forget, retain, "
-                        "neighbors, passages, subject, description, answers_are_refusals, refusals")
-    if not isinstance(spec.get("answers_are_refusals", False), bool):
-        raise UserError(f"{where}: 'answers_are_refusals' must be true or false, got "
-                        f"{short_repr(spec['answers_are_refusals'])}")
-    _text_keys(spec, where)
+    _check_keys(spec, where)
     sets = {}
     for name in SETS:
         records = _load_set(spec.get(name), base, f"{where} [{name}]", sources)
@@ -284,8 +276,6 @@ def load_request(source: str | Path | dict | list | None = None, *, retain: str 
     if not sets["forget"]:
         raise UserError(f"{where}: the forget set is empty; give at least one item under 'forget'")
     refusals = spec.get("refusals")  # the refusals IDK-DPO / RT draw from, named by the request
-    if refusals is not None and not isinstance(refusals, str):
-        raise UserError(f"{where}: 'refusals' must be a file name, got {short_repr(refusals)}")
     request = UnlearningRequest(**sets, passages=passages, name=str(spec.get("name", "request")), sources=sources,
                                 refusals=resolve_source(refusals, base, f"{where} [refusals]") if refusals else
                                 tofu_refusals_file(sources), answers_are_refusals=spec.get("answers_are_refusals", False))
@@ -321,6 +311,25 @@ def describe(request: UnlearningRequest) -> dict:
     summary["passages"] = len(request.passages)
     summary["warnings"] = request.warnings
     return summary
+
+
+REQUEST_KEYS = ("name", "description", "forget", "retain", "neighbors", "passages", "subject", "refusals",
+                "answers_are_refusals")
+
+
+def _check_keys(spec: dict, where: str) -> None:
+    """A request file's keys are known and of their type (name, subject and refusals text,
+    answers_are_refusals true or false)."""
+    unknown = {str(k) for k in spec} - set(REQUEST_KEYS)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(key_text(k) for k in sorted(unknown))}; allowed: "
+                        f"{', '.join(REQUEST_KEYS)}")
+    if not isinstance(spec.get("answers_are_refusals", False), bool):
+        raise UserError(f"{where}: 'answers_are_refusals' must be true or false, got "
+                        f"{short_repr(spec['answers_are_refusals'])}")
+    if spec.get("refusals") is not None and not isinstance(spec["refusals"], str):
+        raise UserError(f"{where}: 'refusals' must be a file name, got {short_repr(spec['refusals'])}")
+    _text_keys(spec, where)
 
 
 def _text_keys(spec: dict, where: str) -> None:
