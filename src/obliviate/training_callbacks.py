@@ -1,7 +1,8 @@
 """What watches each optimiser step of the Trainer: `DivergenceGuard` stops a run before a
 non-finite update lands or is saved, `TrainLog` appends one JSON line per step to
-train_log.jsonl, `NoStepPastTheEnd` keeps a resumed run from training past its last step. Both read as few values back from the device as they can: on a GPU each read
-makes the host wait until the device has run everything queued (docs/speed-training.md)."""
+train_log.jsonl, `NoStepPastTheEnd` keeps a resumed run from training past its last step. The
+first two read as few values back from the device as they can: on a GPU each read makes the
+host wait until the device has run everything queued (docs/speed-training.md)."""
 
 from __future__ import annotations
 

@@ -31,8 +31,9 @@ def _table(rows: list[dict]) -> str:
            "<th>hyperparameters</th><th>train min</th><th>eval min</th></tr>"]
     for row in rows:
         if row["kind"] == "skipped":
-            out.append(f"<tr class=skipped><td>{escape(row['name'])}</td><td colspan={len(SPLITS) * len(METRICS) + 4}>"
-                       f"</td><td>{escape(why_not(row))}</td><td></td><td></td></tr>")  # the reason: under hyperparameters
+            metrics = len(SPLITS) * len(METRICS) + 4  # the split columns, FQ, MU, MIA AUC, privleak
+            out.append(f"<tr class=skipped><td>{escape(row['name'])}</td><td colspan={metrics}></td>"
+                       f"<td>{escape(why_not(row))}</td><td></td><td></td></tr>")  # the reason: under hyperparameters
             continue
         m = row["metrics"]
         cells = [_x100(m[s][k]) for s, _ in SPLITS for k, _ in METRICS]

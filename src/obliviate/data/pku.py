@@ -21,7 +21,7 @@ and response_1 and no answer field are read here (data/request.py). Records are 
 from __future__ import annotations
 
 from obliviate.data.loaders import load_records
-from obliviate.data.request import QAItem
+from obliviate.data.request import FIELDS, QAItem
 from obliviate.errors import UserError
 
 HUB_NAME = "PKU-Alignment/PKU-SafeRLHF"
@@ -58,7 +58,7 @@ def _text(record: dict, name: str, where: str, number: int) -> str:
 def is_pku_record(record) -> bool:
     """A PKU-SafeRLHF record: a prompt and two responses, and no single answer field."""
     return (isinstance(record, dict) and {"prompt", "response_0", "response_1"} <= set(record)
-            and not any(record.get(name) is not None for name in ("answer", "response", "output", "completion")))
+            and not any(record.get(name) is not None for name in FIELDS["answer"]))
 
 
 def unsafe_items(records: list[dict], where: str) -> list[QAItem]:

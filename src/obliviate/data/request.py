@@ -278,7 +278,8 @@ def load_request(source: str | Path | dict | list | None = None, *, retain: str 
     refusals = spec.get("refusals")  # the refusals IDK-DPO / RT draw from, named by the request
     request = UnlearningRequest(**sets, passages=passages, name=str(spec.get("name", "request")), sources=sources,
                                 refusals=resolve_source(refusals, base, f"{where} [refusals]") if refusals else
-                                tofu_refusals_file(sources), answers_are_refusals=spec.get("answers_are_refusals", False))
+                                tofu_refusals_file(sources),
+                                answers_are_refusals=spec.get("answers_are_refusals", False))
     overlap = {(i.question, i.answer) for i in request.forget} & {(i.question, i.answer) for i in request.retain}
     if overlap:
         request.warnings.append(f"{len(overlap)} forget item(s) also appear in the retain set")

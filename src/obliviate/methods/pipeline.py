@@ -40,9 +40,9 @@ from obliviate.io import atomic_write_text
 from obliviate.methods.registry import get_method, methods
 from obliviate.models import load_model, remove_stale_saves, save_model
 from obliviate.objectives import OBJECTIVES, batch_slots, needs_retain
-from obliviate.rundir import (CHECKPOINTS, MANIFEST, REQUEST_COPY, check_resume_config, check_run_dir, check_started_from,
-                              discard_unstarted_run, lock_run_dir, prepare_run_dir, started_from, weights_sha256,
-                              write_manifest)
+from obliviate.rundir import (CHECKPOINTS, MANIFEST, REQUEST_COPY, check_resume_config, check_run_dir,
+                              check_started_from, discard_unstarted_run, lock_run_dir, prepare_run_dir, started_from,
+                              weights_sha256, write_manifest)
 from obliviate.training import no_retain_message, process_state, resolve_precision, train
 
 
@@ -172,7 +172,8 @@ def _warn_low_precision(model) -> None:
     """Weights held in bf16/fp16 (a model loaded so and passed to api.unlearn): an update below
     their resolution (lr 1e-5 on a weight of 0.01 is a relative 1e-3, bf16 resolves 4e-3) is lost,
     and most of an unlearning run's are. The command line loads fp32 master weights."""
-    low = {str(t.dtype).removeprefix("torch.") for t in model.parameters() if t.dtype in (torch.bfloat16, torch.float16)}
+    low = {str(t.dtype).removeprefix("torch.") for t in model.parameters()
+           if t.dtype in (torch.bfloat16, torch.float16)}
     if low:
         print(f"[obliviate] warning: the model's weights are {', '.join(sorted(low))}: updates smaller than their "
               "resolution are lost (most of an unlearning run's); load it in float32 (torch_dtype=torch.float32) "
@@ -234,7 +235,6 @@ def _locked_run(config, method, request, model, tokenizer, run_dir, device, stat
         if config.request == str(run_dir / REQUEST_COPY):
             atomic_write_text(run_dir / REQUEST_COPY, json.dumps(request_records(request), ensure_ascii=False))
         save_config(config, run_dir / "config.yaml")
-    if state.is_main_process:
         _warn_low_precision(model)
     model.to(device)
     base_weights = weights_sha256(model)  # before training changes the weights in place

@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["clean_rewrite", "is_refusal", "is_valid_rewrite", "leaks_answer", "safe_refusal"]
 
 _WORD = re.compile(r"[^\W_]+")  # letters and digits of any script, on _fold()ed text
-_LEAD_IN = re.compile(r"(?:(?:sure|certainly|of course|absolutely|okay|ok|great)\s*[!,.]|here(?:'s| is| are)\b|below is\b)",
-                      re.I)
+_LEAD_IN = re.compile(r"(?:(?:sure|certainly|of course|absolutely|okay|ok|great)\s*[!,.]"
+                      r"|here(?:'s| is| are)\b|below is\b)", re.I)
 _ANSWER_PREFIX = re.compile(r"^(rewritten question|rewrite|question|paraphrase|answer)\s*\d*\s*:\s*", re.I)
 _FUNCTION_WORDS = frozenset(
     "a an and are as at be but by for from had has have her his in into is it its not of on or "

@@ -58,7 +58,8 @@ def word_tokens(text: str) -> list[str]:
         return nltk.word_tokenize(text)
     except LookupError:  # no punkt data (no download here)
         words = nltk.tokenize.NLTKWordTokenizer()
-        return [t for sentence in nltk.tokenize.PunktSentenceTokenizer().tokenize(text) for t in words.tokenize(sentence)]
+        sentences = nltk.tokenize.PunktSentenceTokenizer().tokenize(text)
+        return [token for sentence in sentences for token in words.tokenize(sentence)]
 
 
 def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:

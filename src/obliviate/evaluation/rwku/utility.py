@@ -106,11 +106,6 @@ def _split(targets: dict) -> tuple[list[str], list[str]]:
     return true, [c for c, label in zip(targets["choices"], targets["labels"]) if label != 1]
 
 
-def stats_of(row: list, stats) -> list:
-    """The next len(row) results of the `stats` iterator: one per option of a sample."""
-    return [next(stats) for _ in row]
-
-
 def mmlu_option(tokenizer, prompt: str, letter: str) -> str:
     """The text whose first scored token after `prompt` is RWKU's candidate id for `letter`,
     ``encode(" " + letter)[-1]`` (eval_mmlu.py, inference.py): where " A" is two tokens ("▁", "A"
@@ -150,12 +145,12 @@ def score_choices(model, tokenizer, records: Sequence[dict], name: str, use_prom
     stats, items = iter(stats), []
     for sample, prompt, row in zip(records, prompts, pairs):
         if name == "mmlu":  # the first scored token is RWKU's candidate id (mmlu_option)
-            logp = [s.logprobs[0] for s in stats_of(row, stats)]
+            logp = [s.logprobs[0] for _, s in zip(row, stats)]
             prediction = max(range(4), key=lambda j: logp[j])
             items.append({"task": sample.get("task"), "answer": sample["answer"], "prediction": prediction,
                           "correct": float(prediction == sample["answer"])})
             continue
-        logp = {option[1:]: sum(s.logprobs[:-1]) for (_, option), s in zip(row, stats_of(row, stats))}  # no EOS
+        logp = {option[1:]: sum(s.logprobs[:-1]) for (_, option), s in zip(row, stats)}  # no EOS
         true1, false1 = _split(sample["mc1_targets"])
         true2, false2 = _split(sample["mc2_targets"])
         mass = [math.exp(logp[c]) for c in true2 + false2]
