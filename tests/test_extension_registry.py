@@ -39,13 +39,13 @@ def registries():
     put back empty, and imported modules do not register again."""
     registry.methods(), benchmark_registry.benchmarks()
     methods, benchmarks, objectives = dict(registry._METHODS), dict(benchmark_registry._REGISTRY), dict(OBJECTIVES)
-    flags = registry._loaded, benchmark_registry._BUILTINS_LOADED
+    flags = registry._BUILTINS.loaded, benchmark_registry._BUILTINS.loaded
     yield
     for live, saved in ((registry._METHODS, methods), (benchmark_registry._REGISTRY, benchmarks),
                         (OBJECTIVES, objectives)):
         live.clear()
         live.update(saved)
-    registry._loaded, benchmark_registry._BUILTINS_LOADED = flags
+    registry._BUILTINS.loaded, benchmark_registry._BUILTINS.loaded = flags
 
 
 def fresh_process(code: str) -> dict:
@@ -112,17 +112,17 @@ def test_a_benchmark_under_a_built_in_name_is_refused_before_first_use_and_the_b
 
 
 def test_a_failed_load_of_the_built_in_methods_is_not_remembered_as_done(registries, monkeypatch):
-    registry._loaded = False
+    registry._BUILTINS.loaded = False
     monkeypatch.setattr(registry, "BUILTIN", registry.BUILTIN + ("obliviate.methods.not_there",))
     for _ in range(2):  # raised again, not quietly a partial registry
         with pytest.raises(ModuleNotFoundError):
             registry.methods()
     monkeypatch.undo()
-    assert set(registry.BUILTIN) and {"ulmr", "sku", "snap", "rmu"} <= set(registry.methods()) and registry._loaded
+    assert set(registry.BUILTIN) and {"ulmr", "sku", "snap", "rmu"} <= set(registry.methods()) and registry._BUILTINS.loaded
 
 
 def test_a_failed_load_of_the_built_in_benchmarks_is_not_remembered_as_done(registries, monkeypatch):
-    benchmark_registry._BUILTINS_LOADED = False
+    benchmark_registry._BUILTINS.loaded = False
     monkeypatch.setitem(sys.modules, "obliviate.evaluation.benchmarks", None)  # the import fails
     for _ in range(2):
         with pytest.raises(ImportError):

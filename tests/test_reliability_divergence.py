@@ -15,7 +15,8 @@ from obliviate.data.request import QAItem
 from obliviate.errors import UserError
 from obliviate.objectives import OBJECTIVES, Objective
 from obliviate.objectives.common import answer_nll
-from obliviate.training import NonFiniteLossError, last_good_checkpoint, train
+from obliviate.training import NonFiniteLossError, train
+from obliviate.training_checkpoints import last_good_checkpoint
 
 FORGET = [QAItem(f"Who wrote the novel number {i}?", f"The author of novel {i} was born in a small town.")
           for i in range(6)]

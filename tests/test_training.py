@@ -22,8 +22,9 @@ from obliviate.objectives import OBJECTIVES, Objective
 from obliviate.objectives.common import answer_nll
 from obliviate.errors import UserError
 from obliviate.hardware import bf16_is_fast
-from obliviate.training import (NonFiniteLossError, build_training_args, last_complete_checkpoint,
-                                train)
+from obliviate import training
+from obliviate.training import NonFiniteLossError, build_training_args, train
+from obliviate.training_checkpoints import last_complete_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FORGET = [QAItem(f"Who wrote the novel number {i}?", f"The author of novel {i} was born in a small town.")
@@ -146,7 +147,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
 
 
-def test_resuming_from_the_final_checkpoint_trains_no_step_past_the_end(tmp_path, tiny_model_and_tokenizer):
+def test_resuming_from_the_final_checkpoint_trains_no_step_past_the_end(tmp_path, tiny_model_and_tokenizer,
+                                                                       monkeypatch):
     """A kill after the last checkpoint and before the model save: --resume trained step 5 of a
     4-step run (3-step epochs: transformers skips 1 batch of epoch 1 and trains the next), giving
     other weights under a constant schedule and a step 5 in the log."""
@@ -157,9 +159,16 @@ def test_resuming_from_the_final_checkpoint_trains_no_step_past_the_end(tmp_path
     start = copy.deepcopy(model)
     done = state(train(model, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path))
     assert (tmp_path / "checkpoints" / "checkpoint-4").is_dir()  # 6 items, batch 2: 3 steps an epoch
+    ended = []
+
+    class Recorded(training.TrainLog):  # the callbacks still see the run end (tensorboard closes its writer)
+        def on_train_end(self, args, state, control, **kwargs):
+            ended.append(state.global_step)
+
+    monkeypatch.setattr(training, "TrainLog", Recorded)
     resumed = state(train(start, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path,
                           resume=True))
-    assert all(torch.equal(done[k], resumed[k]) for k in done)
+    assert all(torch.equal(done[k], resumed[k]) for k in done) and ended == [4]
     assert [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 

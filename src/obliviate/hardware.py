@@ -45,6 +45,20 @@ def resolve_device(name: str = "auto", *, key: str = "device") -> torch.device:
     return device
 
 
+def process_state(device: str = "auto"):
+    """accelerate's PartialState of this launch, as TrainingArguments will see it: on the CPU (no
+    accelerator, or device=cpu) the processes of `accelerate launch` / torchrun form a gloo group
+    (MULTI_CPU) instead of each working alone; a group smaller than the launch is one line."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=resolve_device(device).type == "cpu")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != launched:
+        raise UserError(f"{launched} processes were launched (WORLD_SIZE) but accelerate formed a "
+                        f"group of {state.num_processes}; launch with `accelerate launch --num_processes N` or torchrun")
+    return state
+
+
 def model_device(model) -> torch.device:
     """The device of a model's first parameter (where its inputs must go)."""
     return next(model.parameters()).device

@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import copy
-import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,26 +33,18 @@ from obliviate.data.refusals import load_refusals
 from obliviate.data.request import QAItem
 from obliviate.errors import UserError
 from obliviate import hardware
-from obliviate.hardware import bf16_is_fast, resolve_device
+from obliviate.hardware import bf16_is_fast, process_state, resolve_device
 from obliviate.objectives import (LossContext, batch_slots, get_objective, needs_reference, needs_retain,
                                   shared_slots)
 from obliviate.objectives.common import PACKING, SHARED, check_packing, shared_answer_logits
 from obliviate.rundir import CHECKPOINTS, TRAIN_LOG
+from obliviate.training_checkpoints import checkpoint_step, last_good_checkpoint, prepare_checkpoints
 from obliviate.training_callbacks import DivergenceGuard, FinishedAtResume, NoStepPastTheEnd, TrainLog
 from obliviate.training_compile import compiled_decoder_layers
 
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
-
-
-def process_state(device: str = "auto"):
-    """accelerate's PartialState, created as TrainingArguments will see it: on the CPU (no
-    accelerator, or device=cpu) the processes of `accelerate launch --multi_gpu` / torchrun then
-    form a gloo group (MULTI_CPU) instead of each training alone."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=resolve_device(device).type == "cpu")
 
 
 def resolve_precision(precision: str, device_type: str | None = None) -> str:
@@ -230,68 +220,6 @@ class UnlearnTrainer(Trainer):
         )
 
 
-def _complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """checkpoint-N folders whose trainer_state.json (written last, but not atomically) reads with
-    its step and whose safetensors files open: a kill during either write leaves one that would
-    crash the resume with a traceback instead of being removed and resumed from the one before."""
-    from safetensors import safe_open
-
-    def readable(path: Path) -> bool:
-        try:
-            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-            for weights in path.glob("*.safetensors"):
-                with safe_open(str(weights), framework="pt"):
-                    pass
-            return isinstance(state, dict) and isinstance(state.get("global_step"), int)
-        except Exception:  # noqa: BLE001 -- torn JSON, bad bytes, a SafetensorError (no OSError): not complete
-            return False
-
-    if not checkpoint_dir.is_dir():
-        return []
-    return sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and readable(p)),
-                  key=lambda p: int(p.name.split("-")[-1]))
-
-
-def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete checkpoint-N (_complete_checkpoints); None if none."""
-    return (_complete_checkpoints(checkpoint_dir) or [None])[-1]
-
-
-def checkpoint_is_finite(checkpoint: Path) -> bool:
-    """Whether every weight saved in a checkpoint (model or adapter safetensors) is finite."""
-    from safetensors.torch import load_file
-
-    files = sorted(checkpoint.glob("*.safetensors"))
-    return bool(files) and all(torch.isfinite(t).all() for f in files for t in load_file(f).values()
-                               if t.is_floating_point())
-
-
-def last_good_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete checkpoint whose weights are all finite (loaded and checked)."""
-    for path in reversed(_complete_checkpoints(checkpoint_dir)):
-        if checkpoint_is_finite(path):
-            return path
-    return None
-
-
-def _prepare_checkpoints(checkpoint_dir: Path, resume: bool, device: str) -> Path | None:
-    """On resume: the checkpoint to continue from, after deleting half-written newer ones.
-    Otherwise: clear the checkpoints an earlier run left in this directory."""
-    state = process_state(device)
-    last = last_complete_checkpoint(checkpoint_dir) if resume else None
-    if state.is_main_process and checkpoint_dir.is_dir():
-        step = int(last.name.split("-")[-1]) if last else -1
-        for path in checkpoint_dir.glob("checkpoint-*"):
-            if not path.name.split("-")[-1].isdigit():
-                continue
-            if not resume or (path != last and int(path.name.split("-")[-1]) > step):
-                shutil.rmtree(path)  # an earlier run's, or one this run was killed while saving
-    state.wait_for_everyone()
-    if resume and last is None:
-        print(f"[obliviate] no complete checkpoint under {checkpoint_dir}; training from the start", flush=True)
-    return last
-
-
 def _wrap_lora(model, lora_cfg):
     from peft import LoraConfig, get_peft_model
 
@@ -341,7 +269,7 @@ def train(
         raise UserError(no_retain_message(name))
     output_dir = Path(output_dir)
     checkpoint_dir = output_dir / CHECKPOINTS
-    checkpoint = _prepare_checkpoints(checkpoint_dir, resume, config.device)
+    checkpoint = prepare_checkpoints(checkpoint_dir, resume, process_state(config.device))
 
     slots = batch_slots(name, objective_cfg)
     options = config.sections.get(spec.section) if spec.section else None  # e.g. config.sku for SKU's loss
@@ -376,19 +304,28 @@ def train(
         packing=config.train.packing,
         shared=shared_slots(name, objective_cfg) if config.train.shared_forward else (),
     )
-    resume_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
+    resume_step = checkpoint_step(checkpoint) if checkpoint else 0
     trainer.add_callback(NoStepPastTheEnd())  # first: a step past the end must not even start
     trainer.add_callback(DivergenceGuard(trainer))  # a broken step must not reach the log either
     trainer.add_callback(TrainLog(trainer, output_dir / TRAIN_LOG, resume_step))
     with compiled_decoder_layers(model, config.train.torch_compile):  # train.torch_compile: training_compile.py
-        with contextlib.suppress(FinishedAtResume):  # resumed from the last step: the weights are its
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        _train_from(trainer, checkpoint)
 
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     _restore_flags(model, callers)  # undo RMU's freezing and the Trainer's use_cache=False
     return model.eval()
+
+
+def _train_from(trainer: UnlearnTrainer, checkpoint: Path | None) -> None:
+    """trainer.train, resumed from `checkpoint` if any. Resumed from the run's last step, it trains
+    nothing (NoStepPastTheEnd: the weights are that checkpoint's) and still ends the run for the
+    callbacks, whose on_train_end closes what on_train_begin opened (tensorboard's writer, wandb's run)."""
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except FinishedAtResume:
+        trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
 
 
 def _callers_flags(model) -> tuple[dict[str, bool], Any]:

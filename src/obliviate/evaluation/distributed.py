@@ -26,9 +26,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from obliviate.errors import UserError
 from obliviate.evaluation.engine.sharding import Shard, sharded
-from obliviate.hardware import resolve_device
+from obliviate.hardware import process_state
 
 
 def _shard(state) -> Shard:
@@ -46,19 +45,6 @@ def _shard(state) -> Shard:
 def launched() -> bool:
     """True inside a launch of several processes (accelerate launch, torchrun: WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def process_state(device: str = "auto"):
-    """accelerate's ``PartialState`` of this launch; on the CPU (no accelerator, or
-    ``device="cpu"``) the processes of ``accelerate launch`` / torchrun form a gloo group."""
-    from accelerate import PartialState
-
-    state = PartialState(cpu=resolve_device(device).type == "cpu")
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if state.num_processes != launched:
-        raise UserError(f"data_parallel: {launched} processes were launched (WORLD_SIZE) but accelerate formed a "
-                        f"group of {state.num_processes}; launch with `accelerate launch --num_processes N` or torchrun")
-    return state
 
 
 @contextlib.contextmanager

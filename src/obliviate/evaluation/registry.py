@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from obliviate.builtin_modules import BuiltinModules
 from obliviate.errors import RegistrationError, UserError
 from obliviate.io import short_repr
 
@@ -81,8 +82,9 @@ def cache_option():
 
 
 _REGISTRY: dict[str, Benchmark] = {}
-_BUILTINS_LOADED = False  # set only once the built-ins imported: a failed load is retried, not left half done
-_LOADING = False  # while they import: their own register_benchmark calls must not start the load again
+#: The module that registers the built-in benchmarks (evaluation/benchmarks.py).
+BUILTIN = ("obliviate.evaluation.benchmarks",)
+_BUILTINS = BuiltinModules()
 
 
 def option_types(options: type) -> dict[str, tuple[type, bool]]:
@@ -110,7 +112,7 @@ def register_benchmark(benchmark: Benchmark) -> Benchmark:
     """Add ``benchmark`` to the registry (its options are checked now); a second benchmark of
     the same name is refused. The built-ins load first, so a plugin taking a built-in's name is
     refused here rather than leaving the registry without the built-ins."""
-    _load_builtins()
+    _BUILTINS.load(BUILTIN)
     if benchmark.name in _REGISTRY:
         raise RegistrationError(f"a benchmark named '{benchmark.name}' is registered already; "
                                 "register yours under another name")
@@ -119,22 +121,9 @@ def register_benchmark(benchmark: Benchmark) -> Benchmark:
     return benchmark
 
 
-def _load_builtins() -> None:
-    """Import the built-in benchmarks once (each module registers itself)."""
-    global _BUILTINS_LOADED, _LOADING
-    if _BUILTINS_LOADED or _LOADING:
-        return
-    _LOADING = True
-    try:
-        import obliviate.evaluation.benchmarks  # noqa: F401
-        _BUILTINS_LOADED = True
-    finally:
-        _LOADING = False
-
-
 def benchmarks() -> dict[str, Benchmark]:
     """``{name: Benchmark}``, the built-in benchmarks loaded on first use."""
-    _load_builtins()
+    _BUILTINS.load(BUILTIN)
     return dict(_REGISTRY)
 
 

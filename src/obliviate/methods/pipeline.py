@@ -35,7 +35,7 @@ from obliviate.config import RunConfig, save_config
 from obliviate.data.request import QAItem, UnlearningRequest, load_request, request_records
 from obliviate.data.refusals import load_refusals, refusals_source
 from obliviate.errors import UserError
-from obliviate.hardware import resolve_device
+from obliviate.hardware import process_state, resolve_device
 from obliviate.io import atomic_write_text
 from obliviate.methods.registry import get_method, methods
 from obliviate.models import load_model, remove_stale_saves, save_model
@@ -43,7 +43,7 @@ from obliviate.objectives import OBJECTIVES, batch_slots, needs_retain
 from obliviate.rundir import (CHECKPOINTS, MANIFEST, REQUEST_COPY, check_resume_config, check_run_dir,
                               check_started_from, discard_unstarted_run, lock_run_dir, prepare_run_dir, started_from,
                               weights_sha256, write_manifest)
-from obliviate.training import no_retain_message, process_state, resolve_precision, train
+from obliviate.training import no_retain_message, resolve_precision, train
 
 
 #: the marker process 0 writes once a method's data is prepared (Run.main_first)

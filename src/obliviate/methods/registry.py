@@ -13,11 +13,11 @@ This module imports nothing from the pipeline, so the config loader can read it.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from obliviate.builtin_modules import BuiltinModules
 from obliviate.errors import RegistrationError, UserError
 from obliviate.io import short_repr
 
@@ -25,8 +25,7 @@ from obliviate.io import short_repr
 BUILTIN = ("obliviate.methods.baselines", "obliviate.methods.ulmr", "obliviate.methods.sku", "obliviate.methods.snap")
 
 _METHODS: dict[str, Method] = {}
-_loaded = False  # set only once every BUILTIN module imported: a failed load is retried, not left half done
-_loading = False  # while they import: their own register_method calls must not start the load again
+_BUILTINS = BuiltinModules()
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def register_method(method: Method) -> Method:
     """Register a method by name; a second method under the same name is refused. The built-ins load
     first, so a plugin taking a built-in's name is refused here rather than breaking the first
     listing, and the fields are checked now, naming the method, not at some later run's config load."""
-    _load_builtins()
+    _BUILTINS.load(BUILTIN)
     if method.name in _METHODS and _METHODS[method.name] is not method:
         raise RegistrationError(f"method '{method.name}' is registered already; register yours under another name")
     where = f"register_method: method '{method.name}'"
@@ -124,23 +123,9 @@ def presets_under(name: str, data: dict, user_set: set[str]) -> dict[str, Any]:
     return presets
 
 
-def _load_builtins() -> None:
-    """Import the BUILTIN modules once (each registers itself)."""
-    global _loaded, _loading
-    if _loaded or _loading:
-        return
-    _loading = True
-    try:
-        for module in BUILTIN:
-            importlib.import_module(module)
-        _loaded = True
-    finally:
-        _loading = False
-
-
 def methods() -> dict[str, Method]:
     """Name -> Method, the built-ins loaded on first use."""
-    _load_builtins()
+    _BUILTINS.load(BUILTIN)
     return dict(_METHODS)
 
 
