@@ -68,6 +68,18 @@ def test_simnpo_preset_weights_the_forget_term():
     assert (user.forget_weight, user.beta) == (0.1375, 2.5)  # the authors' final config, set by the user
 
 
+def test_the_example_config_leaves_every_baselines_objective_presets_in_place():
+    """docs/training.md runs each baseline as `--config examples/graddiff.yaml method=<name>`: the
+    file's objective keys win over a method's presets, so it must not set the ones a baseline
+    presets (it set forget_weight 1.0: SimNPO then trained with 8x the reference forget weight)."""
+    from obliviate.methods.baselines import BASELINES
+
+    example = Path(__file__).resolve().parents[1] / "examples/graddiff.yaml"
+    for name in BASELINES:
+        alone = load_config(None, [f"method={name}"]).objective
+        assert load_config(example, [f"method={name}"]).objective == alone, name
+
+
 def test_simnpo_loss_is_forget_weight_times_simnpo_plus_retain(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     batch = _batch(tokenizer)
@@ -110,6 +122,26 @@ def test_rmu_trains_down_proj_of_wmdp_scaled_layers(tiny_model_and_tokenizer):
     assert rmu.chosen_layers(model, ObjectiveConfig())[0] == 0  # 2 layers: round(7/32 * 2) = 0
     for depth, expected in ((32, 7), (30, 7), (24, 5), (2, 0)):
         assert min(round(rmu.WMDP_DEPTH * depth), depth - 1) == expected
+
+
+def test_rmu_all_trains_what_open_unlearnings_tofu_rmu_moves(tiny_model_and_tokenizer):
+    """open-unlearning's TOFU RMU (configs/trainer/RMU.yaml) makes every weight trainable; the ones
+    its loss gives a gradient are what AdamW moves. rmu_train_modules=all trains exactly those."""
+    from conftest import build_tiny_model
+
+    model, tokenizer = tiny_model_and_tokenizer
+    batch = _batch(tokenizer)
+    config = load_config(None, ["method=rmu", "objective.rmu_layer=0", "objective.rmu_steering_coeff=2",
+                                "objective.rmu_alpha=1", "objective.rmu_train_modules=all"]).objective
+    reference = build_tiny_model(tokenizer)  # the same start, all weights trainable as in the reference
+    reference.requires_grad_(True)
+    ctx = _ctx(_frozen(model))
+    ctx.config = config
+    OBJECTIVES["rmu"].loss(reference, batch, ctx).backward()
+    moved = {name for name, p in reference.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    rmu.prepare(model, config)
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == moved
+    assert "model.layers.0.self_attn.q_proj.weight" in moved and "model.layers.1.mlp.up_proj.weight" not in moved
 
 
 # -- 3. KL over all positions ------------------------------------------------------------------

@@ -83,7 +83,7 @@ class ObjectiveConfig:
     rmu_alpha: float = 1200.0
     rmu_train_layers: list[int] = field(default_factory=list)  # default: rmu_layer and the two below
     rmu_tokens: str = "answer"  # answer: both terms on answer tokens (WMDP/open-unlearning) | all
-    rmu_train_modules: str = "down_proj"  # down_proj: the MLP output projection (WMDP) | mlp: the whole MLP
+    rmu_train_modules: str = "down_proj"  # down_proj: MLP output projection (WMDP) | mlp | all: up to layer l
 
 
 @dataclass
@@ -371,8 +371,8 @@ def validate(config: RunConfig) -> None:
          "each_epoch, once or own"),
         (config.objective.kl_positions in ("answer", "all"), "objective.kl_positions", "answer or all"),
         (config.objective.rmu_tokens in ("answer", "all"), "objective.rmu_tokens", "answer or all"),
-        (config.objective.rmu_train_modules in ("down_proj", "mlp"), "objective.rmu_train_modules",
-         "down_proj or mlp"),
+        (config.objective.rmu_train_modules in ("down_proj", "mlp", "all"), "objective.rmu_train_modules",
+         "down_proj, mlp or all"),
         (config.generation.backend in ("local", "openai", "template"), "generation.backend",
          "local, openai or template"),
         (config.train.lora.r >= 1, "train.lora.r", "an integer >= 1"),

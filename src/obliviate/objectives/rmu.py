@@ -16,7 +16,10 @@ Layers and trained modules as the WMDP code, scaled to the model: WMDP steers la
 trains only `mlp.down_proj.weight` of layers 5, 6, 7. Here rmu_layer = -1 picks layer
 round(7/32 * depth) and rmu_train_layers defaults to l and the two layers below it; the trained
 module is the MLP's output projection (objective.rmu_train_modules, proposed knob: "down_proj",
-or "mlp" for the whole MLP; a model without `down_proj` trains its MLP's last linear layer).
+or "mlp" for the whole MLP; a model without `down_proj` trains its MLP's last linear layer), or
+"all": every weight up to layer l, as open-unlearning's TOFU config (configs/trainer/RMU.yaml:
+trainable_params_regex ".*", steering_coeff 2, alpha 1, module model.layers.7; for it set
+objective.rmu_layer=7, .rmu_steering_coeff=2, .rmu_alpha=1, .rmu_train_modules=all).
 """
 
 from __future__ import annotations
@@ -69,15 +72,20 @@ def trained_module(layer_module, index: int, which: str) -> torch.nn.Module:
 
 
 def prepare(model, config, options=None) -> None:
-    """Freeze every parameter except the trained modules' weights (LoRA: their adapters)."""
-    _, train = chosen_layers(model, config)
+    """Freeze every parameter except the trained modules' weights (LoRA: their adapters). With
+    rmu_train_modules = "all", every weight the loss reaches trains (the input embeddings and
+    layers 0..l): open-unlearning's TOFU RMU makes all trainable, and the ones above l get no
+    gradient there, so AdamW never moves them; frozen here, DDP does not wait for their gradients."""
+    layer, train = chosen_layers(model, config)
     layers = decoder_layers(model)
     which = getattr(config, "rmu_train_modules", "down_proj")
-    keep = set()
-    for i in train:
-        module = trained_module(layers[i], i, which)
-        keep |= {id(p) for name, p in module.named_parameters()
-                 if p.requires_grad and (which == "mlp" or not name.endswith("bias"))}
+    if which == "all":
+        reached = [*unwrap(model).get_input_embeddings().parameters(),
+                   *(p for i in range(layer + 1) for p in layers[i].parameters())]
+        keep = {id(p) for p in reached if p.requires_grad}
+    else:
+        keep = {id(p) for i in train for name, p in trained_module(layers[i], i, which).named_parameters()
+                if p.requires_grad and (which == "mlp" or not name.endswith("bias"))}
     if not keep:
         raise UserError("RMU trains MLP weights, but none of them is trainable: with LoRA, add down_proj "
                         "(or your model's MLP names) to train.lora.target_modules")

@@ -2,7 +2,7 @@
 
     L = gamma * -(2/beta) E_f[log sigma(-(beta/|y_f|) log pi_theta(y_f|x_f) - delta)] + alpha * retain term
 
-Method defaults (open-unlearning's TOFU config, applied where the config holds the generic value):
+Method defaults (open-unlearning's TOFU config, applied under the keys the user's file or overrides set):
 beta = 4.5, delta = 0, forget weight gamma = 0.125, retain weight alpha = 1. The SimNPO authors'
 final TOFU config: gamma = 0.1375, alpha = 1, beta = 2.5. Note delta sits outside beta here, as in the paper's formula; the
 open-unlearning code writes beta (NLL/|y| - delta), i.e. its delta is this delta / beta.
