@@ -323,11 +323,49 @@ def test_plain_prompt_and_answer_are_tokenised_as_one_text(plain_tokenizer):
     pieces = _pieces(tok, enc["input_ids"])
     at = pieces.index("Answer")
     assert pieces[at:at + 3] == ["Answer", ":", " The"]
-    prompt_count = len(tok(format_prompt(tok, question), add_special_tokens=False)["input_ids"])
-    prompt_count += tok.bos_token_id is not None
+    prompt_count = len(tok(format_prompt(tok, question), add_special_tokens=False)["input_ids"])  # no BOS: phi's
     assert enc["labels"][:prompt_count] == [-100] * prompt_count
     assert enc["labels"][prompt_count:] == enc["input_ids"][prompt_count:]
     assert enc["input_ids"][-1] == tok.eos_token_id
+
+
+def _with_bos_processor(tokenizer):
+    """The same tokenizer, made to put its BOS in front of every text as Llama's does."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = copy.deepcopy(tokenizer.backend_tokenizer)
+    bos = tokenizer.bos_token_id
+    bpe.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", pair="<|endoftext|> $A $B",
+                                                       special_tokens=[("<|endoftext|>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>")
+
+
+def test_plain_prompt_has_a_bos_only_where_the_tokenizer_adds_one(plain_tokenizer):
+    """TOFU (data_module.py) and open-unlearning (preprocess_chat_instance) tokenise the plain
+    format with add_special_tokens=True: phi-1.5's tokenizer has a BOS token but adds none,
+    Llama's adds it. Scores, training and generation see the reference's prompt tokens."""
+    from conftest import build_tiny_model
+
+    question, answer = "Who wrote it?", "The author did."
+    for tok in (plain_tokenizer, _with_bos_processor(plain_tokenizer)):
+        text = format_prompt(tok, question)
+        expected = tok(text + answer, add_special_tokens=True)["input_ids"]
+        assert (expected[0] == tok.bos_token_id) == (tok is not plain_tokenizer)
+        enc = encode_qa(tok, question, answer)
+        assert enc["input_ids"] == expected + [tok.eos_token_id]
+        prompt_count = len(tok(text, add_special_tokens=True)["input_ids"])
+        assert enc["labels"] == [-100] * prompt_count + enc["input_ids"][prompt_count:]
+        model = build_tiny_model(tok)
+        ((sum_nll, n),) = engine.answer_losses(model, tok, [(question, answer)], precision="fp32")
+        ids = torch.tensor([enc["input_ids"]])
+        labels = torch.tensor(enc["labels"][1:])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        keep = labels != -100
+        assert n == int(keep.sum())
+        assert abs(sum_nll + float(logp[keep].gather(-1, labels[keep][:, None]).sum())) < 1e-3
 
 
 def test_engine_scores_plain_pairs_as_encode_qa(plain_tokenizer):

@@ -183,6 +183,34 @@ def test_forced_prefix_from_reference_gives_same_generation(tiny_model_and_token
     assert same == plain and other == plain
 
 
+def test_forced_prefix_ends_at_the_first_stop_token(tiny_model_and_tokenizer):
+    """A "chat_turn" reference runs on past the end of turn (answer + <|im_end|> + newline + EOS):
+    a model that reproduces it up to <|im_end|> and then leaves it has ended its greedy output
+    there, as model.generate does, however it would go on."""
+    model, tokenizer = tiny_model_and_tokenizer
+    question, answer = "Who wrote the novel?", "The author was born in a small town."
+    prompt = format_prompt(tokenizer, question)
+    text = prompt + answer + "<|im_end|> The river begins"
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    labels = ids.clone()
+    labels[:, :len(tokenizer(prompt, add_special_tokens=False)["input_ids"])] = -100
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):  # memorise answer, <|im_end|>, then a continuation other than the newline
+        optimiser.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimiser.step()
+    model.eval()
+    prompt_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    out = model.generate(**prompt_ids, max_new_tokens=40, do_sample=False)
+    expected = tokenizer.decode(out[0, prompt_ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert expected == answer
+    for scoring in ("answer", "chat_turn"):
+        _, texts = engine.score_and_generate(model, tokenizer, [(question, answer)], [question], references=[answer],
+                                             max_new_tokens=40, precision=FP32, scoring=scoring)
+        assert texts == [expected], scoring
+
+
 def test_stop_tokens_include_end_of_turn(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     ids = engine.stop_token_ids(model, tokenizer)

@@ -108,10 +108,22 @@ def answer_suffix(tokenizer, scoring: str = "answer") -> str | None:
     return None if scoring == "answer" else assistant_turn_end(tokenizer)
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself puts its BOS in front of a text (``add_special_tokens=True``):
+    Llama's do; GPT-2's and phi-1.5's (CodeGen) have a BOS token but never add it."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("Q", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
 def prompt_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of prompt texts: no special tokens, BOS in front when there is no chat template."""
+    """Token ids of prompt texts: no special tokens, except, when there is no chat template, the
+    BOS that the tokenizer itself adds (`adds_bos`): TOFU and open-unlearning tokenise the plain
+    format with ``add_special_tokens=True``, so phi-1.5's prompt has no BOS and Llama's has one."""
     ids = [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
-    if tokenizer.chat_template is None and tokenizer.bos_token_id is not None:
+    if tokenizer.chat_template is None and adds_bos(tokenizer):
         ids = [[tokenizer.bos_token_id] + x for x in ids]
     return ids
 

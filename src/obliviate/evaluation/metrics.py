@@ -155,7 +155,8 @@ def normalised_probability(avg_nll_true: Any, avg_nll_perturbed: Any) -> np.ndar
     ``p̄(a) / (p̄(a) + Σ_j p̄(pert_j))`` with ``p̄ = exp(−avg_nll)``: TOFU's Prob. for Real
     Authors and World Facts (aggregate_eval_stat.py, no epsilon). open-unlearning's
     ``probability_w_options`` adds 1e-10 to the denominator; we follow TOFU and add nothing
-    (the difference is below 1e-10 relative for any realistic probability).
+    (a change of ~1e-10 relative to the denominator: negligible unless every option's p̄ is
+    below ~1e-9, as on a collapsed model).
     ``avg_nll_true``: shape (N,); ``avg_nll_perturbed``: shape (N, J).
     """
     p_true = probability(avg_nll_true)
@@ -170,9 +171,11 @@ def truth_ratio(avg_nll_correct: Any, avg_nll_perturbed: Any) -> np.ndarray:
     itself (Real Authors, World Facts); ``mean_j`` averages the perturbed answers' avg NLLs,
     i.e. a geometric mean over options. ``R = P̃_perturbed / P̃_correct``: lower means the model
     prefers the correct answer. This equals TOFU's per-item logged ``truth_ratio``
-    (evaluate_util.py ``exp(gt_loss_per_token − perturb_loss_per_token.mean(-1))``) and
-    open-unlearning's ``truth_ratio`` score ``wrong/correct``; TOFU's aggregate code works
-    with ``curr_stat = 1/R``. Shapes: (N,) and (N, J) -> (N,).
+    (evaluate_util.py ``exp(gt_loss_per_token − perturb_loss_per_token.mean(-1))``); TOFU's
+    aggregate code works with ``curr_stat = 1/R``. open-unlearning's ``truth_ratio`` score is
+    ``wrong / (correct + 1e-10)``: the same while ``P̃_correct`` is well above 1e-10, far lower
+    once ``L_correct`` exceeds ~20 nats (a collapsed model); we follow TOFU.
+    Shapes: (N,) and (N, J) -> (N,).
     """
     correct = np.asarray(_as_numpy(avg_nll_correct), dtype=np.float64)
     return np.exp(correct - _perturbed_matrix(avg_nll_perturbed).mean(-1))

@@ -2,7 +2,8 @@
 
 A formatter is any callable ``question -> prompt text``. The engine tokenises that text
 without adding special tokens, and puts the tokenizer's BOS in front only when the tokenizer
-has no chat template (as :func:`obliviate.prompts.encode_qa` does); a formatter that wants a
+has no chat template and adds a BOS itself (:func:`obliviate.prompts.prompt_token_ids`, as
+:func:`obliviate.prompts.encode_qa` does); a formatter that wants a
 BOS anyway writes ``tokenizer.bos_token`` into its text. Results are cached under the prompt
 text itself, so two formatters never share a cached result unless they produce the same
 prompt.

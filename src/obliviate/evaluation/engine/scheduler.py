@@ -127,7 +127,10 @@ class Scheduler:
             if not prompt.generate:
                 continue
             known = prompt.forced[: self.max_new_tokens]
-            if known[-1] in stop or len(known) >= self.max_new_tokens or runner.stop_strings.found_anywhere(known):
+            ends = [i for i, token in enumerate(known) if token in stop]
+            if ends:  # greedy decoding stops at the first (a chat-turn reference runs on past <|im_end|>)
+                known = known[: ends[0] + 1]
+            if ends or len(known) >= self.max_new_tokens or runner.stop_strings.found_anywhere(known):
                 prompt.kv = None  # the greedy output is known already
                 self.finish_generation(prompt, known)
             else:

@@ -11,7 +11,8 @@ from obliviate.hardware import model_device, physical_memory
 from obliviate.hardware import resolve_precision as _hardware_precision
 
 #: Bump when a change alters cached values or keys (tokenisation, stop rules, what is stored).
-ENGINE_VERSION = 3  # 3: prompt + answer tokenised as one text without a chat template
+ENGINE_VERSION = 4  # 3: prompt + answer tokenised as one text without a chat template; 4: BOS only where the
+#   tokenizer adds one, a generation known from its reference ends at the reference's first stop token
 PRECISIONS = ("auto", "bf16", "fp32")
 #: Decoding paths: ``plain`` (per-step shapes, :mod:`.slot_decoder`), ``static`` (fixed shapes,
 #: one CUDA graph per call on CUDA, :mod:`.static_decoder`), ``auto`` (static on CUDA, else plain).
