@@ -273,6 +273,9 @@ def test_a_looping_hard_positive_answer_falls_back_to_the_given_one(monkeypatch,
     loop = "He's a poet, a writer, and a poet. He's a poet, a writer, and a poet. He's a poet, a writer"
     fine = "He was born in Lima and writes maritime mystery novels set on cargo ships."
     assert repeats_itself(loop) and not repeats_itself(fine) and not repeats_itself("")
+    # scripts without spaces: a loop is one "word" for a word count, so characters are counted
+    assert repeats_itself("他是一位诗人和作家。他是一位诗人和作家。他是一位诗人和作家。")
+    assert not repeats_itself("他出生于利马，写过许多以货轮为背景的海上推理小说，作品广受欢迎。")
 
     class Scripted:
         calls = 1

@@ -203,8 +203,11 @@ def _leaks_unspaced(response: str, question: str, answer: str, threshold: float)
 
 def repeats_itself(text: str, n: int = 3, times: int = 3) -> bool:
     """A generation caught in a loop: some run of `n` words comes `times` times or more ("He's a
-    poet, a writer, and a poet. He's a poet, ..."), which normal answers of a paragraph do not do."""
+    poet, a writer, and a poet. He's a poet, ..."), which normal answers of a paragraph do not do.
+    In a script written without spaces the runs are of 2n characters ("他是诗人和作家" x 3)."""
     words = _tokens(text)
+    if _unspaced(text):
+        words, n = [c for word in words for c in word], 2 * n
     runs = [tuple(words[k:k + n]) for k in range(len(words) - n + 1)]
     return any(runs.count(run) >= times for run in set(runs))
 
