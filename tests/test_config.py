@@ -164,3 +164,15 @@ def test_an_unknown_key_with_control_characters_stays_one_line():
     with pytest.raises(UserError) as error:
         load_config(None, base={"tra\nin": 1})
     assert "\n" not in str(error.value) and "config key 'tra\\nin' is not known" in str(error.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("generation.base_url=http://alice:hunter2@127.0.0.1:8000/v1", "generation.base_url holds a credential"),
+    ("generation.api_key_env=sk-hunter2", "generation.api_key_env must name an environment variable"),
+])
+def test_an_api_key_in_the_generation_settings_is_refused_before_config_yaml(override, message):
+    """Both are saved in config.yaml: a key there (a URL's password, the key given as its
+    variable's name) was written into the run directory and printed in messages."""
+    with pytest.raises(UserError, match=message) as info:
+        load_config(None, [override])
+    assert "hunter2" not in str(info.value)

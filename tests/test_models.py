@@ -129,3 +129,73 @@ def test_a_model_folder_without_tokenizer_or_with_torn_weights_is_one_line(tiny_
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(UserError, match="its weights file is unreadable"):
         load_model(str(torn))
+
+
+CUSTOM_CODE = '''import pathlib
+pathlib.Path(__file__).with_name("CODE_RAN").touch()
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+class CustomConfig(LlamaConfig):
+    model_type = "custom"
+class CustomModel(LlamaForCausalLM):
+    config_class = CustomConfig
+class CustomTokenizer(PreTrainedTokenizerFast):
+    pass
+'''
+
+
+@pytest.mark.parametrize("part", ["model", "tokenizer"])
+def test_custom_code_in_a_model_folder_never_runs_without_trust_remote_code(tiny_model_dir, tmp_path, part):
+    """auto_map names code in the folder: refused in one line by load_model and by load_tokenizer
+    (api.evaluate's loader for a model object; it let transformers' ValueError through)."""
+    import json
+    import shutil
+
+    from obliviate.models import load_tokenizer
+
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "custom_code.py").write_text(CUSTOM_CODE)
+    name, entry = ("config.json", {"AutoConfig": "custom_code.CustomConfig",
+                                   "AutoModelForCausalLM": "custom_code.CustomModel"}) if part == "model" else (
+        "tokenizer_config.json", {"AutoTokenizer": [None, "custom_code.CustomTokenizer"]})
+    data = json.loads((folder / name).read_text())
+    data["auto_map"] = entry
+    data.update({"model_type": "custom"} if part == "model" else {"tokenizer_class": "CustomTokenizer"})
+    (folder / name).write_text(json.dumps(data))
+    loaders = [load_model] + ([load_tokenizer] if part == "tokenizer" else [])
+    for loader in loaders:
+        with pytest.raises(UserError, match=r"needs custom code from its repository; pass trust_remote_code=true"):
+            loader(str(folder))
+    assert not (folder / "CODE_RAN").exists()
+
+
+def test_a_peft_adapter_with_pickle_weights_only_is_refused_with_the_conversion(tiny_model_dir, tmp_path, monkeypatch):
+    """transformers loads an adapter found beside the model: with only adapter_model.bin the refusal
+    named a missing adapter_model.safetensors and no way out."""
+    import json
+    import shutil
+
+    folder = tmp_path / "with_adapter"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                            "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}))
+    torch.save({"base_model.model.lm_head.weight": torch.zeros(1)}, folder / "adapter_model.bin")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle file was loaded"))
+    with pytest.raises(UserError, match=r"holds a peft adapter with pickle weights only \(adapter_model.bin\).*"
+                                         r"save_pretrained\(new_dir\)"):
+        load_model(str(folder))
+
+
+def test_a_chat_template_the_sandbox_refuses_is_one_line(tiny_model_and_tokenizer):
+    """transformers renders a model's template in jinja's sandbox; its SecurityError (or any
+    template error) was a traceback from wherever a prompt was first formatted."""
+    from obliviate.evaluation.rwku.prompts import chat_prompt
+    from obliviate.prompts import answer_suffix
+
+    _, tokenizer = tiny_model_and_tokenizer
+    tokenizer.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}{{ messages[0]['content'] }}"
+    for call in (lambda: format_prompt(tokenizer, "q"), lambda: chat_prompt(tokenizer, "q"),
+                 lambda: answer_suffix(tokenizer, "chat_turn")):
+        with pytest.raises(UserError, match=r"its chat template failed to render \(SecurityError: access to "
+                                            r"attribute '__class__' of 'str' object is unsafe.\); fix or remove"):
+            call()

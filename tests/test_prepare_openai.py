@@ -7,6 +7,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -243,3 +244,46 @@ def test_missing_openai_client_says_how_to_install(monkeypatch):
     backend = OpenAICompatibleBackend("http://127.0.0.1:1/v1", "m")
     with pytest.raises(UserError, match=r"needs the openai client: pip install 'obliviate\[openai\]'"):
         backend.generate([msgs("x")])
+
+
+@pytest.mark.parametrize("url, what", [("http://alice:hunter2@127.0.0.1:1/v1", "user:password@"),
+                                       ("https://llm.example/v1?api_key=hunter2", "?api_key="),
+                                       ("https://llm.example/v1?api-version=1&token=hunter2", "?token=")])
+def test_a_credential_in_the_url_is_refused_unshown(url, what):
+    """Such a URL was saved in config.yaml and printed in every error (with the Basic auth header
+    a server echoed); the key belongs in the environment."""
+    with pytest.raises(UserError) as info:
+        OpenAICompatibleBackend(url, "m", option="--judge_url")
+    assert f"--judge_url holds a credential ({what})" in str(info.value) and "hunter2" not in str(info.value)
+    OpenAICompatibleBackend("https://llm.example/v1?api-version=2024-06-01", "m")  # a plain query stays
+
+
+def test_api_key_env_that_holds_the_key_is_refused_unshown():
+    """The key given where its variable's name goes was saved in config.yaml and printed by the 401 message."""
+    with pytest.raises(UserError, match=r"^generation.api_key_env must name an environment variable") as info:
+        OpenAICompatibleBackend("http://127.0.0.1:1/v1", "m", api_key_env=SECRET)
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("key", [SECRET + "\n", f"{SECRET}\u00e9"])
+def test_a_key_no_header_can_carry_is_one_line(server, monkeypatch, key):
+    """A trailing newline read as 'cannot reach ... start the server'; a non-ASCII key was a
+    UnicodeEncodeError traceback."""
+    monkeypatch.setenv("MY_KEY", key)
+    backend = OpenAICompatibleBackend(server.base_url, "m", api_key_env="MY_KEY", max_retries=1)
+    with pytest.raises(UserError, match=r"^the environment variable MY_KEY holds a space, a newline") as info:
+        backend.generate([msgs("x")])
+    assert SECRET not in str(info.value) and not server.requests
+
+
+def test_a_key_sent_in_clear_text_to_another_machine_is_warned_about(monkeypatch):
+    """An exported OPENAI_API_KEY went to any base_url, a LAN server over plain http included."""
+    from obliviate.credentials import check_key
+
+    with pytest.warns(UserWarning, match=r"MY_KEY is sent unencrypted \(plain http\) to 10.0.0.7") as caught:
+        check_key(SECRET, "MY_KEY", "http://10.0.0.7:8000/v1", local=False)
+    assert SECRET not in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_key(SECRET, "MY_KEY", "https://10.0.0.7/v1", local=False)
+        check_key(SECRET, "MY_KEY", "http://127.0.0.1:8000/v1", local=True)

@@ -172,11 +172,11 @@ def test_resuming_from_the_final_checkpoint_trains_no_step_past_the_end(tmp_path
     assert [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("torn", ["trainer_state.json", "model.safetensors"])
+@pytest.mark.parametrize("torn", ["trainer_state.json", "model.safetensors", "optimizer.pt"])
 def test_a_torn_last_checkpoint_is_dropped_and_the_one_before_resumed(tmp_path, tiny_model_and_tokenizer, torn):
     """transformers writes trainer_state.json last but not atomically: a kill during that write (or
     a truncated weights file) left a checkpoint that --resume took and crashed on with a
-    JSONDecodeError / SafetensorError traceback."""
+    JSONDecodeError / SafetensorError traceback (a torn optimizer.pt: PytorchStreamReader's)."""
     import copy
 
     model, tokenizer = tiny_model_and_tokenizer
@@ -190,6 +190,26 @@ def test_a_torn_last_checkpoint_is_dropped_and_the_one_before_resumed(tmp_path, 
     resumed = state(train(start, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path,
                           resume=True))
     assert all(torch.allclose(done[k], resumed[k], atol=1e-6) for k in done)
+
+
+UNPICKLED = []
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return UNPICKLED.append, ("ran",)
+
+
+def test_a_checkpoint_state_that_is_not_tensors_is_one_line_and_never_unpickled(tmp_path, tiny_model_and_tokenizer):
+    """An rng_state.pth holding an object that runs code: transformers' weights_only load refused it,
+    but as an UnpicklingError traceback whose text suggests weights_only=False."""
+    model, tokenizer = tiny_model_and_tokenizer
+    cfg = config(max_steps=2, save_steps=1, precision="fp32")
+    train(model, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path)
+    torch.save({"x": _RunsCode()}, tmp_path / "checkpoints" / "checkpoint-2" / "rng_state.pth")
+    with pytest.raises(UserError, match=r"^--resume: a state file in .*checkpoint-2 holds objects other than tensors"):
+        train(model, tokenizer, forget=FORGET, retain=RETAIN, config=cfg, output_dir=tmp_path, resume=True)
+    assert UNPICKLED == []
 
 
 def test_logged_learning_rate_is_the_one_each_update_used(tmp_path, tiny_model_and_tokenizer):
@@ -351,3 +371,33 @@ def test_accelerate_launch_two_processes(tmp_path, script_args):
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert rows[1]["epoch"] == 1.0  # 6 forget items over 2 processes x batch 2: 2 steps an epoch (1 process: 3)
     assert (out / "model" / "model.safetensors").is_file() and (out / "manifest.json").is_file()
+
+
+def test_a_kill_while_the_log_is_cut_back_at_resume_keeps_it(tmp_path, monkeypatch):
+    """On resume TrainLog rewrites train_log.jsonl with the steps up to the checkpoint: a plain
+    write_text truncated it first, so a kill during that write lost the whole history."""
+    import io
+    import types
+
+    from obliviate.training_callbacks import TrainLog
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": step}) + "\n" for step in (1, 2, 3)))
+    real_open = io.open
+
+    class Killed(BaseException):
+        pass
+
+    def dying_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            handle.close()
+            raise Killed  # the process dies once the file is open for writing
+        return handle
+
+    monkeypatch.setattr(io, "open", dying_open)
+    with pytest.raises(Killed):
+        TrainLog(types.SimpleNamespace(is_world_process_zero=lambda: True), log, resume_step=2)
+    monkeypatch.setattr(io, "open", real_open)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
+    assert [p.name for p in tmp_path.iterdir()] == ["train_log.jsonl"]

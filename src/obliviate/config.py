@@ -382,12 +382,21 @@ def validate(config: RunConfig) -> None:
     ]
     for name, section in config.sections.items():  # a section may declare checks() -> [(ok, field, expected)]
         checks += [(ok, f"{name}.{key}", expected) for ok, key, expected in getattr(section, "checks", list)()]
+    _check_generation_keys(config.generation)
     for ok, key, expected in checks:
         if not ok:
             value = config.to_dict()
             for part in key.split("."):
                 value = value[part]
             raise UserError(f"config key '{key}' = {short_repr(value)} is invalid; expected {expected}")
+
+
+def _check_generation_keys(generation: GenerationConfig) -> None:
+    """No API key in generation.base_url or generation.api_key_env: both are saved in config.yaml
+    (the message names the key, never its value)."""
+    from obliviate.credentials import check_key_settings
+
+    check_key_settings(generation.base_url, generation.api_key_env, "generation.base_url", "generation.api_key_env")
 
 
 def save_config(config: RunConfig, path: Path) -> None:

@@ -131,6 +131,8 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False):
         )
     except OSError as error:
         raise UserError(_load_error(name, error)) from None
+    except ValueError as error:  # the tokenizer's own code (auto_map) is not run without trust_remote_code
+        raise UserError(_needs_code(name) if "trust_remote_code" in str(error) else _load_error(name, error)) from None
     _set_pad_token(tokenizer)
     return tokenizer
 
@@ -165,10 +167,7 @@ def load_model(
         raise UserError(_pickle_only(name, source.path, error) or _load_error(name, error)) from None
     except ValueError as error:
         if "trust_remote_code" in str(error):
-            raise UserError(
-                f"model '{name}' needs custom code from its repository; "
-                "pass trust_remote_code=true only if you trust it"
-            ) from None
+            raise UserError(_needs_code(name)) from None
         if "tokenizer" in str(error).lower():
             raise UserError(f"model '{name}' has no usable tokenizer beside its weights; save one there "
                             "(tokenizer.save_pretrained(dir)) or copy its tokenizer files") from None
@@ -236,10 +235,21 @@ def _parse_dtype(dtype: str) -> torch.dtype:
     return table[dtype]
 
 
+def _needs_code(name: str) -> str:
+    return f"model '{name}' needs custom code from its repository; pass trust_remote_code=true only if you trust it"
+
+
 def _pickle_only(name: str, path: str, error: Exception) -> str | None:
     """The refusal for weights that are pickle files only (None otherwise): a local directory
-    with *.bin and no *.safetensors, or a hub repository transformers says has no safetensors."""
+    with *.bin and no *.safetensors (or a peft adapter there with adapter_model.bin only, which
+    transformers loads beside the model), or a hub repository transformers says has no safetensors."""
     folder = Path(path)
+    if (folder / "adapter_config.json").is_file() and (folder / "adapter_model.bin").is_file() and not (
+            folder / "adapter_model.safetensors").is_file():
+        return (f"model '{name}' holds a peft adapter with pickle weights only (adapter_model.bin), which obliviate "
+                "does not load (unpickling can run code); convert it once where you trust the file: "
+                "PeftModel.from_pretrained(base_model, adapter_dir).save_pretrained(new_dir), or remove "
+                "adapter_config.json to load the model without it")
     if folder.is_dir():
         if any(folder.glob("*.safetensors")) or not any(folder.glob("*.bin")):
             return None

@@ -72,6 +72,21 @@ def template_pins(tokenizer, system_prompt: str | None = None) -> tuple[dict, st
     return {"date_string": PINNED_DATE}, PINNED_SYSTEM_PROMPT if system_prompt is None else system_prompt
 
 
+def render_chat(tokenizer, messages: list[dict], **options) -> str:
+    """``tokenizer.apply_chat_template(messages, tokenize=False, **options)``. transformers renders
+    a model's template in jinja's sandbox, which refuses unsafe access (``__class__``); that, a
+    syntax error or the template's own raise_exception is told in one line naming the tokenizer."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **options)
+    except TemplateError as error:
+        cause = " ".join(str(error).split())[:160] or type(error).__name__
+        name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+        raise UserError(f"{name}: its chat template failed to render ({type(error).__name__}: {cause}); fix or remove "
+                        "its chat_template (chat_template.jinja or tokenizer_config.json)") from None
+
+
 def format_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
     """The text the model sees before its answer: the chat template with a generation prompt
     (date and system prompt pinned where the template prints a date, `template_pins`), or
@@ -82,7 +97,7 @@ def format_prompt(tokenizer, question: str, system_prompt: str | None = None) ->
     messages = [{"role": "user", "content": question}]
     if system_prompt is not None:
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **pins)
+    return render_chat(tokenizer, messages, add_generation_prompt=True, **pins)
 
 
 def assistant_turn_end(tokenizer) -> str:
@@ -91,8 +106,8 @@ def assistant_turn_end(tokenizer) -> str:
     chat = [{"role": "user", "content": "Q"}]
     if system_prompt is not None:
         chat.insert(0, {"role": "system", "content": system_prompt})
-    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, **pins)
-    full = tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": _SENTINEL}], tokenize=False, **pins)
+    prompt = render_chat(tokenizer, chat, add_generation_prompt=True, **pins)
+    full = render_chat(tokenizer, chat + [{"role": "assistant", "content": _SENTINEL}], **pins)
     if not full.startswith(prompt + _SENTINEL):
         raise UserError("scoring 'chat_turn': this chat template does not render the assistant turn as "
                         "generation prompt + answer + end of turn; use the default scoring 'answer'")

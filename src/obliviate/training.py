@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import copy
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -321,11 +322,19 @@ def train(
 def _train_from(trainer: UnlearnTrainer, checkpoint: Path | None) -> None:
     """trainer.train, resumed from `checkpoint` if any. Resumed from the run's last step, it trains
     nothing (NoStepPastTheEnd: the weights are that checkpoint's) and still ends the run for the
-    callbacks, whose on_train_end closes what on_train_begin opened (tensorboard's writer, wandb's run)."""
+    callbacks, whose on_train_end closes what on_train_begin opened (tensorboard's writer, wandb's run).
+    A state file that is not plain tensors is refused in one line: torch's own message suggests
+    weights_only=False, which would run whatever the file holds."""
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except FinishedAtResume:
         trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+    except pickle.UnpicklingError:
+        if checkpoint is None:
+            raise
+        raise UserError(f"--resume: a state file in {checkpoint} holds objects other than tensors, which are not "
+                        "loaded (unpickling them could run code); delete that folder to resume from the checkpoint "
+                        "before it, or start afresh in another output_dir") from None
 
 
 def _callers_flags(model) -> tuple[dict[str, bool], Any]:

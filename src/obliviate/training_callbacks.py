@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import TrainerCallback
 
+from obliviate.io import atomic_write_text
+
 if TYPE_CHECKING:
     from obliviate.training import UnlearnTrainer
 
@@ -92,8 +94,7 @@ class TrainLog(TrainerCallback):
                 except (json.JSONDecodeError, KeyError, TypeError):
                     pass  # a line cut short by the kill
         if trainer.is_world_process_zero():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+            atomic_write_text(path, "".join(row + "\n" for row in rows))  # a kill now keeps the steps before
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         # the rate this update used: the Trainer steps the scheduler after this event and before

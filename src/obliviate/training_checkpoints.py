@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -22,8 +23,9 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 def _complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
     """checkpoint-N folders whose trainer_state.json (written last, but not atomically) reads with
-    its step and whose safetensors files open: a kill during either write leaves one that would
-    crash the resume with a traceback instead of being removed and resumed from the one before."""
+    its step, whose safetensors files open and whose torch.save files (optimizer, scheduler, RNG
+    states) end in a zip directory: a torn one would crash the resume with a traceback instead of
+    being removed and resumed from the one before."""
     from safetensors import safe_open
 
     def readable(path: Path) -> bool:
@@ -32,6 +34,8 @@ def _complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
             for weights in path.glob("*.safetensors"):
                 with safe_open(str(weights), framework="pt"):
                     pass
+            if not all(zipfile.is_zipfile(saved) for suffix in ("pt", "pth") for saved in path.glob(f"*.{suffix}")):
+                return False
             return isinstance(state, dict) and isinstance(state.get("global_step"), int)
         except Exception:  # noqa: BLE001 -- torn JSON, bad bytes, a SafetensorError (no OSError): not complete
             return False

@@ -30,7 +30,7 @@ from obliviate.errors import UserError
 from obliviate.prepare.backend import Messages, chat_messages
 from obliviate.prepare.cache import CachedGenerator, GenerationCache
 from obliviate.prepare.local import LocalHFBackend
-from obliviate.prompts import template_pins
+from obliviate.prompts import render_chat, template_pins
 
 SYSTEM = "{intro} You know {subject} very well."
 USER = "Please write a short biography of {subject}."
@@ -92,8 +92,8 @@ class PrefillLocalBackend(LocalHFBackend):
         for messages in prompts:
             chat = chat_messages(messages)
             opening = chat.pop()["content"] if chat and chat[-1]["role"] == "assistant" else ""
-            text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False,
-                                                      **template_pins(self.tokenizer)[0]) + opening
+            text = render_chat(self.tokenizer, chat, add_generation_prompt=True,
+                               **template_pins(self.tokenizer)[0]) + opening
             encoded.append(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
         return encoded
 

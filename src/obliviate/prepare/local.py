@@ -16,7 +16,7 @@ from obliviate.errors import UserError
 from obliviate.fingerprints import model_fingerprint, tokenizer_fingerprint
 from obliviate.hardware import autocast_context, model_device
 from obliviate.prepare.backend import Messages, chat_messages, check_sampling
-from obliviate.prompts import template_pins
+from obliviate.prompts import render_chat, template_pins
 
 __all__ = ["LocalHFBackend"]
 
@@ -86,9 +86,8 @@ class LocalHFBackend:
     def _encode(self, prompts: Sequence[Messages]) -> list[list[int]]:
         encoded = []
         for messages in prompts:
-            text = self.tokenizer.apply_chat_template(
-                chat_messages(messages), add_generation_prompt=True, tokenize=False,
-                **template_pins(self.tokenizer)[0],  # a date-printing template renders the pinned date
+            text = render_chat(  # a date-printing template renders the pinned date
+                self.tokenizer, chat_messages(messages), add_generation_prompt=True, **template_pins(self.tokenizer)[0]
             )
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             encoded.append(list(ids))

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
+from obliviate.credentials import check_key, check_key_settings
 from obliviate.errors import UserError
 from obliviate.prepare.backend import Messages, chat_messages, check_sampling
 
@@ -28,8 +29,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["OpenAICompatibleBackend"]
 
 _INSTALL_HINT = "pip install 'obliviate[openai]' (or pip install 'openai>=2.0')"
-
-
 def _openai() -> Any:
     try:
         import openai
@@ -93,7 +92,9 @@ class OpenAICompatibleBackend:
         option: str = "generation.base_url",
         model_option: str = "generation.model",
         concurrency_option: str | None = "generation.max_concurrency",
+        key_option: str = "generation.api_key_env",
     ):
+        check_key_settings(base_url, api_key_env, option, key_option)
         try:
             parsed = urllib.parse.urlparse(str(base_url))
             port = parsed.port  # raises for a port out of range or not a number
@@ -248,6 +249,8 @@ class OpenAICompatibleBackend:
         openai = _openai()
         self._check_listening()
         key = os.environ.get(self.api_key_env) or None
+        if key is not None:
+            check_key(key, self.api_key_env, self.base_url, self._local)
         client = self._client(openai, key)
         params = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
         stop = threading.Event()

@@ -8,7 +8,7 @@ does under ``use_prompt``.
 
 from __future__ import annotations
 
-from obliviate.prompts import PINNED_DATE, format_prompt
+from obliviate.prompts import PINNED_DATE, format_prompt, render_chat
 
 FB = "Please complete the blank in the following question.\nQuestion: {}\n"
 QA = "Please briefly answer the following question.\nQuestion: {}\n"
@@ -54,8 +54,7 @@ def chat_prompt(tokenizer, user: str, suffix: str = "") -> str:
     if tokenizer.chat_template is None:
         return format_prompt(tokenizer, user) + suffix
     pins = {"date_string": PINNED_DATE} if "strftime_now" in str(tokenizer.chat_template) else {}
-    return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                         add_generation_prompt=True, **pins) + suffix
+    return render_chat(tokenizer, [{"role": "user", "content": user}], add_generation_prompt=True, **pins) + suffix
 
 
 def probe_prompt(tokenizer, record: dict, kind: str, use_prompt: bool = False) -> str:
