@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from obliviate.cli_args import add_bool_flag, add_flag, shown
-from obliviate.config import REPORT_TO, RunConfig
+from obliviate.config import RunConfig
+from obliviate.config_checks import REPORT_TO
 from obliviate.errors import UserError
 
 EXAMPLES = {
