@@ -14,11 +14,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "obliviate"
 
 # (layer, module prefixes), earliest first; the longest matching prefix decides.
 LAYERS = [
-    ("foundation", ("errors", "io", "versions", "hardware", "prompts", "fingerprints", "models", "rundir", "config", "methods.registry",
-                    "__init__")),
+    ("foundation", ("errors", "io", "versions", "hardware", "prompts", "fingerprints", "models", "rundir", "config",
+                    "config_checks", "credentials", "builtin_modules", "methods.registry", "__init__")),
     ("request", ("data",)),
     ("prepare", ("prepare",)),
-    ("train", ("objectives", "training", "training_callbacks", "training_compile")),
+    ("train", ("objectives", "training", "training_callbacks", "training_checkpoints", "training_compile")),
     ("weights", ("weights",)),
     ("methods", ("methods",)),
     ("evaluate", ("evaluation",)),  # a benchmark writes its own tables (evaluation/report.py)
