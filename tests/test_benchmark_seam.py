@@ -118,7 +118,8 @@ def test_build_options_coerces_cli_strings_and_refuses_unknown_keys():
     message = str(error.value)
     assert "\n" not in message and "benchmark 'tofu' option 'forget_spilt' is not known" in message
     assert message.endswith("use one of data, forget_split, retain_logs, retain_model, ds_size, batch_size, "
-                            "max_new_tokens, max_length, system_prompt, extras, scoring, decode, decode_batch_size, cache")
+                            "max_new_tokens, max_length, system_prompt, extras, scoring, prompt_format, decode, "
+                            "decode_batch_size, cache")
     with pytest.raises(UserError, match=r"^benchmark 'tofu' option 'bogus' is not known"):
         build_options(tofu, {"bogus": 1}, where="benchmark 'tofu' option")
     for bad in ({"batch_size": "many"}, {"batch_size": True}, {"extras": "maybe"}, {"max_new_tokens": 2.5}):

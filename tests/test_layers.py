@@ -14,8 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "obliviate"
 
 # (layer, module prefixes), earliest first; the longest matching prefix decides.
 LAYERS = [
-    ("foundation", ("errors", "io", "versions", "hardware", "prompts", "fingerprints", "models", "rundir", "config",
-                    "config_checks", "credentials", "builtin_modules", "methods.registry", "__init__")),
+    ("foundation", ("errors", "io", "versions", "hardware", "prompt_formats", "prompts", "fingerprints", "models",
+                    "rundir", "config", "config_checks", "credentials", "builtin_modules", "methods.registry",
+                    "__init__")),
     ("request", ("data",)),
     ("prepare", ("prepare",)),
     ("train", ("objectives", "training", "training_callbacks", "training_checkpoints", "training_compile")),

@@ -298,6 +298,22 @@ def test_evaluate_tofu_end_to_end(tiny_model_and_tokenizer, tofu_dir, retain_log
     assert reference_logs.forget_truth_ratios(out / "tofu_eval.json") == pytest.approx(ratios)
 
 
+def test_prompt_format_reaches_scores_and_the_record(tiny_model_and_tokenizer, tofu_dir, tmp_path):
+    """open-unlearning's tags (prompt_formats.py) in place of the chat template: the scores are
+    the engine's under that format, and the result says which format and prompt it used."""
+    model, tokenizer = tiny_model_and_tokenizer
+    result = tofu.evaluate_tofu(model, tokenizer, data=tofu_dir, max_new_tokens=4, cache=False, precision=FP32,
+                                extras=False, prompt_format="phi-1_5", out_dir=tmp_path / "eval")
+    config = json.loads((tmp_path / "eval" / "tofu_eval.json").read_text())["config"]
+    assert config["prompt_format"] == "phi-1_5" and config["prompt_example"] == "Question: <question>\nAnswer: "
+    row = result["tasks"]["forget"]["items"][0]
+    ((sum_nll, n),) = engine.answer_losses(model, tokenizer, [(row["question"], row["answer"])], precision=FP32,
+                                           prompt_format="phi-1_5")
+    assert row["avg_nll"] == pytest.approx(sum_nll / n, abs=1e-5)
+    with pytest.raises(UserError, match="system_prompt belongs to the chat template"):
+        tofu.evaluate_tofu(model, tokenizer, data=tofu_dir, prompt_format="phi-1_5", system_prompt="Be brief.")
+
+
 def test_retain_model_reference_and_ds_size(tiny_model_and_tokenizer, tiny_model_dir, tofu_dir, tmp_path):
     model, tokenizer = tiny_model_and_tokenizer
     with torch.no_grad():  # the "unlearned" model differs from the retain model

@@ -164,6 +164,7 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     except UserError as err:
         raise _naming_file(err, config, {k: v for k, v in file_options.items() if k not in options}) from None
     resolve_precision(settings["precision"], key="precision")  # refuse a bad value before loading anything
+    _warn_other_prompt_format(model, built)
     if settings["output_dir"] is not None:
         check_output_dir(settings["output_dir"])
     with _processes(settings["device"]) as state:
@@ -187,6 +188,24 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
             paths = paths if state is None or state.is_main_process else []
     return EvalResult(summary=dict(envelope.get("summary", {})), paths=paths, output_dir=out, benchmark=spec.name,
                       envelope=envelope)
+
+
+def _warn_other_prompt_format(model, options) -> None:
+    """One warning line when a run's model (runs/x/model) is evaluated with another prompt_format
+    than the run trained with (its config.yaml): the evaluation does not adopt the run's."""
+    wanted = getattr(options, "prompt_format", None)
+    saved = Path(model).parent / "config.yaml" if isinstance(model, (str, Path)) else None
+    if wanted is None or saved is None or not Path(model).is_dir() or not saved.is_file():
+        return
+    from obliviate.io import parse_yaml
+
+    try:
+        trained = (parse_yaml(saved.read_text(encoding="utf-8"), str(saved)) or {}).get("prompt_format", "auto")
+    except (OSError, UnicodeDecodeError, UserError, AttributeError):
+        return
+    if trained != wanted:
+        print(f"[obliviate] warning: {model} was trained with prompt_format {trained!r}, evaluated with {wanted!r}; "
+              "give the same prompt_format to compare", flush=True)
 
 
 def _naming_file(err: UserError, config, from_file: dict) -> UserError:

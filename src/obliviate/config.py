@@ -109,6 +109,7 @@ class RunConfig:
     seed: int = 42
     trust_remote_code: bool = False
     device: str = "auto"  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
+    prompt_format: str = "auto"  # auto: the chat template | open-unlearning's tags (prompt_formats.py)
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)

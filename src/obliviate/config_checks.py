@@ -10,6 +10,7 @@ from obliviate.credentials import check_key_settings
 from obliviate.errors import UserError
 from obliviate.io import short_repr
 from obliviate.methods import registry
+from obliviate.prompt_formats import format_check
 
 REPORT_TO = ("none", "tensorboard", "wandb")
 #: transformers schedulers that run without lr_scheduler_kwargs or an eval loop (cosine_with_min_lr,
@@ -26,6 +27,7 @@ def validate(config) -> None:
                                                                "directory)"),
         (re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device) is not None, "device",
          "auto, cpu, cuda, cuda:N or mps"),
+        format_check(config.prompt_format, "prompt_format"),
         (config.train.learning_rate > 0, "train.learning_rate", "a positive number"),
         (config.train.batch_size >= 1, "train.batch_size", "an integer >= 1"),
         (config.train.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps", "an integer >= 1"),

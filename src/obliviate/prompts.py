@@ -1,7 +1,10 @@
 """Prompts: how a (question, answer) pair becomes tokens, shared by the collator and the engine.
 
 With a chat template the question is one user turn (optionally after a system prompt) and the
-answer is the assistant's turn; without one, TOFU's plain `Question: ...\nAnswer: ` format.
+answer is the assistant's turn; without one, TOFU's plain `Question: ...\nAnswer: ` format. A
+``prompt_format`` (prompt_formats.py) other than ``auto`` skips the template for open-unlearning's
+tags around the question (``[INST] {question} [/INST]``), tokenised as text without a template:
+"no chat template" below means either.
 
 Which tokens are scored (the labels), `split_qa`:
 
@@ -9,7 +12,13 @@ Which tokens are scored (the labels), `split_qa`:
   apart, labels = answer + EOS;
 * no chat template (either scoring): prompt + answer tokenised as ONE text, as TOFU and
   open-unlearning do (`Answer: The` gives 'Answer', ':', ' The', not 'Answer', ':', ' ', 'The'),
-  labels = the tokens after the prompt's own token count, + EOS;
+  labels = the tokens after the prompt's own token count, + EOS. open-unlearning's rule for
+  ``apply_chat_template: False`` (src/data/utils.py): chat_ids = tokenizer(prompt + answer,
+  add_special_tokens=True) (99-104), prompt_ids = tokenizer(prompt, add_special_tokens=True)
+  (106-111), EOS appended unless chat_ids ends in it (113-114), labels = -100 * len(prompt_ids) +
+  chat_ids[len(prompt_ids):] (116-124), so the BOS the tokenizer adds (Llama's, not phi-1.5's) is
+  context, the answer's tokens + EOS are labels, asst_end_tag is not; a generation continues
+  prompt_ids (119-121: predict_with_generate), the prompt with that BOS;
 * chat template, scoring "chat_turn" (open-unlearning's `preprocess_chat_instance`): the
   assistant turn as the template renders it, labels = every token after the generation prompt
   (for SmolLM2: answer + `<|im_end|>` + newline), + EOS when that does not end in EOS.
@@ -30,6 +39,7 @@ import string
 import torch
 
 from obliviate.errors import UserError
+from obliviate.prompt_formats import PromptFormat, check_system_prompt, resolve_format
 
 # Prompt format for tokenizers without a chat template (TOFU's phi-1.5 format).
 PLAIN_PROMPT = "Question: {question}\nAnswer: "
@@ -87,12 +97,16 @@ def render_chat(tokenizer, messages: list[dict], **options) -> str:
                         "its chat_template (chat_template.jinja or tokenizer_config.json)") from None
 
 
-def format_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
+def format_prompt(tokenizer, question: str, system_prompt: str | None = None,
+                  prompt_format: str | PromptFormat = "auto") -> str:
     """The text the model sees before its answer: the chat template with a generation prompt
     (date and system prompt pinned where the template prints a date, `template_pins`), or
-    TOFU's plain `Question: ...\\nAnswer: ` when the tokenizer has no template."""
-    if tokenizer.chat_template is None:
-        return PLAIN_PROMPT.format(question=question)
+    TOFU's plain `Question: ...\\nAnswer: ` when the tokenizer has no template; a tag format's
+    text around the question (prompt_formats.py), which refuses a system prompt."""
+    fmt = resolve_format(prompt_format)
+    if not fmt.uses_template(tokenizer):
+        check_system_prompt(fmt, system_prompt)
+        return PLAIN_PROMPT.format(question=question) if fmt.tags is None else fmt.fill(question)
     pins, system_prompt = template_pins(tokenizer, system_prompt)
     messages = [{"role": "user", "content": question}]
     if system_prompt is not None:
@@ -114,11 +128,12 @@ def assistant_turn_end(tokenizer) -> str:
     return full[len(prompt) + len(_SENTINEL):]
 
 
-def answer_suffix(tokenizer, scoring: str = "answer") -> str | None:
-    """None: the answer is tokenised alone; else the text after the answer in one joint text."""
+def answer_suffix(tokenizer, scoring: str = "answer", prompt_format: str | PromptFormat = "auto") -> str | None:
+    """None: the answer is tokenised alone; else the text after the answer in one joint text
+    (nothing without a chat template: open-unlearning appends no asst_end_tag to the answer)."""
     if scoring not in SCORINGS:
         raise UserError(f"scoring '{scoring}' is not known; use one of {', '.join(SCORINGS)}")
-    if tokenizer.chat_template is None:
+    if not resolve_format(prompt_format).uses_template(tokenizer):
         return ""
     return None if scoring == "answer" else assistant_turn_end(tokenizer)
 
@@ -133,12 +148,13 @@ def adds_bos(tokenizer) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def prompt_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of prompt texts: no special tokens, except, when there is no chat template, the
-    BOS that the tokenizer itself adds (`adds_bos`): TOFU and open-unlearning tokenise the plain
-    format with ``add_special_tokens=True``, so phi-1.5's prompt has no BOS and Llama's has one."""
+def prompt_token_ids(tokenizer, texts: list[str], prompt_format: str | PromptFormat = "auto") -> list[list[int]]:
+    """Token ids of prompt texts: no special tokens, except, when there is no chat template (or a
+    tag format skips it), the BOS that the tokenizer itself adds (`adds_bos`): TOFU and
+    open-unlearning tokenise the plain format and the tags with ``add_special_tokens=True``, so
+    phi-1.5's prompt has no BOS and Llama-2's has one."""
     ids = [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
-    if tokenizer.chat_template is None and adds_bos(tokenizer):
+    if not resolve_format(prompt_format).uses_template(tokenizer) and adds_bos(tokenizer):
         ids = [[tokenizer.bos_token_id] + x for x in ids]
     return ids
 
@@ -153,27 +169,30 @@ def split_joint(prompt_ids: list[int], full_ids: list[int], eos_id: int) -> tupl
     return list(full_ids[:n]), labels
 
 
-def split_qa(tokenizer, prompt: str, answer: str, scoring: str = "answer") -> tuple[list[int], list[int]]:
+def split_qa(tokenizer, prompt: str, answer: str, scoring: str = "answer",
+             prompt_format: str | PromptFormat = "auto") -> tuple[list[int], list[int]]:
     """(context ids, label ids) of prompt text + answer; the model reads context + labels."""
-    suffix = answer_suffix(tokenizer, scoring)
-    prompt_ids = prompt_token_ids(tokenizer, [prompt])[0]
+    suffix = answer_suffix(tokenizer, scoring, prompt_format)
+    prompt_ids = prompt_token_ids(tokenizer, [prompt], prompt_format)[0]
     if suffix is None:
         return prompt_ids, tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    full_ids = prompt_token_ids(tokenizer, [prompt + answer + suffix])[0]
+    full_ids = prompt_token_ids(tokenizer, [prompt + answer + suffix], prompt_format)[0]
     return split_joint(prompt_ids, full_ids, tokenizer.eos_token_id)
 
 
 def encode_qa(
     tokenizer, question: str, answer: str, *, max_length: int = 512, system_prompt: str | None = None,
-    scoring: str = "answer",
+    scoring: str = "answer", prompt_format: str | PromptFormat = "auto",
 ) -> dict[str, list[int]]:
     """Token ids of prompt + answer + EOS, with labels -100 on the prompt (answer-only loss).
 
     As in TOFU and open-unlearning the EOS after the answer is a label, so the answer NLL
     includes ending the turn. Labels are set by the answer span (`split_qa`), never by pad id
-    (SmolLM2's pad token is its end-of-turn token). Over-long pairs are cut from the answer's end.
+    (SmolLM2's pad token is its end-of-turn token). Over-long pairs are cut from the answer's end
+    (open-unlearning truncates to max_length and then appends EOS: one token longer, EOS kept).
     """
-    context, answer_ids = split_qa(tokenizer, format_prompt(tokenizer, question, system_prompt), answer, scoring)
+    prompt = format_prompt(tokenizer, question, system_prompt, prompt_format)
+    context, answer_ids = split_qa(tokenizer, prompt, answer, scoring, prompt_format)
     input_ids = (context + answer_ids)[:max_length]
     labels = ([-100] * len(context) + answer_ids)[:max_length]
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}

@@ -276,7 +276,7 @@ def train(
     options = config.sections.get(spec.section) if spec.section else None  # e.g. config.sku for SKU's loss
     dataset = SlotDataset(
         tokenizer, slots, forget=forget, retain=retain if "retain" in slots else [],
-        max_length=config.train.max_length, seed=config.seed,
+        max_length=config.train.max_length, seed=config.seed, prompt_format=config.prompt_format,
         refusals=load_refusals(objective_cfg.refusals) if "forget_refusal" in slots and
         objective_cfg.refusal_draw != "own" else None,
         other_answers=getattr(options, "other_answers", 5), refusal_draw=objective_cfg.refusal_draw,

@@ -25,19 +25,23 @@ from obliviate.errors import UserError
 from obliviate.prompts import encode_qa, pad_batch
 
 
-def encode_item(tokenizer, question: str, answer: str, *, max_length: int) -> dict[str, list[int]]:
+def encode_item(tokenizer, question: str, answer: str, *, max_length: int,
+                prompt_format: str = "auto") -> dict[str, list[int]]:
     """prompts.encode_qa, refusing a pair whose prompt leaves no room for a single answer token."""
-    enc = encode_qa(tokenizer, question, answer, max_length=max_length)
+    enc = encode_qa(tokenizer, question, answer, max_length=max_length, prompt_format=prompt_format)
     if all(label == -100 for label in enc["labels"][1:]):
         raise UserError(f"the question {question[:60]!r}... fills train.max_length={max_length} tokens "
                         "with no room for its answer; raise train.max_length")
     return enc
 
 
-def encode_items(tokenizer, items: list[QAItem], *, max_length: int) -> list[dict[str, list[int]]]:
-    """QA items through the chat template (answer labelled); passage items as raw text (all labelled)."""
+def encode_items(tokenizer, items: list[QAItem], *, max_length: int,
+                 prompt_format: str = "auto") -> list[dict[str, list[int]]]:
+    """QA items through the chat template or the tags of ``prompt_format`` (answer labelled);
+    passage items as raw text (all labelled)."""
     return [encode_passage(tokenizer, item.answer, max_length=max_length) if is_passage(item)
-            else encode_item(tokenizer, item.question, item.answer, max_length=max_length) for item in items]
+            else encode_item(tokenizer, item.question, item.answer, max_length=max_length, prompt_format=prompt_format)
+            for item in items]
 
 
 #: slots that read only a forget item's own encoding, so they take raw passages too
@@ -66,7 +70,7 @@ class SlotDataset(torch.utils.data.Dataset):
 
     def __init__(self, tokenizer, slots: Sequence[str], *, forget: list[QAItem], retain: Sequence[QAItem] = (),
                  refusals: list[str] | None = None, max_length: int, seed: int = 0, other_answers: int = 5,
-                 refusal_draw: str = "each_epoch"):
+                 refusal_draw: str = "each_epoch", prompt_format: str = "auto"):
         unknown = [name for name in slots if name not in SLOTS]
         if unknown:
             raise ValueError(f"batch slots {unknown} have no builder; known: {', '.join(SLOTS)}")
@@ -80,8 +84,9 @@ class SlotDataset(torch.utils.data.Dataset):
         if "forget_refusal" in slots and not refusals and refusal_draw != "own":
             raise UserError("this objective trains towards refusals but none were given; check objective.refusals")
         self.tokenizer, self.slots, self.max_length, self.seed = tokenizer, tuple(slots), max_length, seed
+        self.prompt_format = prompt_format  # prompts.encode_qa's: the chat template or open-unlearning's tags
         self.forget_items, self.retain_items = list(forget), list(retain)
-        self.forget = encode_items(tokenizer, self.forget_items, max_length=max_length)
+        self.forget = encode_items(tokenizer, self.forget_items, max_length=max_length, prompt_format=prompt_format)
         self.refusals, self.other_answers, self.refusal_draw = refusals, other_answers, refusal_draw
         self._retain_order = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed)).tolist()
         self._cache: dict[tuple, dict] = {}  # encoded lazily: a retain set can be large
@@ -100,7 +105,8 @@ class SlotDataset(torch.utils.data.Dataset):
     def encode(self, question: str, answer: str) -> dict:
         key = (question, answer)
         if key not in self._cache:
-            self._cache[key] = encode_item(self.tokenizer, question, answer, max_length=self.max_length)
+            self._cache[key] = encode_item(self.tokenizer, question, answer, max_length=self.max_length,
+                                           prompt_format=self.prompt_format)
         return self._cache[key]
 
     def retain_index(self, i: int) -> int:

@@ -11,6 +11,7 @@ from obliviate.evaluation.registry import (MIN_LENGTH, Benchmark, cache_option, 
 from obliviate.evaluation.report import render_report
 from obliviate.evaluation.results import json_safe
 from obliviate.evaluation.tofu import evaluate_tofu
+from obliviate.prompt_formats import PRESETS, check_system_prompt, resolve_format
 from obliviate.prompts import SCORINGS
 
 
@@ -38,6 +39,10 @@ class TofuOptions:
     scoring: str = field(default="answer", metadata={"choices": SCORINGS,
         "help": "answer: answer + EOS (TOFU's definition) | chat_turn: the assistant turn as the chat template "
                 "renders it (open-unlearning's)"})
+    prompt_format: str = field(default="auto", metadata={
+        "help": "auto: the chat template (TOFU's 'Question: ...' without one) | open-unlearning's tags for the "
+                f"models it prompts without the template, a preset ({', '.join(PRESETS)}) or text around "
+                "{question}, e.g. '[INST] {question} [/INST]'"})
     decode: str = decode_option()
     decode_batch_size: int | None = decode_rows_option()
     cache: bool = cache_option()
@@ -54,11 +59,15 @@ def run_tofu(model, tokenizer, options: TofuOptions, *, out_dir: Path, model_nam
 def check_tofu(options: TofuOptions) -> None:
     """Before the model loads: a local data directory holds the forget split; the retain log
     exists and (with local data) holds the evaluated forget items and no other split's
-    (:func:`~obliviate.evaluation.tofu.retain_log.aligned_truth_ratios`)."""
+    (:func:`~obliviate.evaluation.tofu.retain_log.aligned_truth_ratios`); the prompt format is
+    known and, if tags, without a system prompt beside it."""
     from obliviate.data.rwku import is_local
     from obliviate.evaluation.tofu.data import load_items
     from obliviate.evaluation.tofu.retain_log import aligned_truth_ratios
 
+    where = "benchmark 'tofu' option"
+    check_system_prompt(resolve_format(options.prompt_format, f"{where} 'prompt_format'"), options.system_prompt,
+                        f"{where} 'system_prompt'")
     split_items = load_items(options.data, f"{options.forget_split}_perturbed") if is_local(options.data) else None
     missing_path(options.retain_logs, "benchmark 'tofu' option 'retain_logs'", "eval log")
     if options.retain_logs is not None and split_items is not None:

@@ -27,9 +27,10 @@ def _check(pairs, questions, details, references, max_new_tokens):
     return pairs, questions, flags, references
 
 
-def _formatter(tokenizer, formatter: PromptFormatter | None, system_prompt: str | None) -> PromptFormatter:
+def _formatter(tokenizer, formatter: PromptFormatter | None, system_prompt: str | None,
+               prompt_format) -> PromptFormatter:
     if formatter is None:
-        return chat_formatter(tokenizer, system_prompt)
+        return chat_formatter(tokenizer, system_prompt, prompt_format=prompt_format)
     if system_prompt is not None:
         raise UserError("system_prompt belongs to the chat-template formatter; with formatter=, build the "
                         "system prompt into the formatter (e.g. chat_formatter(tokenizer, system_prompt))")
@@ -98,6 +99,7 @@ def score_and_generate(
     formatter: PromptFormatter | None = None,
     stop_strings: Sequence[str] = (),
     scoring: str = "answer",
+    prompt_format: str = "auto",
     decode: str = "auto",
     decode_batch_size: int | None = None,
     cache: ResultCache | None = None,
@@ -115,6 +117,10 @@ def score_and_generate(
     ``scoring`` (:data:`obliviate.prompts.SCORINGS`): which tokens are scored, ``"answer"``
     (answer + EOS, TOFU's definition) or ``"chat_turn"`` (the assistant turn as the chat
     template renders it, open-unlearning's); :func:`obliviate.prompts.split_qa`.
+    ``prompt_format`` (:mod:`obliviate.prompt_formats`): ``"auto"`` (the chat template) or a
+    tag format, open-unlearning's ``apply_chat_template: False`` prompts (a preset such as
+    ``"Llama-2-7b-chat-hf"`` or text around ``{question}``): the default formatter's text, and for
+    any formatter the tokenisation (the tokenizer's BOS, prompt and answer as one text, stops).
     ``decode`` (:data:`~obliviate.evaluation.engine.settings.DECODES`): the decoding path,
     ``"plain"``, ``"static"`` (fixed shapes, one CUDA graph on CUDA) or ``"auto"`` (static on
     CUDA, plain elsewhere); greedy outputs agree up to floating-point rounding.
@@ -135,9 +141,10 @@ def score_and_generate(
     """
     pairs, questions, flags, references = _check(pairs, questions, details, references, max_new_tokens)
     runner = ModelRunner(model, tokenizer, precision=precision,
-                         formatter=_formatter(tokenizer, formatter, system_prompt), max_length=max_length,
-                         batch_size=batch_size, max_tokens=max_tokens, stop_strings=stop_strings,
-                         scoring=scoring, decode=decode, decode_batch_size=decode_batch_size)
+                         formatter=_formatter(tokenizer, formatter, system_prompt, prompt_format),
+                         max_length=max_length, batch_size=batch_size, max_tokens=max_tokens,
+                         stop_strings=stop_strings, scoring=scoring, decode=decode,
+                         decode_batch_size=decode_batch_size, prompt_format=prompt_format)
     prompt_of = {q: runner.formatter(q) for q in dict.fromkeys([q for q, _ in pairs] + questions)}
     pair_keys = [(prompt_of[q], a, d) for (q, a), d in zip(pairs, flags)]
     gen_prompts = [prompt_of[q] for q in questions]
@@ -176,12 +183,14 @@ def score_answers(
     system_prompt: str | None = None,
     formatter: PromptFormatter | None = None,
     scoring: str = "answer",
+    prompt_format: str = "auto",
     cache: ResultCache | None = None,
 ) -> list[AnswerStats]:
     """:class:`AnswerStats` of each (question, answer) pair (see :func:`score_and_generate`)."""
     stats, _ = score_and_generate(model, tokenizer, pairs, (), details=details, batch_size=batch_size,
                                   max_tokens=max_tokens, max_length=max_length, precision=precision,
-                                  system_prompt=system_prompt, formatter=formatter, scoring=scoring, cache=cache)
+                                  system_prompt=system_prompt, formatter=formatter, scoring=scoring,
+                                  prompt_format=prompt_format, cache=cache)
     return stats
 
 
@@ -195,11 +204,14 @@ def answer_losses(
     precision: str = "auto",
     system_prompt: str | None = None,
     scoring: str = "answer",
+    prompt_format: str = "auto",
 ) -> list[tuple[float, int]]:
     """``(sum_nll, n_tokens)`` of each answer given its question: the answer-only NLL of
-    ``encode_qa(question, answer, scoring=scoring)`` (EOS included), as TOFU's ``get_batch_loss``."""
+    ``encode_qa(question, answer, scoring=scoring, prompt_format=prompt_format)`` (EOS included),
+    as TOFU's ``get_batch_loss``."""
     stats = score_answers(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length,
-                          precision=precision, system_prompt=system_prompt, scoring=scoring)
+                          precision=precision, system_prompt=system_prompt, scoring=scoring,
+                          prompt_format=prompt_format)
     return [(s.sum_nll, s.n_tokens) for s in stats]
 
 
@@ -216,13 +228,15 @@ def greedy_generate(
     stop_strings: Sequence[str] = (),
     decode: str = "auto",
     decode_batch_size: int | None = None,
+    prompt_format: str = "auto",
 ) -> list[str]:
     """Greedy answers to ``questions`` (prompt = ``formatter(question)``, default the chat
     template), at most ``max_new_tokens`` new tokens, stopped at EOS, the chat template's end
     of turn or a stop string, decoded without special tokens, cut before the first stop
-    string and stripped. ``decode``, ``decode_batch_size``: see :func:`score_and_generate`."""
+    string and stripped. ``decode``, ``decode_batch_size``, ``prompt_format``: see
+    :func:`score_and_generate`."""
     _, texts = score_and_generate(model, tokenizer, (), questions, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, precision=precision, system_prompt=system_prompt,
                                   formatter=formatter, stop_strings=stop_strings, decode=decode,
-                                  decode_batch_size=decode_batch_size)
+                                  decode_batch_size=decode_batch_size, prompt_format=prompt_format)
     return texts

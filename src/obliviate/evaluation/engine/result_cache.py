@@ -44,19 +44,24 @@ class ResultCache:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
     def score_key(self, prompt: str, answer: str, details: bool, scoring: str = "answer", *,
-                  batch: int | None = None) -> str:
+                  batch: int | None = None, prompt_format: str | None = None) -> str:
         """Key of a scored answer: the prompt text (so the formatter is part of it), the answer,
         whether per-token details were kept and, unless it is the default, the scoring mode; with
-        ``batch``, the scoring batch size too (where batch shapes change the rounding: bf16)."""
+        ``batch``, the scoring batch size too (where batch shapes change the rounding: bf16); with
+        ``prompt_format``, a tag format's text (prompt_formats.py: BOS and joint tokenisation of
+        text that a chat template would tokenise otherwise)."""
         extra = ([] if scoring == "answer" else [scoring]) + ([] if batch is None else [{"batch": batch}])
+        extra += [] if prompt_format is None else [{"prompt_format": prompt_format}]
         return self.key("score", prompt, answer, details, *extra)
 
     def generation_key(self, prompt: str, max_new_tokens: int, stop_strings: tuple[str, ...],
-                       decode: str = "plain", *, rows: int | None = None) -> str:
+                       decode: str = "plain", *, rows: int | None = None, prompt_format: str | None = None) -> str:
         """Key of a greedy generation: prompt text, token budget, stop strings and, unless it is
         the plain path, the decoding path (its rounding may flip a near-tied argmax); with
-        ``rows``, the rows decoded together too (where they change the rounding: bf16)."""
+        ``rows``, the rows decoded together too (where they change the rounding: bf16); with
+        ``prompt_format``, a tag format's text (as :meth:`score_key`)."""
         extra = ([] if decode == "plain" else [decode]) + ([] if rows is None else [{"rows": rows}])
+        extra += [] if prompt_format is None else [{"prompt_format": prompt_format}]
         return self.key("generate", prompt, max_new_tokens, list(stop_strings), *extra)
 
     def get(self, key: str) -> Any:

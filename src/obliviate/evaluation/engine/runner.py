@@ -21,6 +21,7 @@ from obliviate.evaluation.engine.settings import precision_context, resolve_deco
 from obliviate.evaluation.engine.stops import StopStrings, stop_token_ids
 from obliviate.evaluation.engine.trie import shared_prefix_length
 from obliviate.hardware import model_device
+from obliviate.prompt_formats import PromptFormat, resolve_format
 from obliviate.prompts import answer_suffix, prompt_token_ids, split_joint
 
 
@@ -29,13 +30,15 @@ class ModelRunner:
 
     def __init__(self, model, tokenizer, *, precision: str, formatter: PromptFormatter, max_length: int,
                  batch_size: int, max_tokens: int, stop_strings: Sequence[str] = (), scoring: str = "answer",
-                 decode: str = "auto", decode_batch_size: int | None = None):
+                 decode: str = "auto", decode_batch_size: int | None = None,
+                 prompt_format: str | PromptFormat = "auto"):
         if batch_size < 1:
             raise UserError(f"evaluation batch_size must be >= 1, got {batch_size}")
         if decode_batch_size is not None and (not isinstance(decode_batch_size, int) or decode_batch_size < 1):
             raise UserError(f"decode_batch_size must be a positive integer or None, got {decode_batch_size!r}")
         self.model, self.tokenizer, self.formatter = model, tokenizer, formatter
-        self.scoring, self.suffix = scoring, answer_suffix(tokenizer, scoring)
+        self.format = resolve_format(prompt_format)  # how prompt texts are tokenised (chat template or tags)
+        self.scoring, self.suffix = scoring, answer_suffix(tokenizer, scoring, self.format)
         self.max_length, self.batch_size, self.max_tokens = max_length, batch_size, max(max_tokens, 1)
         self.decode_batch_size = decode_batch_size  # rows decoded together (None: settings.decode_rows)
         self.precision = resolve_precision(model, precision)
@@ -54,7 +57,7 @@ class ModelRunner:
         self.cache_kwarg = "cache" if "cache" in forward_parameters else "past_key_values"
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
-        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.stop_ids = stop_token_ids(model, tokenizer, template=self.format.uses_template(tokenizer))
         self.stop_strings = StopStrings(tokenizer, stop_strings)
         self.timings = {"tokenise": 0.0, "prefill": 0.0, "score": 0.0, "generate": 0.0}
         self.tokens = {"prompt": 0, "answer": 0, "generated": 0}
@@ -82,18 +85,21 @@ class ModelRunner:
         return not (self.precision == "fp32" and self.device.type == "cpu")
 
     def score_key(self, cache, key: tuple[str, str, bool]) -> str:
-        """The result-cache key of a scored (prompt text, answer, details)."""
-        return cache.score_key(*key, scoring=self.scoring, batch=self.batch_size if self.batch_shapes_round() else None)
+        """The result-cache key of a scored (prompt text, answer, details); a tag format's text
+        is part of it (the same prompt text is tokenised otherwise through a chat template)."""
+        return cache.score_key(*key, scoring=self.scoring, batch=self.batch_size if self.batch_shapes_round() else None,
+                               prompt_format=self.format.tags)
 
     def generation_key(self, cache, prompt: str, max_new_tokens: int) -> str:
         """The result-cache key of a greedy generation from ``prompt`` (text)."""
         rows = (self.decode_batch_size or self.batch_size) if self.batch_shapes_round() else None
-        return cache.generation_key(prompt, max_new_tokens, self.stop_strings.strings, self.decode_mode, rows=rows)
+        return cache.generation_key(prompt, max_new_tokens, self.stop_strings.strings, self.decode_mode, rows=rows,
+                                    prompt_format=self.format.tags)
 
     # -- text and tokens (identical to prompts.encode_qa / split_qa for the default formatter) ---
 
     def prompt_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        ids = prompt_token_ids(self.tokenizer, list(texts))
+        ids = prompt_token_ids(self.tokenizer, list(texts), self.format)
         for text, x in zip(texts, ids):
             if not x:
                 raise UserError(f"prompt {text!r} has no tokens; a prompt needs at least one token")
@@ -106,11 +112,11 @@ class ModelRunner:
     def score_ids(self, pairs: Sequence[tuple[str, str]], prompt_ids: dict[str, list[int]]):
         """(context ids, label ids) per (prompt text, answer), as prompts.split_qa gives them:
         the prompt's ids and the answer tokenised alone, or one joint text split at the
-        prompt's token count (no chat template, or scoring "chat_turn")."""
+        prompt's token count (no chat template, a tag format, or scoring "chat_turn")."""
         if self.suffix is None:
             answers = self.answer_ids([answer for _, answer in pairs])
             return [(prompt_ids[text], ids) for (text, _), ids in zip(pairs, answers)]
-        fulls = prompt_token_ids(self.tokenizer, [text + answer + self.suffix for text, answer in pairs])
+        fulls = prompt_token_ids(self.tokenizer, [text + answer + self.suffix for text, answer in pairs], self.format)
         eos = self.tokenizer.eos_token_id
         return [split_joint(prompt_ids[text], full, eos) for (text, _), full in zip(pairs, fulls)]
 

@@ -11,9 +11,11 @@ from obliviate.errors import UserError
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
+def stop_token_ids(model, tokenizer, template: bool = True) -> list[int]:
     """Token ids that end a generation: the tokenizer's EOS, the model's generation-config EOS
-    ids, and the chat template's end-of-turn marker (e.g. ``<|im_end|>``) when it has one."""
+    ids, and the chat template's end-of-turn marker (e.g. ``<|im_end|>``) when it has one and
+    ``template`` (prompts go through it; a tag format's generation stops where open-unlearning's
+    ``model.generate`` does, at the EOS ids: src/evals/metrics/utils.py:294-309)."""
     ids: list[int] = []
 
     def add(value):
@@ -23,7 +25,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
     add(tokenizer.eos_token_id)
     add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    template = tokenizer.chat_template if template and isinstance(tokenizer.chat_template, str) else ""
     vocab = tokenizer.get_vocab()
     for token in END_OF_TURN_TOKENS:
         if token in template and token in vocab:

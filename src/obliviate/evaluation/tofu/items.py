@@ -99,6 +99,7 @@ def evaluate_items(
     precision: str = "auto",
     system_prompt: str | None = None,
     scoring: str = "answer",
+    prompt_format: str = "auto",
     cache: bool | str | Path | ResultCache | None = None,
 ) -> dict:
     """Score any QA items like one TOFU task.
@@ -112,7 +113,9 @@ def evaluate_items(
     paraphrase or perturbed answers get no truth ratio; an aggregate with no values is None.
     ``details`` adds extraction strength, exact memorisation and MIA scores per item
     (``extras``). ``scoring``: ``"answer"`` (TOFU's answer + EOS) or ``"chat_turn"``
-    (open-unlearning's assistant turn as the chat template renders it). ``cache``: True (``$OBLIVIATE_CACHE/eval``), a directory, or a ResultCache.
+    (open-unlearning's assistant turn as the chat template renders it). ``prompt_format``: ``"auto"``
+    (the chat template) or open-unlearning's tags (:mod:`obliviate.prompt_formats`).
+    ``cache``: True (``$OBLIVIATE_CACHE/eval``), a directory, or a ResultCache.
     """
     items = list(items)
     plan = WorkPlan()
@@ -120,7 +123,7 @@ def evaluate_items(
     result_cache = result_cache_for(model, tokenizer, cache, engine_settings(model, precision, max_length))
     stats, gens = plan.run(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            max_length=max_length, precision=precision, system_prompt=system_prompt,
-                           scoring=scoring, cache=result_cache)
+                           scoring=scoring, prompt_format=prompt_format, cache=result_cache)
     result = assemble(items, task_kind, slots, stats, gens)
     if details:
         extras, per_item = forget_extras(items, stats, [s["answer"] for s in slots], None, None)

@@ -72,7 +72,7 @@ def _open_unlearning_auc(mia: dict, path, items: Sequence[QAItem], n_holdout: in
 
 def score_retain_model(model, tokenizer, forget_items: Sequence[QAItem], holdout_items: Sequence[QAItem] | None,
                        *, batch_size: int, max_length: int, precision: str, system_prompt: str | None,
-                       cache, scoring: str = "answer") -> tuple[list[float], float | None]:
+                       cache, scoring: str = "answer", prompt_format: str = "auto") -> tuple[list[float], float | None]:
     """The retain model's per-item forget truth ratios and (with holdout items) min-k AUC,
     in one scoring pass (no generation: neither needs it)."""
     if isinstance(cache, ResultCache):  # that file's namespace is the evaluated model's, not this one's
@@ -82,7 +82,8 @@ def score_retain_model(model, tokenizer, forget_items: Sequence[QAItem], holdout
     holdout_slots = [plan.pair(item.question, item.answer, True) for item in holdout_items or []]
     result_cache = result_cache_for(model, tokenizer, cache, engine_settings(model, precision, max_length))
     stats, _ = plan.run(model, tokenizer, batch_size=batch_size, max_length=max_length, precision=precision,
-                        system_prompt=system_prompt, scoring=scoring, cache=result_cache)
+                        system_prompt=system_prompt, scoring=scoring, prompt_format=prompt_format,
+                        cache=result_cache)
     assembled = assemble(forget_items, "forget", slots, stats, [])
     ratios = [row["truth_ratio"] for row in assembled["items"] if row.get("truth_ratio") is not None]
     auc = None

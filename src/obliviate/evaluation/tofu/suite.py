@@ -16,6 +16,7 @@ from obliviate.evaluation.tofu.data import TASKS, UTILITY_TASKS, holdout_split, 
 from obliviate.evaluation.tofu.extras import MIN_K, forget_extras
 from obliviate.evaluation.tofu.items import assemble, engine_settings, plan_items
 from obliviate.evaluation.tofu.reference import compare_with_retain, retain_reference
+from obliviate.prompt_formats import check_system_prompt, resolve_format
 from obliviate.prompts import format_prompt
 
 FORMAT = "obliviate.tofu_eval/1"
@@ -72,7 +73,8 @@ def _config(tokenizer, model_label, fingerprint, result_cache, reference_source,
         "ds_size": settings["ds_size"], "retain_reference": reference_source, "batch_size": settings["batch_size"],
         "max_new_tokens": settings["max_new_tokens"], "max_length": settings["max_length"],
         "precision": settings["precision"], "precision_used": None, "system_prompt": settings["system_prompt"],
-        "prompt_example": format_prompt(tokenizer, "<question>", settings["system_prompt"]),
+        "prompt_format": settings["prompt_format"],
+        "prompt_example": format_prompt(tokenizer, "<question>", settings["system_prompt"], settings["prompt_format"]),
         "generation": GENERATION, "scoring": settings["scoring"], "device": None, "min_k": MIN_K,
         "cache": str(result_cache.path) if result_cache is not None else None,
     }
@@ -97,6 +99,7 @@ def evaluate_tofu(
     model_name: str | None = None,
     extras: bool = True,
     scoring: str = "answer",
+    prompt_format: str = "auto",
     decode: str = "auto",
     decode_batch_size: int | None = None,
 ) -> dict:
@@ -110,7 +113,10 @@ def evaluate_tofu(
     ``holdoutXX``) on the forget set. ``scoring``: ``"answer"`` (default, TOFU's definition:
     answer + EOS) or ``"chat_turn"`` (open-unlearning's: the assistant turn as the chat
     template renders it, for SmolLM2 answer + ``<|im_end|>`` + newline + EOS), so probabilities,
-    truth ratios and MIA scores compare with open-unlearning's logs. ``decode``: the greedy
+    truth ratios and MIA scores compare with open-unlearning's logs. ``prompt_format``: ``"auto"``
+    (the chat template; TOFU's plain format without one) or open-unlearning's tags for models it
+    prompts without the template (``"Llama-2-7b-chat-hf"``, ``"phi-1_5"``, or text around
+    ``{question}``; :mod:`obliviate.prompt_formats`), in scoring and generation. ``decode``: the greedy
     decoding path (``auto``: the fixed-shape, CUDA-graph step on CUDA, the plain loop elsewhere);
     ``decode_batch_size``: the prompts decoded together (engine.settings.decode_rows). Writes
     ``tofu_eval.json`` (the result envelope: config, versions, sample counts, timings, per-item
@@ -118,6 +124,7 @@ def evaluate_tofu(
     """
     if retain_logs is not None and retain_model is not None:
         raise UserError("give either retain_logs or retain_model, not both")
+    check_system_prompt(resolve_format(prompt_format), system_prompt)
     timer = StageTimer()
     with timer("load data"):
         task_items = load_task_items(data, forget_split, ds_size)
@@ -128,7 +135,7 @@ def evaluate_tofu(
         result_cache = result_cache_for(model, tokenizer, cache, engine_settings(model, precision, max_length),
                                         fingerprint)
     engine_options = dict(batch_size=batch_size, max_length=max_length, precision=precision,
-                          system_prompt=system_prompt, scoring=scoring)
+                          system_prompt=system_prompt, scoring=scoring, prompt_format=prompt_format)
     with timer("retain reference"):  # first: a log of another split is refused before minutes of scoring
         reference = retain_reference(model, task_items["forget"][1], holdout_items, retain_logs=retain_logs,
                                      retain_model=retain_model, forget_split=forget_split, cache=cache,
@@ -148,7 +155,8 @@ def evaluate_tofu(
     config = _config(tokenizer, summary["model"], fingerprint, result_cache, reference.source,
                      data=str(data), forget_split=forget_split, holdout_split=holdout if holdout_items else None,
                      ds_size=ds_size, batch_size=batch_size, max_new_tokens=max_new_tokens, max_length=max_length,
-                     precision=precision, system_prompt=system_prompt, scoring=scoring, decode=decode,
+                     precision=precision, system_prompt=system_prompt, scoring=scoring,
+                     prompt_format=resolve_format(prompt_format).label, decode=decode,
                      decode_batch_size=decode_batch_size)
     result = build_envelope(
         benchmark="tofu", format=FORMAT, model=model, precision=precision, config=config,
