@@ -8,12 +8,15 @@ from rwku_layout import rwku_dir  # noqa: F401 -- the tiny RWKU directory fixtur
 from test_tofu_eval import tofu_dir  # noqa: F401 -- the tiny TOFU directory fixture
 
 import obliviate.api as ob
+from obliviate.data.request import DEMO_REQUEST
 from obliviate.errors import UserError
 
 
 def _options(benchmark: str, rwku_root) -> dict:
     if benchmark == "rwku":
         return dict(data=str(rwku_root), targets="1", ds_size=1, utility="none", cache=False)
+    if benchmark == "request":  # the built-in demo request
+        return dict(request=str(DEMO_REQUEST), ds_size=2, max_new_tokens=6, batch_size=4, cache=False)
     return dict(ds_size=2, max_new_tokens=6, judge_agreement=False, batch_size=4)
 
 
@@ -26,7 +29,7 @@ def _outputs(envelope: dict) -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("benchmark", ["rwku", "harmful"])
+@pytest.mark.parametrize("benchmark", ["rwku", "harmful", "request"])
 def test_decode_reaches_the_engine(tmp_path, tiny_model_and_tokenizer, rwku_dir, benchmark):  # noqa: F811
     from obliviate.evaluation.registry import get_benchmark
 
@@ -102,7 +105,7 @@ def test_the_shipped_eval_config_loads_and_a_run_config_is_pointed_to_eval(tmp_p
         ob.evaluate("m", config=root / "examples" / "graddiff.yaml", progress=False)
 
 
-@pytest.mark.parametrize("benchmark", ["tofu", "rwku", "harmful"])
+@pytest.mark.parametrize("benchmark", ["tofu", "rwku", "harmful", "request"])
 def test_decode_batch_size_reaches_the_engine(tmp_path, tiny_model_and_tokenizer, rwku_dir, tofu_dir,  # noqa: F811
                                               benchmark, monkeypatch):
     from obliviate.evaluation.engine import scheduler

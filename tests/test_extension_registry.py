@@ -107,7 +107,7 @@ def test_a_benchmark_under_a_built_in_name_is_refused_before_first_use_and_the_b
     """)
     assert out["refused"] == ["RegistrationError", "a benchmark named 'harmful' is registered already; "
                               "register yours under another name"]
-    assert out["benchmarks"] == ["harmful", "rwku", "tofu"] and out["tofu"] == "tofu"
+    assert out["benchmarks"] == ["harmful", "request", "rwku", "tofu"] and out["tofu"] == "tofu"
     assert out["harmful"] != "a plugin's harmful"
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -70,4 +71,6 @@ def test_readme_quick_tour_runs_as_written(fresh_clone):
     done = subprocess.run([sys.executable, "-c", python], cwd=fresh_clone, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"README python block failed:\n{done.stderr[-2000:]}"
     assert (fresh_clone / "runs" / "tour-npo" / "eval-tofu" / "tofu_summary.json").is_file()
+    summary = json.loads((fresh_clone / "runs" / "tour-npo" / "eval-request" / "request_summary.json").read_text())
+    assert summary["sets"] == ["forget", "retain"] and summary["forget_drop"] is not None  # against the base model
     assert "model_utility" not in done.stderr and done.stdout.strip(), "the python block prints its summary"

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -145,9 +146,6 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
     settings = {"benchmark": "tofu", "device": "auto", "precision": "auto", "trust_remote_code": False,
                 "output_dir": None}
     file_options = load_eval_config(config) if config is not None else {}
-    if {"method", "train", "objective", "request"} & set(file_options):
-        raise UserError(f"{config}: a run config without an 'eval:' section; add eval: with the evaluation's "
-                        "options (docs/configuration.md, Evaluation config), or pass an eval YAML")
     settings.update({key: file_options.pop(key) for key in list(file_options) if key in settings})
     file_options.pop("model", None)
     given = {"benchmark": benchmark, "device": device, "precision": precision,
@@ -157,6 +155,10 @@ def evaluate(model, tokenizer=None, *, benchmark: str | None = None, output_dir:
         raise UserError("output_dir is empty (it would write into the current directory); name a folder, or leave "
                         "it out for a fresh one")
     spec = get_benchmark(settings["benchmark"])
+    own = {f.name for f in dataclasses.fields(spec.options)}  # `request` is an option of harmful and request
+    if ({"method", "train", "objective", "request"} - own) & set(file_options):
+        raise UserError(f"{config}: a run config without an 'eval:' section; add eval: with the evaluation's "
+                        "options (docs/configuration.md, Evaluation config), or pass an eval YAML")
     try:
         built = build_options(spec, {**file_options, **options}, where=f"benchmark '{spec.name}' option")
         if spec.check is not None:

@@ -19,6 +19,7 @@ from obliviate.errors import UserError
 EXAMPLES = """examples:
   obliviate eval --benchmark tofu --model runs/npo/model --data ../shared/data/tofu --forget_split forget01
   obliviate eval --config examples/eval_tofu.yaml --model smollm2-135m-instruct --ds_size 20
+  obliviate eval --benchmark request --request my_request.yaml --model runs/npo/model --base_model smollm2-135m-instruct
   obliviate eval --benchmark rwku --help     # that benchmark's own options"""
 
 
