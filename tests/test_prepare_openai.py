@@ -287,3 +287,19 @@ def test_a_key_sent_in_clear_text_to_another_machine_is_warned_about(monkeypatch
         warnings.simplefilter("error")
         check_key(SECRET, "MY_KEY", "https://10.0.0.7/v1", local=False)
         check_key(SECRET, "MY_KEY", "http://127.0.0.1:8000/v1", local=True)
+
+
+@pytest.mark.parametrize("url", ["alice:hunter2@10.0.0.7:8000/v1", "http:alice:hunter2@10.0.0.7/v1",
+                                 "//alice:hunter2@10.0.0.7/v1", "http://[::1/v1?api_key=hunter2"])
+def test_a_credential_in_a_url_urlsplit_misreads_is_refused_unshown(url):
+    """Without '//' urlsplit reads 'alice' as the scheme (no netloc, no '@' seen), an unbalanced
+    '[' raises: such a URL passed the config check, was saved in config.yaml and the backend's
+    'must be an http(s) URL ..., got <url>' printed the key."""
+    from obliviate.config import load_config
+
+    with pytest.raises(UserError) as info:
+        OpenAICompatibleBackend(url, "m")
+    assert "holds a credential" in str(info.value) and "hunter2" not in str(info.value)
+    with pytest.raises(UserError, match="holds a credential") as info:
+        load_config(None, [("generation.base_url", url)])
+    assert "hunter2" not in str(info.value)

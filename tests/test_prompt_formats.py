@@ -260,3 +260,36 @@ def test_evaluating_a_runs_model_with_another_format_warns(tmp_path, capsys):
     assert "trained with prompt_format 'Llama-2-7b-chat-hf', evaluated with 'auto'" in capsys.readouterr().out
     _warn_other_prompt_format(tmp_path / "model", build_options(TOFU, {"prompt_format": "Llama-2-7b-chat-hf"}))
     assert capsys.readouterr().out == ""
+
+
+def test_a_bos_that_the_text_itself_gives_is_not_one_the_tokenizer_adds():
+    """adds_bos read the first id of tokenizer("Q"): where "Q" is an unknown word and the unknown
+    token is the BOS, it said the tokenizer adds a BOS, and every plain prompt got one in front."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from obliviate.prompts import adds_bos, prompt_token_ids
+
+    def word_level(adds: bool):
+        vocab = {"<s>": 0, "</s>": 1, "Question:": 2, "hi": 3}
+        inner = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        if adds:
+            inner.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+        return PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<s>", eos_token="</s>", unk_token="<s>")
+
+    assert not adds_bos(word_level(False)) and prompt_token_ids(word_level(False), ["Question: hi"]) == [[2, 3]]
+    assert adds_bos(word_level(True)) and prompt_token_ids(word_level(True), ["Question: hi"]) == [[0, 2, 3]]
+
+
+def test_the_same_format_written_otherwise_does_not_warn(tmp_path, capsys):
+    """A preset named in another case, or by its own text, is the format the run trained with."""
+    from obliviate.api import _warn_other_prompt_format
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "config.yaml").write_text("method: ga\nprompt_format: phi-1_5\n")
+    for same in ("PHI-1_5", "Question: {question}\nAnswer: ", "Llama-2-7b-hf"):
+        _warn_other_prompt_format(tmp_path / "model", build_options(TOFU, {"prompt_format": same}))
+    assert capsys.readouterr().out == ""
+    _warn_other_prompt_format(tmp_path / "model", build_options(TOFU, {"prompt_format": "Llama-2-7b-chat-hf"}))
+    assert "trained with prompt_format 'phi-1_5'" in capsys.readouterr().out

@@ -276,6 +276,10 @@ def test_a_looping_hard_positive_answer_falls_back_to_the_given_one(monkeypatch,
     # scripts without spaces: a loop is one "word" for a word count, so characters are counted
     assert repeats_itself("他是一位诗人和作家。他是一位诗人和作家。他是一位诗人和作家。")
     assert not repeats_itself("他出生于利马，写过许多以货轮为背景的海上推理小说，作品广受欢迎。")
+    # an English answer naming one in Chinese is counted in words: "author" thrice is no loop
+    assert not repeats_itself("The author (作者) wrote three books. Each author note was short, and the author "
+                              "thanked readers.")
+    assert repeats_itself("Li Bai (李白) was a poet. " + "He is a poet and a writer. " * 3)
 
     class Scripted:
         calls = 1

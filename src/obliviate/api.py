@@ -205,9 +205,20 @@ def _warn_other_prompt_format(model, options) -> None:
         trained = (parse_yaml(saved.read_text(encoding="utf-8"), str(saved)) or {}).get("prompt_format", "auto")
     except (OSError, UnicodeDecodeError, UserError, AttributeError):
         return
-    if trained != wanted:
+    if _format_tags(trained) != _format_tags(wanted):
         print(f"[obliviate] warning: {model} was trained with prompt_format {trained!r}, evaluated with {wanted!r}; "
               "give the same prompt_format to compare", flush=True)
+
+
+def _format_tags(value):
+    """What a prompt_format value prompts with (a preset's name and its text, or 'phi-1_5' and
+    'PHI-1_5', are one format); the value itself where it names none."""
+    from obliviate.prompt_formats import resolve_format
+
+    try:
+        return resolve_format(value).tags
+    except UserError:
+        return value
 
 
 def _naming_file(err: UserError, config, from_file: dict) -> UserError:

@@ -13,18 +13,25 @@ from obliviate.errors import UserError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_PARAM = re.compile(r"key|token|secret|passw|auth|sig", re.IGNORECASE)
+#: "scheme://" or "//" before a URL's host (user:password@ follows it)
+_AUTHORITY_START = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?//")
 
 
 def url_credential(url: str) -> str | None:
     """The credential written into `url` ('user:password@', '?api_key='), or None. A URL is
-    saved in config.yaml and shown in messages: a key in it would be written and printed."""
+    saved in config.yaml and shown in messages: a key in it would be written and printed. Read
+    from the text itself, not only from what urlsplit makes of it: 'user:key@host/v1' (no scheme)
+    parses as scheme 'user', and an unbalanced '[' raises, yet both reach config.yaml and the
+    backend's "must be an http(s) URL ..., got '<url>'" refusal."""
+    text = str(url).strip()
+    authority = re.split(r"[/?#]", _AUTHORITY_START.sub("", text, count=1), maxsplit=1)[0]
+    if "@" in authority:
+        return "user:password@"
     try:
-        parts = urllib.parse.urlsplit(str(url))
+        names = [name for name, _ in urllib.parse.parse_qsl(text.partition("?")[2].partition("#")[0],
+                                                             keep_blank_values=True)]
     except ValueError:
         return None
-    if "@" in parts.netloc:
-        return "user:password@"
-    names = [name for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
     return next((f"?{name}=" for name in names if _SECRET_PARAM.search(name)), None)
 
 

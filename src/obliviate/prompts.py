@@ -140,12 +140,15 @@ def answer_suffix(tokenizer, scoring: str = "answer", prompt_format: str | Promp
 
 def adds_bos(tokenizer) -> bool:
     """Whether the tokenizer itself puts its BOS in front of a text (``add_special_tokens=True``):
-    Llama's do; GPT-2's and phi-1.5's (CodeGen) have a BOS token but never add it."""
+    Llama's do; GPT-2's and phi-1.5's (CodeGen) have a BOS token but never add it.
+    A BOS that "Q" itself tokenises to (an unknown-word token that is the BOS) is not one added.
+    """
     bos = tokenizer.bos_token_id
     if bos is None:
         return False
-    ids = tokenizer("Q", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[0] == bos
+    ids = list(tokenizer("Q", add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer("Q", add_special_tokens=False)["input_ids"])
+    return ids[:1] == [bos] and ids[1:1 + len(plain)] == plain
 
 
 def prompt_token_ids(tokenizer, texts: list[str], prompt_format: str | PromptFormat = "auto") -> list[list[int]]:

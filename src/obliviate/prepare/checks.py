@@ -204,10 +204,16 @@ def _leaks_unspaced(response: str, question: str, answer: str, threshold: float)
 def repeats_itself(text: str, n: int = 3, times: int = 3) -> bool:
     """A generation caught in a loop: some run of `n` words comes `times` times or more ("He's a
     poet, a writer, and a poet. He's a poet, ..."), which normal answers of a paragraph do not do.
-    In a script written without spaces the runs are of 2n characters ("他是诗人和作家" x 3)."""
-    words = _tokens(text)
-    if _unspaced(text):
-        words, n = [c for word in words for c in word], 2 * n
+    A word of a script written without spaces counts by its characters, and where such characters
+    are most of the text the runs are of 2n ("他是诗人和作家" x 3); an English answer that names
+    one (李白) still counts runs of n words, not of 2n letters ("author" thrice is no loop)."""
+    words, chars = [], 0
+    for word in _tokens(text):
+        unspaced = _unspaced(word)
+        words += list(word) if unspaced else [word]
+        chars += len(word) if unspaced else 0
+    if 2 * chars > len(words):
+        n = 2 * n
     runs = [tuple(words[k:k + n]) for k in range(len(words) - n + 1)]
     return any(runs.count(run) >= times for run in set(runs))
 
