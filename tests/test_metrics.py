@@ -139,6 +139,11 @@ RWKU_ROUGE_CASES = [
     ("Paris. France", "France is big. Paris", 1.0),
     ("He was born in 1947", "born 1947 in Maine", 0.4),
     ("a a b", "a b", 1.0),  # words are counted as a set
+    # the LCS trace-back's edges and ties (the random test against the package is skipped without it)
+    ("King c x Stephen .", "a Stephen King King b x", 0.5),
+    ("c Stephen", "Stephen Stephen c", 0.5),
+    (". a King x", "King x the Stephen", 2 / 3),
+    ("c b x . b a", "x b King", 0.5),
 ]
 
 
@@ -151,6 +156,7 @@ def test_rouge_l_recall_rwku_variant_edge_cases_and_default_unchanged():
     assert m.rouge_l_recall("The cats", "the cat", variant="rwku") == 0.0  # no stemming, no lower-casing
     assert m.rouge_l_recall("The cats", "the cat") == pytest.approx(1.0)  # TOFU's default: stemmed
     assert m.rouge_l_recall("Paris", "", variant="rwku") == 0.0  # `rouge` raises; RWKU scores "NOANSWER"
+    assert m.rouge_l_recall(".", "Paris", variant="rwku") == 0.0  # a reference with no sentence
     assert m.rouge_l_recall_batch(["a b", "a b"], ["a b", "b"], variant="rwku") == pytest.approx([1.0, 0.5])
     with pytest.raises(ValueError, match="variant"):
         m.rouge_l_recall("a", "a", variant="rouge-2")
@@ -211,6 +217,57 @@ def test_privleak_flips_aucs():
     assert m.privleak(1.0, 0.5) == pytest.approx(-100.0)
     assert m.privleak(0.5, 0.5) == pytest.approx(0.0)
     assert m.privleak(0.4, 0.5) == pytest.approx(20.0)  # (0.6 - 0.5) / 0.5
+
+
+# --- edges the tests above miss (each found by planting a bug that they let through) ----------
+
+
+def test_greedy_predictions_argmax_over_the_vocabulary_and_zero_masked_targets():
+    """Vocabulary size != positions (above, V = T - 1 = 4 let argmax over the positions pass)."""
+    torch.manual_seed(1)
+    logits, labels = torch.randn(2, 4, 7), torch.tensor([[-100, -100, 3, 1], [-100, 2, 4, 0]])
+    preds, targets, mask = m.greedy_predictions(logits, labels)
+    assert torch.equal(preds, logits[:, :-1].argmax(-1))
+    assert targets[~mask].tolist() == [0]  # 0 where masked
+
+
+def test_moments_at_every_position_clamped_and_fp32_for_bf16():
+    probs = [torch.tensor([0.5, 0.25, 0.25]), torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.1, 0.1, 0.8])]
+    logits = torch.stack([p.log() for p in probs])[None]  # T = 3: two predicting positions
+    mu, sigma = m.next_token_logprob_moments(logits)
+    assert mu.shape == (1, 2)
+    for t in range(2):
+        assert mu[0, t].item() == pytest.approx(float((probs[t] * probs[t].log()).sum()), abs=1e-6)
+    peaked = torch.tensor([[[50.0, 0.0, 0.0], [50.0, 0.0, 0.0]]])  # variance ~0: clamped at 1e-6
+    assert m.next_token_logprob_moments(peaked)[1].item() == pytest.approx(1e-3, rel=1e-3)
+    bf16 = logits.to(torch.bfloat16)
+    assert m.next_token_logprob_moments(bf16)[0].dtype == torch.float32
+    assert m.token_logprobs(bf16, torch.tensor([[-100, 1, 2]]))[0].dtype == torch.float32
+
+
+def test_inputs_may_be_bf16_or_require_grad_and_one_perturbed_answer_is_a_vector():
+    assert m.probability(torch.tensor([0.0], dtype=torch.bfloat16)).tolist() == [1.0]
+    assert m.probability(torch.tensor([0.0], requires_grad=True)).tolist() == [1.0]
+    # 1-D perturbed NLLs: one perturbed answer per item (J = 1), not one number for all items
+    assert m.truth_ratio([1.0, 2.0], [2.0, 4.0]).tolist() == pytest.approx([math.exp(-1.0), math.exp(-2.0)])
+
+
+def test_finite_mean_leaves_out_none_nan_and_inf():
+    assert m.finite_mean([1.0, None, float("nan"), float("inf"), 3.0]) == 2.0
+    assert m.finite_mean([None, float("nan")]) is None
+
+
+def test_default_k_is_tofus_0_4_and_short_or_empty_answers():
+    logp = [-1.0, -2.0, -3.0, -4.0, -5.0]
+    assert m.min_k_score(logp) == m.min_k_score(logp, k=0.4)
+    assert m.min_k_plus_plus_score(logp, [0.0] * 5, [1.0] * 5) == pytest.approx(4.5)
+    assert m.min_k_score([-2.0]) == 2.0 and m.min_k_plus_plus_score([-2.0], [0.0], [1.0]) == 2.0
+    assert m.min_k_score([]) == 0.0 and m.min_k_plus_plus_score([], [], []) == 0.0
+    assert m.extraction_strength([], []) == 0.0 and m.extraction_strength([1], [1]) == 1.0
+    assert math.isnan(m.exact_memorisation([], []))
+    for forget, holdout in (([], [1.0]), ([1.0], [])):
+        with pytest.raises(ValueError, match="at least one"):
+            m.mia_auc(forget, holdout)
 
 
 # --- reference log readers on small hand-made files ----------------------------------------

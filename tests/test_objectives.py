@@ -99,6 +99,28 @@ def test_answer_logits_with_logit_mask_match_full_logits(tiny_model_and_tokenize
     assert torch.equal(common.answer_lengths(rows, 4), lengths)
 
 
+def test_answer_nll_is_hfs_mean_token_loss_and_kl_the_mean_over_answer_tokens(tiny_model_and_tokenizer):
+    from conftest import build_tiny_model
+
+    model, tokenizer = tiny_model_and_tokenizer
+    enc = make_batch(tokenizer)["forget"]
+    with torch.no_grad():
+        hf = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=enc["labels"]).loss
+        assert torch.allclose(common.answer_nll(model, enc), hf, rtol=1e-5)
+        reference = frozen(build_tiny_model(tokenizer, seed=1))
+        kl = common.kl_to_reference(model, enc, make_ctx(reference))
+        inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        log_q = model(**inputs).logits[:, :-1].log_softmax(-1)
+        log_p = reference(**inputs).logits[:, :-1].log_softmax(-1)
+        per_position = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(ref || model) at each position
+        answer = enc["labels"][:, 1:] != -100
+        assert torch.allclose(kl, per_position[answer].mean(), rtol=1e-4)
+    # |y| of a row with no answer token (here the last) is 1, so a per-sequence mean stays finite
+    assert common.answer_lengths(torch.tensor([0, 0, 1]), 3).tolist() == [2, 1, 1]
+    logp, _ = common.answer_logprobs(model.to(torch.bfloat16), enc)
+    assert logp.dtype == torch.float32  # a bf16 model's log-probs are computed in fp32
+
+
 def test_ga_raises_forget_nll(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     before, after = train_steps(model, "ga", make_batch(tokenizer))
@@ -149,6 +171,50 @@ def test_simnpo_equals_its_formula(tiny_model_and_tokenizer):
         logp, lengths = hand_logprobs(model, batch["forget"])
     expected = -(2 / beta) * F.logsigmoid(-(beta / lengths) * logp - delta).mean()
     assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_simnpo_equals_its_formula_where_the_sigmoid_is_not_saturated(tiny_model_and_tokenizer):
+    """At beta = 4.5 the random model's NLL (~6 per token) puts log sigma at ~-1e-12, so the test
+    above cannot tell 2/beta from 1/beta, the mean from the sum or -delta from +delta: here the
+    argument of log sigma is near 0."""
+    model, tokenizer = tiny_model_and_tokenizer
+    batch = make_batch(tokenizer)
+    with torch.no_grad():
+        logp, lengths = hand_logprobs(model, batch["forget"])
+    beta = 0.3
+    delta = float(-(beta / lengths * logp).mean())  # centres the argument of log sigma on 0
+    ctx = make_ctx(beta=beta, delta=delta, retain_loss="none")
+    loss = OBJECTIVES["simnpo"].loss(model, batch, ctx)
+    expected = -(2 / beta) * F.logsigmoid(-(beta / lengths) * logp - delta).mean()
+    assert 0.5 < float(expected) < 10  # not saturated
+    assert torch.allclose(loss.detach(), expected, rtol=1e-5)
+    assert torch.allclose(ctx.terms["simnpo"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("retain_loss", ["nll", "kl"])
+@pytest.mark.parametrize("name", ["ga", "graddiff", "kl", "npo", "simnpo", "idk_dpo", "rt", "finetune"])
+def test_loss_is_the_weighted_sum_of_its_logged_terms(tiny_model_and_tokenizer, name, retain_loss):
+    """Each objective's sign and weights, with a reference that differs from the model (so the KL
+    terms and log-ratios are not 0) and weights other than 1 (so gamma and alpha cannot trade places)."""
+    from conftest import build_tiny_model
+
+    model, tokenizer = tiny_model_and_tokenizer
+    batch = make_batch(tokenizer, refusals=True)
+    reference = frozen(build_tiny_model(tokenizer, seed=1))
+    ctx = make_ctx(reference, forget_weight=0.7, retain_weight=1.3, retain_loss=retain_loss, beta=0.1)
+    loss = OBJECTIVES[name].loss(model, batch, ctx)
+    t = ctx.terms
+    retain = 1.3 * t[f"retain_{retain_loss}"] if OBJECTIVES[name].retain == "term" else 0.0
+    expected = {"ga": -0.7 * t.get("forget_nll", 0.0), "graddiff": -0.7 * t.get("forget_nll", 0.0) + retain,
+                "kl": -0.7 * t.get("forget_nll", 0.0) + 1.3 * t.get("retain_kl", 0.0),
+                "npo": 0.7 * t.get("npo", 0.0) + retain, "simnpo": 0.7 * t.get("simnpo", 0.0) + retain,
+                "idk_dpo": 0.7 * t.get("dpo", 0.0) + retain, "rt": 0.7 * t.get("refusal_nll", 0.0) + retain,
+                "finetune": t.get("train_nll", 0.0)}[name]
+    assert torch.allclose(loss.detach(), torch.as_tensor(expected), rtol=1e-5)
+    if OBJECTIVES[name].retain == "term":
+        assert float(t[f"retain_{retain_loss}"]) > 0.01  # the retain term is really there
+    if name == "kl":
+        assert float(t["retain_kl"]) > 0.01
 
 
 def test_simnpo_lowers_forget_likelihood(tiny_model_and_tokenizer):
@@ -228,6 +294,33 @@ def test_retain_pairs_walk_the_retain_set_by_epoch(tiny_tokenizer):
     batch = SlotCollator(tiny_tokenizer.pad_token_id)([dataset[i] for i in range(3)])
     assert set(batch) == {"forget", "retain"}
     assert batch["forget"]["input_ids"].shape[1] == max(len(dataset.forget[i]["input_ids"]) for i in range(3))
+
+
+def test_each_slot_labels_its_answer_and_k_defaults_to_five(tiny_tokenizer):
+    """The labelled tokens of every slot are its answer (not the question), and with fewer other
+    forget items than K every item still gets K rows, all of them other items' answers."""
+    def answer_text(enc):
+        return tiny_tokenizer.decode([t for t, label in zip(enc["input_ids"], enc["labels"]) if label != -100])
+
+    forget = FORGET[:3]
+    slots = ("forget", "retain", "forget_refusal", "forget_other_answers")
+    dataset = SlotDataset(tiny_tokenizer, slots, forget=forget, retain=RETAIN, max_length=64, refusals=REFUSALS)
+    assert dataset.other_answers == 5  # SKU's K
+    for i in range(3):
+        item = dataset[i]
+        assert forget[i].answer in answer_text(item["forget"])
+        retain = RETAIN[dataset.retain_index(i)]
+        assert retain.answer in answer_text(item["retain"]) and retain.question not in answer_text(item["retain"])
+        assert any(r in answer_text(item["forget_refusal"]) for r in REFUSALS)
+        others = [answer_text(row) for row in item["forget_other_answers"]]
+        assert len(others) == 5
+        assert all(any(forget[j].answer in text for j in range(3) if j != i) for text in others)
+    for draw in ("once", "own"):
+        drawn = SlotDataset(tiny_tokenizer, ("forget_refusal",), forget=forget, max_length=64, refusals=REFUSALS,
+                            refusal_draw=draw)
+        text = answer_text(drawn[0]["forget_refusal"])
+        assert (forget[0].answer in text) if draw == "own" else any(r in text for r in REFUSALS)
+        assert forget[0].question not in text
 
 
 def test_length_window_sampler_is_a_seeded_permutation_with_aligned_batches():

@@ -144,6 +144,62 @@ def test_rmu_all_trains_what_open_unlearnings_tofu_rmu_moves(tiny_model_and_toke
     assert "model.layers.0.self_attn.q_proj.weight" in moved and "model.layers.1.mlp.up_proj.weight" not in moved
 
 
+def test_rmu_default_layer_is_wmdp_depth_of_the_model_itself(tiny_tokenizer):
+    """chosen_layers on deep models (the test above checks the formula on its own copy of it)."""
+    from conftest import build_tiny_model
+
+    for depth, layer in ((32, 7), (24, 5)):
+        model = build_tiny_model(tiny_tokenizer, num_hidden_layers=depth)
+        assert rmu.chosen_layers(model, ObjectiveConfig()) == (layer, [layer - 2, layer - 1, layer])
+    assert rmu.chosen_layers(model, ObjectiveConfig(rmu_layer=0)) == (0, [0])  # an explicit 0 is not "auto"
+    assert rmu.chosen_layers(model, ObjectiveConfig(rmu_layer=23)) == (23, [21, 22, 23])
+    with pytest.raises(Exception, match="rmu_layer"):  # one past the last layer: refused, not an IndexError
+        rmu.chosen_layers(model, ObjectiveConfig(rmu_layer=24))
+
+
+def test_rmu_trains_mlp_weights_not_biases(tiny_model_and_tokenizer):
+    from transformers import LlamaForCausalLM
+
+    model, _ = tiny_model_and_tokenizer
+    config = copy.deepcopy(model.config)
+    config.mlp_bias = True
+    model = LlamaForCausalLM(config)
+    rmu.prepare(model, ObjectiveConfig(rmu_layer=1, rmu_train_layers=[1]))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"model.layers.1.mlp.down_proj.weight"}
+    whole = ObjectiveConfig(rmu_layer=1, rmu_train_layers=[1])
+    whole.rmu_train_modules = "mlp"
+    model.requires_grad_(True)
+    rmu.prepare(model, whole)
+    assert "model.layers.1.mlp.down_proj.bias" in {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_rmu_trained_module_by_name_or_the_mlps_last_linear():
+    layer = torch.nn.Module()
+    layer.mlp = torch.nn.Module()
+    layer.mlp.fc_in, layer.mlp.gate = torch.nn.Linear(4, 8), torch.nn.Linear(4, 8)
+    layer.mlp.act, layer.mlp.fc_out = torch.nn.GELU(), torch.nn.Linear(8, 4)
+    assert rmu.trained_module(layer, 0, "fc_in") is layer.mlp.fc_in  # named: that module
+    assert rmu.trained_module(layer, 0, "down_proj") is layer.mlp.fc_out  # no down_proj: the last linear
+    assert rmu.trained_module(layer, 0, "mlp") is layer.mlp
+    layer.mlp = torch.nn.GELU()
+    with pytest.raises(Exception, match="no linear layer"):
+        rmu.trained_module(layer, 0, "down_proj")
+
+
+def test_rmu_steering_vector_has_norm_c_and_all_tokens_means_real_tokens(tiny_model_and_tokenizer):
+    u = rmu.steering_vector(32, seed=3, coeff=6.5, device="cpu")
+    assert torch.isclose(u.norm(), torch.tensor(6.5)) and (u >= 0).all()
+    assert torch.equal(u, rmu.steering_vector(32, seed=3, coeff=6.5, device="cpu"))
+    model, tokenizer = tiny_model_and_tokenizer
+    enc = _batch(tokenizer)["forget"]
+    assert (enc["attention_mask"] == 0).any()  # the batch has padding
+    assert torch.equal(rmu.token_mask(enc, "all"), enc["attention_mask"].bool())
+    h = torch.zeros(2, 3, 4)
+    target = torch.ones(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])  # the second row has no answer token
+    assert float(rmu.masked_mse(h, target, mask)) == 0.5  # (1 + 0) / 2, not NaN
+
+
 # -- 3. KL over all positions ------------------------------------------------------------------
 
 def test_kl_all_positions_is_open_unlearnings_batchmean(tiny_model_and_tokenizer):

@@ -151,6 +151,60 @@ def test_alternate_updates_split_forget_and_retain_by_step_parity(tiny_model_and
     assert total.item() == pytest.approx(float(both.terms["forget_nll"] + both.terms["retain_nll"]), rel=1e-5)
 
 
+def test_objective_defaults_are_the_official_ones_and_the_loss_adds_lambda_sw(tiny_model_and_tokenizer):
+    """Without a snap section: L = 100 projections, p = 2, lambda = 0.1 (METHODS.md C.2), with the
+    regulariser non-zero (the test above runs at theta = theta0, where SW is 0)."""
+    model, tok = tiny_model_and_tokenizer
+    snap_objective.prepare(model)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    pairs = [(c, dict(model.named_parameters())[n]) for n, c in snap_objective.initial_weights(model)]
+    generator = torch.Generator().manual_seed(5)
+    slow = sum(sliced_wasserstein(w0, w, random_projections(w0.reshape(w0.shape[0] if w0.dim() > 1 else 1, -1).shape[1],
+                                                            100, generator), 2.0) for w0, w in pairs)
+    assert torch.allclose(snap_objective.regulariser(model, None, seed=5), slow, rtol=1e-5)
+    assert torch.allclose(sw_regulariser(pairs, generator=torch.Generator().manual_seed(5)), slow, rtol=1e-5)
+    config = load_config(None, ["objective.forget_weight=0.7", "objective.retain_weight=1.3"]).objective
+    ctx = LossContext(config, seed=2, step=3)
+    total = snap_objective.loss(model, _batch(tok, FORGET), ctx)
+    t = ctx.terms
+    assert float(t["sw"]) > 0.1
+    expected = 0.7 * t["forget_nll"] + 1.3 * t["retain_nll"] + 0.1 * t["sw"]
+    assert torch.allclose(total.detach(), expected, rtol=1e-5)
+    again = LossContext(config, seed=2, step=3)
+    snap_objective.loss(model, _batch(tok, FORGET), again)
+    assert torch.equal(again.terms["sw"], t["sw"])  # repeatable from the run seed and the step
+    later = LossContext(config, seed=2, step=5)
+    snap_objective.loss(model, _batch(tok, FORGET), later)
+    assert not torch.equal(later.terms["sw"], t["sw"])  # fresh projections each step
+
+
+def test_prepare_copies_the_trainable_tensors_only_and_matrices_when_asked(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer
+    model.model.embed_tokens.requires_grad_(False)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    snap_objective.prepare(model, None, SimpleNamespace(initial_weights="fp32", sw_tensors="all"))
+    assert [n for n, _ in snap_objective.initial_weights(model)] == list(trainable)
+    snap_objective.prepare(model, None, SimpleNamespace(initial_weights="fp32", sw_tensors="matrices"))
+    matrices = [n for n, p in trainable.items() if p.dim() == 2]
+    assert [n for n, _ in snap_objective.initial_weights(model)] == matrices
+    assert len(matrices) < len(trainable)  # the norm weights are left out
+
+
+def test_initial_copies_are_detached_so_the_regulariser_pulls_towards_them(tiny_model_and_tokenizer):
+    """A copy that kept its graph would send SW's gradient back to the parameter through W0 too,
+    cancelling the pull (d/dW0 = -d/dW)."""
+    model, _ = tiny_model_and_tokenizer
+    snap_objective.prepare(model)
+    assert not any(c.requires_grad for _, c in snap_objective.initial_weights(model))
+    weight = model.model.layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        weight.add_(0.3 * torch.randn_like(weight))
+    snap_objective.regulariser(model, None, seed=0).backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 1e-3
+
+
 # -- the data --------------------------------------------------------------------------------------
 
 def _cfg(**overrides):

@@ -61,3 +61,18 @@ def test_weight_operations_work_across_devices(tiny_model_and_tokenizer):
     assert {t.device.type for t in vector.values()} == {"meta"}
     negated = apply_task_vector_(copy.deepcopy(base).to("meta"), task_vector(perturbed_copy(base), base), scale=-1.0)
     assert {p.device.type for p in negated.parameters()} == {"meta"}
+
+
+def test_bf16_weights_are_mixed_in_fp32_and_task_vectors_are_fp32(tiny_model_and_tokenizer):
+    """alpha != 0.5 (at 0.5 the two weights can trade places unseen); bf16 tensors are mixed in
+    fp32 and rounded once, and tau is fp32 (a bf16 difference would lose the small updates)."""
+    base, _ = tiny_model_and_tokenizer
+    base = base.to(torch.bfloat16)
+    finetuned = perturbed_copy(base)
+    averaged = interpolate_(copy.deepcopy(finetuned), base, 0.3)
+    for name, tensor in averaged.state_dict().items():
+        if tensor.is_floating_point():
+            expected = (0.3 * finetuned.state_dict()[name].float() + 0.7 * base.state_dict()[name].float())
+            assert torch.equal(tensor, expected.to(torch.bfloat16)), name
+    vector = task_vector(finetuned, base)
+    assert {t.dtype for t in vector.values()} == {torch.float32}
