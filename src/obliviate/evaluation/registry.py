@@ -75,6 +75,38 @@ def decode_rows_option():
 MIN_LENGTH = 16
 
 
+def max_length_option():
+    """The `max_length` option of the QA benchmarks (TOFU, request): prompt + answer tokens scored."""
+    return dataclasses.field(default=512, metadata={
+        "min": MIN_LENGTH, "min_reason": "fewer tokens leave little or nothing to score; as train.max_length",
+        "help": f"prompt + answer tokens kept per scored pair (at least {MIN_LENGTH})"})
+
+
+def system_prompt_option():
+    """The `system_prompt` option of the QA benchmarks."""
+    return dataclasses.field(default=None, metadata={
+        "help": "system prompt of the chat template (default: the template's own)"})
+
+
+def scoring_option():
+    """The `scoring` option of the QA benchmarks (prompts.SCORINGS)."""
+    from obliviate.prompts import SCORINGS
+
+    return dataclasses.field(default="answer", metadata={"choices": SCORINGS, "help": (
+        "answer: answer + EOS (TOFU's definition) | chat_turn: the assistant turn as the chat template renders "
+        "it (open-unlearning's)")})
+
+
+def prompt_format_option():
+    """The `prompt_format` option of the QA benchmarks (prompt_formats.py)."""
+    from obliviate.prompt_formats import PRESETS
+
+    return dataclasses.field(default="auto", metadata={"help": (
+        "auto: the chat template (TOFU's 'Question: ...' without one) | open-unlearning's tags for the models it "
+        f"prompts without the template, a preset ({', '.join(PRESETS)}) or text around {{question}}, e.g. "
+        "'[INST] {question} [/INST]'")})
+
+
 def cache_option():
     """The `cache` option of every benchmark that keeps per-item results (engine.result_cache)."""
     return dataclasses.field(default=True, metadata={

@@ -109,16 +109,22 @@ def render_report(result: Mapping[str, Any]) -> str:
               "World Facts), TR = truth ratio; all ×100. FQ = Forget Quality (KS p-value against "
               "the retain model), MU = Model Utility (harmonic mean of the 9 utility numbers).", ""]
     lines.append(render_table(summary))
+    return "\n".join(lines + report_tail(result))
+
+
+def report_tail(result: Mapping[str, Any]) -> list[str]:
+    """The sections every QA report ends with: the forget-set extras, the notes, and the config,
+    versions and timings that made it."""
+    summary, lines = result["summary"], []
     extras = summary.get("extras") or {}
     if extras:
         lines += ["## Forget-set extras (open-unlearning)", "", "| metric | value |", "|---|---:|"]
-        for key, value in extras.items():
-            lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in extras.items()]
         lines.append("")
     if summary.get("notes"):
         lines += ["## Notes", ""] + [f"- {note}" for note in summary["notes"]] + [""]
     lines += ["## How this was made", "", "```json",
-              json.dumps({"config": config, "versions": result.get("versions", {}),
+              json.dumps({"config": result.get("config", {}), "versions": result.get("versions", {}),
                           "timings_s": result.get("timings_s", {})}, indent=2, ensure_ascii=False, default=str),
               "```", ""]
-    return "\n".join(lines)
+    return lines

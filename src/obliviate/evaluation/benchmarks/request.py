@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from obliviate.errors import UserError
-from obliviate.evaluation.registry import (MIN_LENGTH, Benchmark, cache_option, decode_option, decode_rows_option,
-                                          missing_path, register_benchmark)
+from obliviate.evaluation.registry import (Benchmark, cache_option, decode_option, decode_rows_option,
+                                          max_length_option, missing_path, prompt_format_option, register_benchmark,
+                                          scoring_option, system_prompt_option)
 from obliviate.evaluation.request.report import render_request
 from obliviate.evaluation.results import json_safe
-from obliviate.prompt_formats import PRESETS, check_system_prompt, resolve_format
-from obliviate.prompts import SCORINGS
+from obliviate.prompt_formats import check_system_prompt, resolve_format
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,10 @@ class RequestOptions:
         "help": "also extraction strength, exact memorisation (and MIA AUCs with holdout) on the forget set"})
     batch_size: int = field(default=32, metadata={"help": "rows of a scoring forward pass"})
     max_new_tokens: int = field(default=200, metadata={"help": "greedy generation budget per question"})
-    max_length: int = field(default=512, metadata={"min": MIN_LENGTH, "min_reason": "fewer tokens leave little or "
-                                                   "nothing to score; as train.max_length",
-                            "help": f"prompt + answer tokens kept per scored pair (at least {MIN_LENGTH})"})
-    system_prompt: str | None = field(default=None, metadata={
-        "help": "system prompt of the chat template (default: the template's own)"})
-    scoring: str = field(default="answer", metadata={"choices": SCORINGS,
-        "help": "answer: answer + EOS (TOFU's definition) | chat_turn: the assistant turn as the chat template "
-                "renders it (open-unlearning's)"})
-    prompt_format: str = field(default="auto", metadata={
-        "help": "auto: the chat template (TOFU's 'Question: ...' without one) | open-unlearning's tags for the "
-                f"models it prompts without the template, a preset ({', '.join(PRESETS)}) or text around "
-                "{question}, e.g. '[INST] {question} [/INST]'"})
+    max_length: int = max_length_option()
+    system_prompt: str | None = system_prompt_option()
+    scoring: str = scoring_option()
+    prompt_format: str = prompt_format_option()
     decode: str = decode_option()
     decode_batch_size: int | None = decode_rows_option()
     cache: bool = cache_option()

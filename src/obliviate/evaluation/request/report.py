@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from obliviate.evaluation.report import _markdown, _pct
+from obliviate.evaluation.report import _markdown, _pct, report_tail
 
 COLUMNS = (("rougeL", "R"), ("prob", "P"), ("truth_ratio", "TR"), ("rougeL_paraphrased_question", "R para-Q"))
 
@@ -48,15 +47,4 @@ def render_request(result: Mapping[str, Any]) -> str:
                    if name != "forget"]
         lines += ["", "; ".join(shares) + "."]
     lines.append("")
-    extras = summary.get("extras") or {}
-    if extras:
-        lines += ["## Forget-set extras (open-unlearning)", "", "| metric | value |", "|---|---:|"]
-        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in extras.items()]
-        lines.append("")
-    if summary.get("notes"):
-        lines += ["## Notes", ""] + [f"- {note}" for note in summary["notes"]] + [""]
-    lines += ["## How this was made", "", "```json",
-              json.dumps({"config": config, "versions": result.get("versions", {}),
-                          "timings_s": result.get("timings_s", {})}, indent=2, ensure_ascii=False, default=str),
-              "```", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + report_tail(result))
