@@ -60,7 +60,7 @@ def test_attended_counts_rows_times_width_of_each_plain_step(tiny_model_and_toke
     from obliviate.prompts import format_prompt, prompt_token_ids
 
     model, tokenizer = tiny_model_and_tokenizer
-    monkeypatch.setattr("obliviate.evaluation.engine.runner.stop_token_ids", lambda *a: [])  # all 5 tokens
+    monkeypatch.setattr("obliviate.evaluation.engine.runner.stop_token_ids", lambda *a, **k: [])  # all 5 tokens
     n = len(prompt_token_ids(tokenizer, [format_prompt(tokenizer, "Hi")])[0])
     with attended() as counts:
         engine.greedy_generate(model, tokenizer, ["Hi"], max_new_tokens=5, precision="fp32", decode="plain")
