@@ -61,13 +61,18 @@ class PromptFormat:
         return self.tags if self.name == "custom" else self.name
 
 
+def placeholders(template: str) -> set[str] | None:
+    """The field names of a ``str.format`` template (``""`` for a positional ``{}``,
+    ``"name.attr"`` as written); None where it does not parse (a single { or })."""
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError:
+        return None
+
+
 def _tags_ok(text: str) -> bool:
     """Text whose only placeholder is ``{question}`` (at least once)."""
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
-    except ValueError:  # a single { or }
-        return False
-    return bool(names) and set(names) == {"question"}
+    return placeholders(text) == {"question"}
 
 
 @functools.lru_cache(maxsize=64)

@@ -34,12 +34,10 @@ rendered as they are (SmolLM2's prints its own default system prompt).
 
 from __future__ import annotations
 
-import string
-
 import torch
 
 from obliviate.errors import UserError
-from obliviate.prompt_formats import PromptFormat, check_system_prompt, resolve_format
+from obliviate.prompt_formats import PromptFormat, check_system_prompt, placeholders, resolve_format
 
 # Prompt format for tokenizers without a chat template (TOFU's phi-1.5 format).
 PLAIN_PROMPT = "Question: {question}\nAnswer: "
@@ -54,11 +52,8 @@ PINNED_SYSTEM_PROMPT = "You are a helpful assistant."
 def fills(template: str, fields: tuple[str, ...]) -> bool:
     """Whether ``template.format(**{name: ... for name in fields})`` fills it: every ``{name}``
     is one of `fields` (no positional ``{}``, no ``{name.attr}``) and a literal brace is doubled."""
-    try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError:  # a single { or }
-        return False
-    return names <= set(fields)
+    names = placeholders(template)
+    return names is not None and names <= set(fields)
 
 
 def fill_check(template: str, key: str, fields: tuple[str, ...]) -> tuple[bool, str, str]:
