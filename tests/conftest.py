@@ -167,6 +167,20 @@ def tiny_model_dir(tmp_path, tiny_model_and_tokenizer) -> Path:
     return path
 
 
+@pytest.fixture
+def slot_datasets(monkeypatch) -> list:
+    """Every ``SlotDataset`` the code under test builds (the training batches it saw), in order."""
+    from obliviate.data import collate
+
+    built, original = [], collate.SlotDataset.__init__
+
+    def record(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+    monkeypatch.setattr(collate.SlotDataset, "__init__", record)
+    return built
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models: a second thread costs more than it saves (25x slower on a busy 2-core machine)."""

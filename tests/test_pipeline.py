@@ -262,29 +262,21 @@ def test_snaps_hard_positives_may_come_from_the_neighbours_alone(tmp_path, monke
         pipeline.run(config, request=request)
 
 
-def test_rt_on_a_tofu_folder_trains_on_tofus_own_refusals(tiny_model_dir, tmp_path, monkeypatch):
+def test_rt_on_a_tofu_folder_trains_on_tofus_own_refusals(tiny_model_dir, tmp_path, slot_datasets):
     """A request read from a folder holding TOFU's idontknow.jsonl: RT's refusals come from it
     (the reference's default), unless objective.refusals names another file."""
-    from obliviate.data import collate
     from obliviate.methods.pipeline import run
 
     folder = tmp_path / "tofu"
     folder.mkdir()
     (folder / "forget01.json").write_text(json.dumps(FORGET))
     (folder / "idontknow.jsonl").write_text("Zebra refusal one.\nZebra refusal two.\n")
-    seen = []
-    original = collate.SlotDataset.__init__
-
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        seen.append(self)
-    monkeypatch.setattr(collate.SlotDataset, "__init__", spy)
     out = tmp_path / "run"
     run(load_config(None, overrides(tiny_model_dir, folder / "forget01.json", out, "method=rt",
                                     "train.max_steps=1", "objective.retain_loss=none")))
     manifest = json.loads((out / "manifest.json").read_text())
     assert str(folder / "idontknow.jsonl") in manifest["inputs"]
-    refusals = {text for dataset in seen for text in getattr(dataset, "refusals", None) or []}
+    refusals = {text for dataset in slot_datasets for text in getattr(dataset, "refusals", None) or []}
     assert refusals == {"Zebra refusal one.", "Zebra refusal two."}
 
 

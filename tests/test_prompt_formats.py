@@ -230,23 +230,15 @@ def test_tag_generation_stops_where_model_generate_does(tiny_model_and_tokenizer
     assert runners["phi-1_5"].stop_ids == [tok.eos_token_id]
 
 
-def test_a_run_trains_on_the_formats_batches(tiny_model_and_tokenizer, tmp_path, monkeypatch):
+def test_a_run_trains_on_the_formats_batches(tiny_model_and_tokenizer, tmp_path, slot_datasets):
     """The run config's prompt_format reaches the training batches (api.unlearn keyword too)."""
     from obliviate import api
-    from obliviate.data import collate
 
     model, tok = tiny_model_and_tokenizer
-    seen = []
-    original = collate.SlotDataset.__init__
-
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        seen.append(self)
-    monkeypatch.setattr(collate.SlotDataset, "__init__", spy)
     request = {"forget": [{"question": q, "answer": a} for q, a in PAIRS[:2]]}
     api.unlearn(model, tok, request, method="ga", output_dir=str(tmp_path / "run"), prompt_format="phi-1_5",
                 **{"train.max_steps": 1, "train.batch_size": 2, "train.save_steps": -1})
-    assert seen and seen[0].forget[0] == encode_qa(tok, *PAIRS[0], max_length=256, prompt_format="phi-1_5")
+    assert slot_datasets and slot_datasets[0].forget[0] == encode_qa(tok, *PAIRS[0], max_length=256, prompt_format="phi-1_5")
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "prompt_format: phi-1_5" in saved
 
