@@ -73,20 +73,21 @@ TINY_CORPUS = [
 ]
 
 
-def _train_tokenizer_json() -> str:
+def byte_level_bpe(corpus: list[str], special_tokens: list[str], vocab_size: int):
+    """A ``tokenizers.Tokenizer``: byte-level BPE trained on `corpus` (GPT-2's and SmolLM2's kind)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=TINY_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TINY_CORPUS * 4, trainer)
-    return tok.to_str()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    return tok
+
+
+def _train_tokenizer_json() -> str:
+    return byte_level_bpe(TINY_CORPUS * 4, TINY_SPECIAL_TOKENS, 512).to_str()
 
 
 def build_tiny_tokenizer(tokenizer_json: str | None = None):

@@ -72,18 +72,12 @@ def _format_of(args: dict) -> str:
 @pytest.fixture(scope="module")
 def _base_tokenizer():
     """A byte-level BPE (bos <s>, eos <|endoftext|>) with a Llama-2-like chat template; no BOS added."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from conftest import byte_level_bpe
 
     corpus = ["[INST] Who wrote it? [/INST] The author did.", "Question: Where is it?\nAnswer: In the hills.",
               "User: Who wrote it?\nAssistant: Nobody knows who wrote it. The river is near the hills."] * 20
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<s>", "<|im_start|>", "<|im_end|>"]  # conftest.build_tiny_model reads the last
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=360, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                        show_progress=False))
-    return bpe
+    return byte_level_bpe(corpus, specials, 360)
 
 
 def _tokenizer(bpe, adds_bos: bool):

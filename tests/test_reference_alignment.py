@@ -237,18 +237,13 @@ def test_templates_without_a_date_are_rendered_as_they_are(tiny_tokenizer):
 @pytest.fixture(scope="module")
 def plain_tokenizer():
     """A byte-level BPE without a chat template (phi-1.5-like) that knows 'Answer' and ' The'."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from conftest import byte_level_bpe
     from transformers import PreTrainedTokenizerFast
 
     corpus = ["Question: Who wrote it?\nAnswer: The author did.", "Question: Where is it?\nAnswer: In the hills.",
               "The river is near the hills. Nobody knows who wrote it."] * 20
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # conftest.build_tiny_model reads <|im_end|>
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=330, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                        show_progress=False))
+    bpe = byte_level_bpe(corpus, specials, 330)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                         bos_token="<|endoftext|>")
     assert tokenizer.chat_template is None
