@@ -171,10 +171,11 @@ def split_qa(tokenizer, prompt: str, answer: str, scoring: str = "answer",
              prompt_format: str | PromptFormat = "auto") -> tuple[list[int], list[int]]:
     """(context ids, label ids) of prompt text + answer; the model reads context + labels."""
     suffix = answer_suffix(tokenizer, scoring, prompt_format)
-    prompt_ids = prompt_token_ids(tokenizer, [prompt], prompt_format)[0]
     if suffix is None:
+        prompt_ids = prompt_token_ids(tokenizer, [prompt], prompt_format)[0]
         return prompt_ids, tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    full_ids = prompt_token_ids(tokenizer, [prompt + answer + suffix], prompt_format)[0]
+    # one call for both texts: the BOS check (adds_bos) and the tokenizer run once per pair, not twice
+    prompt_ids, full_ids = prompt_token_ids(tokenizer, [prompt, prompt + answer + suffix], prompt_format)
     return split_joint(prompt_ids, full_ids, tokenizer.eos_token_id)
 
 
